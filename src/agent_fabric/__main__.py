@@ -1,0 +1,3 @@
+from agent_fabric.cli import main
+
+main()

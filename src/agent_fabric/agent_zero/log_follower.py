@@ -1,0 +1,109 @@
+"""Following an Agent Zero chat's log: progress as items appear or change, and the final answer.
+
+Log items change in place while the agent streams, so an item is reported again when its
+heading or content changed (deduplicated by `no` plus a fingerprint). The greeting item (a
+`response` at no=0) and everything before the task's own `user` item are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from agent_fabric.agent_zero.client import AgentZeroClient, AgentZeroError
+from agent_fabric.drivers.base import RunContext
+
+PROGRESS_CONTENT_CHARS = 2_000
+
+
+def find_user_item(log: dict[str, Any], message: str) -> int | None:
+    """`no` of the last user item carrying `message`, or None if it was never sent."""
+    found = None
+    for item in log.get("items") or []:
+        if item.get("type") == "user" and item.get("content") == message:
+            found = int(item["no"])
+    return found
+
+
+def final_response(log: dict[str, Any], after: int) -> str | None:
+    """The answer: the last finished `response` of agent 0 after the task's user item."""
+    for item in reversed(log.get("items") or []):
+        if (
+            item.get("type") == "response"
+            and item.get("agentno", 0) == 0
+            and int(item.get("no", -1)) > after
+            and (item.get("kvps") or {}).get("finished")
+        ):
+            return str(item.get("content", ""))
+    return None
+
+
+class LogFollower:
+    def __init__(
+        self, client: AgentZeroClient, context_id: str, ctx: RunContext, message: str, poll_seconds: float
+    ) -> None:
+        self._client = client
+        self._context_id = context_id
+        self._ctx = ctx
+        self._message = message
+        self._poll = poll_seconds
+        self._seen: dict[int, tuple[str, int]] = {}
+        self._after: int | None = None
+
+    async def alongside(self, call: Awaitable[Any]) -> str:
+        """Await the blocking api_message while reporting progress from the log."""
+        task = asyncio.ensure_future(call)
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=self._poll)
+                await self._report()
+            reply = task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+        return str(reply.response)
+
+    async def until_answer(self, after: int) -> str:
+        """Follow a chat whose task message was already sent (no=`after`) until its answer."""
+        self._after = after
+        idle_polls = 0
+        while True:
+            log = await self._report()
+            answer = final_response(log, after)
+            if answer is not None:
+                return answer
+            # Idle twice in a row with no answer: the run was reset or failed inside Agent Zero.
+            idle_polls = idle_polls + 1 if log and not log.get("progress_active") else 0
+            if idle_polls >= 2:
+                raise AgentZeroError("agent_error", "the chat's run ended without an answer (reset or failed)")
+            await asyncio.sleep(self._poll)
+
+    async def _report(self) -> dict[str, Any]:
+        try:
+            log = await self._client.log(self._context_id)
+        except AgentZeroError as exc:
+            if exc.code == "agent_context_not_found":
+                raise
+            return {}  # a missed poll only delays progress; the run itself goes on
+        items = log.get("items") or []
+        if self._after is None:
+            self._after = find_user_item(log, self._message)
+        for item in items:
+            no = int(item.get("no", -1))
+            if self._after is None or no <= self._after:
+                continue
+            fingerprint = (str(item.get("heading", "")), len(str(item.get("content", ""))))
+            if self._seen.get(no) == fingerprint:
+                continue
+            self._seen[no] = fingerprint
+            await self._ctx.progress(
+                {
+                    "no": no,
+                    "type": item.get("type"),
+                    "heading": item.get("heading"),
+                    "content": str(item.get("content", ""))[-PROGRESS_CONTENT_CHARS:],
+                    "agentno": item.get("agentno", 0),
+                }
+            )
+        return log

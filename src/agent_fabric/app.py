@@ -1,0 +1,58 @@
+"""create_app(settings): the HTTP API and the JetStream consumer in one process, one lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from agent_fabric import __version__
+from agent_fabric.fabric import open_fabric
+from agent_fabric.inbound.api import (
+    agent_v2,
+    approvals,
+    audit,
+    auth,
+    budgets,
+    cloudevents,
+    config,
+    health,
+    policies,
+    tasks,
+)
+from agent_fabric.inbound.api.hardening import install_hardening
+from agent_fabric.inbound.api.problems import install_problem_handlers
+from agent_fabric.settings import Settings
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_fabric(settings) as fabric:
+            app.state.fabric = fabric
+            yield
+
+    app = FastAPI(
+        title="agent-fabric",
+        version=__version__,
+        summary="Runs AI-agent tasks from CloudEvents over HTTP and NATS JetStream, durably.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    install_problem_handlers(app)
+    install_hardening(app, settings)
+    app.include_router(health.router)
+    app.include_router(cloudevents.router)
+    app.include_router(tasks.router)
+    for router in (
+        auth.router,
+        policies.router,
+        approvals.router,
+        budgets.router,
+        audit.router,
+        config.router,
+        agent_v2.router,
+    ):
+        app.include_router(router)
+    return app

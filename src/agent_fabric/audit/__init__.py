@@ -1,0 +1,1 @@
+"""The audit trail: who did what, in which tenant and mode, with what request and response."""

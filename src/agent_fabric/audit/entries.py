@@ -1,0 +1,162 @@
+"""Audit entries, how they are redacted, and how they become rows.
+
+Secrets never reach the table: values under secret-looking keys are replaced, bearer tokens, JWTs
+and URL passwords inside any string are masked (telemetry.logging.redact), and oversized payloads
+are cut to a preview.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import ARRAY, DateTime, Float, String, Text, bindparam, text
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from agent_fabric.storage.tables import audit_log
+from agent_fabric.telemetry.logging import redact
+
+REDACTED = "[redacted]"
+MAX_PAYLOAD_BYTES = 16_384
+# A key naming a secret as a whole word: "password", "api_key", "access_token", "X-Api-Key";
+# not "tokens" or "max_tokens", which are counts.
+_SECRET_KEY = re.compile(
+    r"(?i)(^|[_\-.])(pass(word|wd)?|secrets?|token|api[_\-]?key|authorization|credentials?|private[_\-]?key"
+    r"|cookie|session[_\-]?key)($|[_\-.])"
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# Entry ids: a random per-process prefix and a counter. Unique like a uuid4, without a system call
+# for randomness on every policy decision.
+_ID_PREFIX = secrets.token_hex(8)
+_ID_COUNTER = itertools.count()
+
+
+def new_entry_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    action: str
+    actor: str
+    tenant_id: str | None
+    mode: str
+    request: Any = None
+    response: Any = None
+    cost_usd: float | None = None
+    session_id: str | None = None
+    at: datetime = field(default_factory=utcnow)
+    entry_id: str = field(default_factory=new_entry_id)
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "entry_id": self.entry_id,
+            "at": self.at,
+            "actor": self.actor[:128],
+            "tenant_id": self.tenant_id,
+            "session_id": self.session_id,
+            "action": self.action[:64],
+            "mode": self.mode,
+            "request": scrub(self.request),
+            "response": scrub(self.response),
+            "cost_usd": self.cost_usd,
+        }
+
+
+def scrub(value: Any) -> Any:
+    """A JSON-safe, redacted copy, cut to a preview past MAX_PAYLOAD_BYTES."""
+    if value is None:
+        return None
+    if hasattr(value, "as_dict"):  # a decision handed over as is: converted here, off the hot path
+        value = value.as_dict()
+    clean = _redact(orjson.loads(orjson.dumps(value, default=str)))
+    encoded = orjson.dumps(clean)
+    if len(encoded) > MAX_PAYLOAD_BYTES:
+        return {"truncated": True, "bytes": len(encoded), "preview": encoded[:2048].decode(errors="replace")}
+    return clean
+
+
+# Cheap test before the masking patterns: every one of them needs one of these.
+_MAYBE_SECRET = re.compile(r"(?i)bearer|eyJ|@")
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: REDACTED if _SECRET_KEY.search(str(k)) else _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    if isinstance(value, str) and _MAYBE_SECRET.search(value):
+        return redact(value)
+    return value
+
+
+def row_from_spool(data: dict[str, Any]) -> dict[str, Any]:
+    """A spooled row (already redacted) back into column values."""
+    return {**data, "at": datetime.fromisoformat(data["at"])}
+
+
+# Postgres: one fixed statement over arrays, whatever the batch size (see storage/task_store.py).
+_PG_INSERT = text("""
+INSERT INTO audit_log (entry_id, at, actor, tenant_id, session_id, action, mode, request, response, cost_usd)
+SELECT e, a, ac, t, s, act, m, rq::jsonb, rs::jsonb, c
+FROM unnest(:ids, :ats, :actors, :tenants, :sessions, :actions, :modes, :requests, :responses, :costs)
+     AS v(e, a, ac, t, s, act, m, rq, rs, c)
+ON CONFLICT (entry_id) DO NOTHING
+""").bindparams(
+    bindparam("ids", type_=ARRAY(String)),
+    bindparam("ats", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("actors", type_=ARRAY(String)),
+    bindparam("tenants", type_=ARRAY(String)),
+    bindparam("sessions", type_=ARRAY(String)),
+    bindparam("actions", type_=ARRAY(String)),
+    bindparam("modes", type_=ARRAY(String)),
+    bindparam("requests", type_=ARRAY(Text)),
+    bindparam("responses", type_=ARRAY(Text)),
+    bindparam("costs", type_=ARRAY(Float)),
+)
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
+async def insert_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Append rows; an entry id already present (a replayed spool) is skipped, not doubled."""
+    if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            _PG_INSERT,
+            {
+                "ids": [r["entry_id"] for r in rows],
+                "ats": [r["at"] for r in rows],
+                "actors": [r["actor"] for r in rows],
+                "tenants": [r["tenant_id"] for r in rows],
+                "sessions": [r["session_id"] for r in rows],
+                "actions": [r["action"] for r in rows],
+                "modes": [r["mode"] for r in rows],
+                "requests": [_json_text(r["request"]) for r in rows],
+                "responses": [_json_text(r["response"]) for r in rows],
+                "costs": [r["cost_usd"] for r in rows],
+            },
+        )
+        return
+    stmt = sqlite_insert(audit_log).on_conflict_do_nothing(index_elements=["entry_id"])
+    await conn.execute(stmt, list(rows))
+
+
+async def append(conn: AsyncConnection, *entries: AuditEntry) -> None:
+    """Audit inside the caller's transaction: the change and its entry commit together."""
+    await insert_rows(conn, [e.row() for e in entries])

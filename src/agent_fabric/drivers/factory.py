@@ -1,0 +1,48 @@
+"""The one place that knows which runtimes exist and builds their drivers."""
+
+from __future__ import annotations
+
+from agent_fabric.drivers.agent_zero import AgentZeroDriver
+from agent_fabric.drivers.base import Driver
+from agent_fabric.drivers.builtin import BuiltinDriver
+from agent_fabric.errors import InvalidTask
+from agent_fabric.settings import Settings
+from agent_fabric.tasks import TaskSpec
+
+
+class Drivers:
+    def __init__(self, drivers: dict[str, Driver]) -> None:
+        self._drivers = drivers
+
+    def for_task(self, spec: TaskSpec) -> Driver:
+        driver = self._drivers.get(spec.agent_definition.runtime)
+        if driver is None:
+            raise InvalidTask(
+                f"runtime {spec.agent_definition.runtime!r} is not available on this fabric "
+                f"(available: {', '.join(sorted(self._drivers))})",
+                code="runtime_unavailable",
+                job_id=spec.job_id,
+                tenant_id=spec.tenant_id,
+            )
+        return driver
+
+    def get(self, runtime: str) -> Driver | None:
+        return self._drivers.get(runtime)
+
+    def check(self, spec: TaskSpec) -> None:
+        self.for_task(spec).check(spec)
+
+    async def start(self) -> None:
+        for driver in self._drivers.values():
+            await driver.start()
+
+    async def aclose(self) -> None:
+        for driver in self._drivers.values():
+            await driver.aclose()
+
+
+def build_drivers(settings: Settings) -> Drivers:
+    drivers: list[Driver] = [BuiltinDriver()]
+    if settings.agent_zero.instances():
+        drivers.append(AgentZeroDriver(settings.agent_zero))
+    return Drivers({driver.runtime: driver for driver in drivers})

@@ -1,0 +1,133 @@
+"""Reading task CloudEvents off the wire, and writing the fabric's own events.
+
+HTTP and NATS carry the same event: structured mode (the whole event as JSON) or binary mode
+(`ce-*` headers, the data as the body). Both doors come through `parse_task_event`, so a task
+is validated once, the same way, whichever door it used.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from re import fullmatch
+from typing import Any
+
+import orjson
+from cloudevents.core.bindings.http import HTTPMessage, from_http_event
+from cloudevents.core.exceptions import BaseCloudEventException
+from pydantic import ValidationError
+
+from agent_fabric import names
+from agent_fabric.errors import InvalidEvent, InvalidTask, PayloadTooLarge, field_errors
+from agent_fabric.tasks import DEFAULT_TENANT, JOB_ID_PATTERN, TENANT_ID_PATTERN, TaskSpec
+
+STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+
+
+@dataclass(frozen=True)
+class TaskEvent:
+    """A validated `agent.execute` CloudEvent."""
+
+    id: str
+    source: str
+    spec: TaskSpec
+
+
+def parse_task_event(
+    headers: Mapping[str, str], body: bytes, *, max_bytes: int, default_tenant: str | None = None
+) -> TaskEvent:
+    """Parse and validate one task event; raise InvalidEvent, InvalidTask or PayloadTooLarge.
+
+    InvalidTask carries the job_id and tenant_id whenever they could be read, so the caller
+    can answer with a failure event instead of a dead-letter record.
+    """
+    if len(body) > max_bytes:
+        job_id, tenant_id = _peek_ids(body)
+        raise InvalidTask(
+            f"event is {len(body)} bytes, the limit is {max_bytes}",
+            code=PayloadTooLarge.code,
+            job_id=job_id,
+            tenant_id=tenant_id,
+        )
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        event = from_http_event(HTTPMessage(headers=lowered, body=body))
+    except (ValueError, BaseCloudEventException, AttributeError, TypeError) as exc:
+        job_id, tenant_id = _peek_ids(body)
+        message = f"not a CloudEvent: {_first_line(exc)}"
+        if job_id is not None:
+            raise InvalidTask(message, code=InvalidEvent.code, job_id=job_id, tenant_id=tenant_id) from exc
+        raise InvalidEvent(message) from exc
+
+    data = _data_as_object(event.get_data())
+    job_id, tenant_id = _ids_from(data)
+    if event.get_type() != names.TASK_EVENT_TYPE:
+        raise InvalidTask(
+            f"CloudEvent type must be {names.TASK_EVENT_TYPE!r}, got {event.get_type()!r}",
+            code=InvalidEvent.code,
+            job_id=job_id,
+            tenant_id=tenant_id,
+        )
+    if data is None:
+        raise InvalidEvent("CloudEvent data must be a JSON object holding the task")
+    if default_tenant is not None and "tenant_id" not in data:
+        data = {**data, "tenant_id": default_tenant}
+    try:
+        spec = TaskSpec.model_validate(data)
+    except ValidationError as exc:
+        detail, errors = field_errors(exc.errors(), root="data")
+        raise InvalidTask(f"task data is invalid: {detail}", job_id=job_id, tenant_id=tenant_id, errors=errors) from exc
+    return TaskEvent(id=str(event.get_id()), source=str(event.get_source()), spec=spec)
+
+
+def _data_as_object(data: Any) -> dict[str, Any] | None:
+    if isinstance(data, bytes | str):
+        try:
+            data = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+    return data if isinstance(data, dict) else None
+
+
+def _ids_from(data: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
+    """The job and tenant ids if they are usable as ids, else None (never echo junk)."""
+    if data is None:
+        return None, None
+    job_id = data.get("job_id")
+    tenant_id = data.get("tenant_id", DEFAULT_TENANT)
+    job_ok = isinstance(job_id, str) and fullmatch(JOB_ID_PATTERN, job_id) is not None
+    tenant_ok = isinstance(tenant_id, str) and fullmatch(TENANT_ID_PATTERN, tenant_id) is not None
+    return (job_id if job_ok else None), (tenant_id if tenant_ok else None)
+
+
+def _peek_ids(body: bytes) -> tuple[str | None, str | None]:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(doc, dict):
+        return None, None
+    data = doc.get("data") if isinstance(doc.get("data"), dict) else doc
+    return _ids_from(data)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
+def fabric_event(event_type: str, data: Mapping[str, Any], *, subject: str, event_id: str | None = None) -> bytes:
+    """A structured-mode CloudEvent emitted by the fabric, as JSON bytes."""
+    return orjson.dumps(
+        {
+            "specversion": "1.0",
+            "id": event_id or uuid.uuid4().hex,
+            "source": names.EVENT_SOURCE,
+            "type": event_type,
+            "subject": subject,
+            "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "datacontenttype": "application/json",
+            "data": data,
+        }
+    )

@@ -1,0 +1,242 @@
+"""The running fabric: every long-lived resource, opened in order and closed in reverse."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agent_fabric.admission.approvals import ApprovalDesk
+from agent_fabric.admission.budget import BudgetManager
+from agent_fabric.admission.checks import Admission
+from agent_fabric.admission.policy import PolicyEngine
+from agent_fabric.audit.store import AuditStore
+from agent_fabric.audit.writer import AuditWriter
+from agent_fabric.drivers.factory import Drivers, build_drivers
+from agent_fabric.embedded_nats import EmbeddedNats
+from agent_fabric.inbound.control import ControlChannel
+from agent_fabric.inbound.nats_consumer import TaskConsumer
+from agent_fabric.inbound.rejections import Rejector
+from agent_fabric.inbound.submission import Submitter
+from agent_fabric.jetstream import ensure_topology
+from agent_fabric.outbound.progress import ProgressBus, open_progress_bus
+from agent_fabric.outbound.results import ResultPublisher
+from agent_fabric.scheduling.runner import TaskRunner
+from agent_fabric.security.access_state import AccessState
+from agent_fabric.security.credentials import CredentialService
+from agent_fabric.security.jwks import JwksKeys
+from agent_fabric.security.rate_limit import RateLimiter
+from agent_fabric.security.tokens import TokenService
+from agent_fabric.settings import Settings
+from agent_fabric.storage.batcher import WriteBatcher
+from agent_fabric.storage.dead_letters import DeadLetterStore
+from agent_fabric.storage.documents import DocumentStore
+from agent_fabric.storage.engine import create_engine, migrate_async
+from agent_fabric.storage.outbox import OutboxRelay
+from agent_fabric.storage.task_store import TaskStore
+from agent_fabric.telemetry.logging import redact
+from agent_fabric.telemetry.metrics import FabricMetrics
+from agent_fabric.tenants import TenantRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Fabric:
+    settings: Settings
+    owner: str
+    nc: NatsClient
+    js: JetStreamContext
+    engine: AsyncEngine
+    store: TaskStore
+    bus: ProgressBus
+    drivers: Drivers
+    submitter: Submitter
+    consumer: TaskConsumer
+    tokens: TokenService
+    access: AccessState
+    credentials: CredentialService
+    rate_limiter: RateLimiter
+    metrics: FabricMetrics
+    governance: Governance
+
+
+@dataclass
+class Governance:
+    """Policies, approvals, budgets, tenant configuration and the audit trail of one process."""
+
+    policies: PolicyEngine
+    approvals: ApprovalDesk
+    budgets: BudgetManager
+    tenants: TenantRegistry
+    docs: DocumentStore
+    audit: AuditWriter
+    audit_store: AuditStore
+    control: ControlChannel
+    relay: OutboxRelay
+
+
+def process_identity() -> str:
+    """Names this process as a lease owner: readable in the database, unique per start."""
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@contextlib.asynccontextmanager
+async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
+    async with contextlib.AsyncExitStack() as stack:
+        metrics = FabricMetrics()
+        nats_url = settings.nats.url
+        if nats_url is None:
+            embedded = EmbeddedNats(settings.state_dir / "nats", port=settings.nats.embedded_port)
+            nats_url = await embedded.start()
+            stack.push_async_callback(embedded.stop)
+
+        nc = await nats.connect(
+            nats_url,
+            name="agent-fabric",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            connect_timeout=5,
+            error_cb=_nats_error,
+            disconnected_cb=_nats_disconnected,
+        )
+        stack.push_async_callback(_close_nats, nc)
+        js = nc.jetstream(timeout=10)
+        await ensure_topology(js, settings.nats, settings.max_event_bytes)
+
+        engine = create_engine(settings)
+        stack.push_async_callback(engine.dispose)
+        if settings.database.auto_migrate:
+            await migrate_async(settings)
+        batcher = WriteBatcher(
+            engine,
+            linger_ms=settings.database.batch_linger_ms,
+            max_items=settings.database.batch_max,
+            flushers=1 if engine.dialect.name == "sqlite" else settings.database.flushers,
+        )
+        batcher.start()
+        stack.push_async_callback(batcher.shutdown)
+        governance = await _open_governance(stack, settings, engine, batcher, nc, js, metrics)
+        store = TaskStore(engine, batcher, finish_hooks=[governance.budgets.settle_finished])
+
+        access = AccessState(engine, nc)
+        await access.start()
+        stack.push_async_callback(access.aclose)
+        jwks = None
+        if settings.jwt.jwks_url:
+            jwks = JwksKeys(settings.jwt.jwks_url)
+            await jwks.load()
+        tokens = TokenService(settings, access, jwks)
+        credentials = CredentialService(engine, tokens, access, settings.jwt)
+
+        bus = await open_progress_bus(settings.redis_url, nc)
+        stack.push_async_callback(bus.aclose)
+        drivers = build_drivers(settings)
+        stack.push_async_callback(drivers.aclose)
+        await drivers.start()
+        results = ResultPublisher(nc, js)
+        owner = process_identity()
+        runner = TaskRunner(settings, store, drivers, results, bus, metrics, owner)
+        rejector = Rejector(store, DeadLetterStore(batcher), results, metrics)
+        admission = Admission(drivers, governance.policies, governance.approvals, governance.budgets)
+        consumer = TaskConsumer(settings, js, runner, admission, rejector, store, metrics)
+        await consumer.start()
+        stack.push_async_callback(runner.drain_background)
+        stack.push_async_callback(consumer.shutdown, settings.shutdown_grace_seconds)
+
+        log.info(
+            "fabric ready",
+            extra={
+                "owner": owner,
+                "nats": redact(nats_url),
+                "database": settings.database_url.split(":", 1)[0],
+                "progress": "redis" if settings.redis_url else "nats",
+            },
+        )
+        yield Fabric(
+            settings=settings,
+            owner=owner,
+            nc=nc,
+            js=js,
+            engine=engine,
+            store=store,
+            bus=bus,
+            drivers=drivers,
+            submitter=Submitter(js, store, admission),
+            consumer=consumer,
+            tokens=tokens,
+            access=access,
+            credentials=credentials,
+            rate_limiter=RateLimiter(settings.http.rate_limit_per_second, settings.http.rate_limit_burst),
+            metrics=metrics,
+            governance=governance,
+        )
+        log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
+
+
+async def _open_governance(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    engine: AsyncEngine,
+    batcher: WriteBatcher,
+    nc: NatsClient,
+    js: JetStreamContext,
+    metrics: FabricMetrics,
+) -> Governance:
+    """Audit writer, outbox relay, policies, approvals, budgets, tenant configuration, and the
+    control channel that keeps them in step across replicas. Each loop stops after the consumer."""
+    audit = AuditWriter(engine, settings.audit, settings.state_dir / "audit-spool", metrics)
+    audit.start()
+    stack.push_async_callback(audit.shutdown)
+    relay = OutboxRelay(engine, js, settings.approval.sweep_seconds)
+    relay.start()
+    stack.push_async_callback(relay.shutdown)
+    if engine.dialect.name == "sqlite":
+        budget_batcher = batcher  # one writer: budget rows are read-then-written, never beside another write
+    else:
+        # Budget transactions lock budget rows; on their own batcher they never hold task writes.
+        budget_batcher = WriteBatcher(engine, linger_ms=settings.database.batch_linger_ms, max_items=512, flushers=1)
+        budget_batcher.start()
+        stack.push_async_callback(budget_batcher.shutdown)
+    docs = DocumentStore(engine)
+    tenants = TenantRegistry(docs, settings.mode)
+    control = ControlChannel(nc, settings.policy.reload_seconds)
+    budgets = BudgetManager(engine, budget_batcher, settings.budget, tenants, audit, relay, metrics, control.announce)
+    approvals = ApprovalDesk(engine, settings.approval, relay, tenants, metrics, [budgets.settle_finished])
+    policies = PolicyEngine(engine, docs, settings.policy, tenants, audit, metrics, approvals, control.announce)
+    control.register("config", tenants.reload)
+    control.register("budgets", budgets.reload)
+    control.register("policies", policies.reload)
+    await control.start()
+    stack.push_async_callback(control.shutdown)
+    approvals.start()
+    stack.push_async_callback(approvals.shutdown)
+    budgets.start()
+    stack.push_async_callback(budgets.shutdown)
+    return Governance(policies, approvals, budgets, tenants, docs, audit, AuditStore(engine), control, relay)
+
+
+async def _close_nats(nc: NatsClient) -> None:
+    # The consumer has stopped and every ack was written; flush them out and close. (drain() would
+    # wait out the pull subscriptions' expired fetch requests, up to its 30 s timeout.)
+    with contextlib.suppress(Exception):
+        await nc.flush(timeout=5)
+    with contextlib.suppress(Exception):
+        await nc.close()
+
+
+async def _nats_error(exc: Exception) -> None:
+    log.warning("nats error", extra={"error": str(exc)})
+
+
+async def _nats_disconnected() -> None:
+    log.warning("nats disconnected (reconnects unless the fabric is stopping)")

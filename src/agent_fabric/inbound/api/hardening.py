@@ -1,0 +1,103 @@
+"""HTTP hardening: security headers on every response, CORS only when origins are configured."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agent_fabric.inbound.api.problems import problem
+from agent_fabric.settings import Settings
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    # An API serves no documents to render; nothing may be loaded or framed from its responses.
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Strict-Transport-Security": "max-age=31536000; includeSubDomains",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+UNCACHED_PREFIXES = ("/api", "/ws")
+
+
+class BodySizeLimit:
+    """Refuse request bodies over `limit` bytes with 413 before any route reads them, whether the
+    size is declared (Content-Length) or only discovered while streaming (chunked)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, send)
+            return
+        received = 0
+        exceeded = False
+        replaced = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # Reading stops here; whatever the route answers to the cut body is replaced below.
+                    exceeded = True
+                    return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal replaced
+            if exceeded and message["type"] == "http.response.start" and not replaced:
+                replaced = True
+                await self._refuse(scope, send)
+            if not replaced:
+                await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        response = problem(
+            413,
+            "payload_too_large",
+            "Payload too large",
+            f"request body exceeds the limit of {self.limit} bytes",
+            scope.get("path", ""),
+        )
+        await response(scope, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def install_hardening(app: FastAPI, settings: Settings) -> None:
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if request.url.path.startswith(UNCACHED_PREFIXES):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    # Task events have their own limit (MAX_EVENT_BYTES); nothing else the API takes is larger.
+    app.add_middleware(BodySizeLimit, limit=settings.max_event_bytes + 64 * 1024)
+
+    origins = settings.http.cors_origin_list
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_credentials=False,
+        )

@@ -1,0 +1,105 @@
+"""Accepting a task at the HTTP door: admit it, record it as queued, then put it on the stream.
+
+HTTP callers get the queued state at once, and a retry of the same submission (same job_id,
+same content) is answered with the task as it stands instead of running it twice. A task that
+needs approval is recorded as `awaiting_approval` and goes on the stream only once approved; a
+task past a hard budget limit is refused before anything is recorded.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import orjson
+from nats.js import JetStreamContext
+
+from agent_fabric import names
+from agent_fabric.admission.checks import Actor, Admission
+from agent_fabric.errors import Conflict, ServiceUnavailable
+from agent_fabric.events.envelope import TaskEvent
+from agent_fabric.storage.approval_store import ApprovalRecord
+from agent_fabric.storage.task_store import TaskRecord, TaskStore, spec_hash
+from agent_fabric.tasks import TaskSpec, TaskStatus
+
+
+@dataclass(frozen=True)
+class Submitted:
+    created: bool
+    existing: TaskRecord | None
+    approval: ApprovalRecord | None = None
+
+    @property
+    def status(self) -> str:
+        if self.existing is not None:
+            return self.existing.status.value
+        return TaskStatus.AWAITING_APPROVAL.value if self.approval is not None else TaskStatus.QUEUED.value
+
+
+class Submitter:
+    def __init__(self, js: JetStreamContext, store: TaskStore, admission: Admission) -> None:
+        self._js = js
+        self._store = store
+        self._admission = admission
+
+    async def submit(
+        self,
+        spec: TaskSpec,
+        *,
+        event_id: str | None = None,
+        source: str = "agent-fabric/http",
+        actor: Actor | None = None,
+    ) -> Submitted:
+        actor = actor or Actor("unknown")
+        if actor.name != "unknown" and "user" not in spec.metadata:
+            # The caller is the task's user: its user budget and user policy conditions apply.
+            spec = spec.model_copy(update={"metadata": {**spec.metadata, "user": actor.name}})
+        decision = self._admission.check(spec, actor, door="http")
+        event_id = event_id or uuid.uuid4().hex
+        hash_ = spec_hash(spec)
+        admitted = await self._admission.admit(TaskEvent(event_id, source, spec), decision, actor)
+        if admitted.verdict != "run" or admitted.approval is not None:
+            return await self._after_approval_gate(spec, hash_, admitted.created, admitted.approval)
+        existing = await self._store.insert_queued(spec, hash_, event_id)
+        if existing is not None:
+            return Submitted(created=False, existing=_same_content(existing, spec, hash_))
+        body = orjson.dumps(
+            {
+                "specversion": "1.0",
+                "id": event_id,
+                "source": source,
+                "type": names.TASK_EVENT_TYPE,
+                "datacontenttype": "application/json",
+                "data": spec.model_dump(mode="json"),
+            }
+        )
+        try:
+            await self._js.publish(
+                names.task_subject(spec.priority.value), body, timeout=5, headers={names.MSG_ID_HEADER: event_id}
+            )
+        except Exception as exc:
+            await self._store.delete_queued(spec.tenant_id, spec.job_id)
+            await self._admission.release(spec)
+            raise ServiceUnavailable(f"could not queue the task on JetStream: {type(exc).__name__}; retry") from exc
+        return Submitted(created=True, existing=None)
+
+    async def _after_approval_gate(
+        self, spec: TaskSpec, hash_: str, created: bool, approval: ApprovalRecord | None
+    ) -> Submitted:
+        """Parked now, or the job already went through its approval: answer with where it stands."""
+        if created:
+            return Submitted(created=True, existing=None, approval=approval)
+        existing = await self._store.get(spec.tenant_id, spec.job_id)
+        if existing is None:  # an approval of a job whose task row is gone (cannot happen short of manual deletes)
+            raise Conflict(f"job {spec.job_id!r} has an approval but no task", code="job_exists")
+        return Submitted(created=False, existing=_same_content(existing, spec, hash_), approval=approval)
+
+
+def _same_content(existing: TaskRecord, spec: TaskSpec, hash_: str) -> TaskRecord:
+    if existing.spec_hash != hash_:
+        raise Conflict(
+            f"job {spec.job_id!r} already exists in tenant {spec.tenant_id!r} with other content",
+            code="job_exists",
+            task_status=existing.status.value,
+        )
+    return existing

@@ -1,0 +1,103 @@
+"""Every wire name the fabric uses, defined once.
+
+Subjects, streams, consumers, Redis channels and CloudEvent types are part of the external
+contract (ARCHITECTURE.md); deploy/ manifests and tests import them from here.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# JetStream: the task stream and its per-priority durable consumers.
+TASK_STREAM: Final = "AGENT_EXECUTION"
+TASK_SUBJECT_PREFIX: Final = "agent.execute"
+TASK_SUBJECTS: Final = f"{TASK_SUBJECT_PREFIX}.*"
+CONSUMER_BASE: Final = "agent-executor-workers"
+PRIORITIES: Final = ("critical", "high", "normal", "low")
+
+# Results and transitions. AGENT_STATUS keeps them so a consumer that was away can catch up,
+# and its duplicate window drops a result re-published after a crash.
+STATUS_STREAM: Final = "AGENT_STATUS"
+STATUS_SUBJECT_PREFIX: Final = "agent.status"
+STATUS_SUBJECTS: Final = f"{STATUS_SUBJECT_PREFIX}.>"
+
+DEADLETTER_STREAM: Final = "AGENT_DEADLETTER"
+DEADLETTER_SUBJECT: Final = "agent.deadletter"
+
+# Progress: Redis/Dragonfly pub/sub channel (contract), or a NATS core subject without Redis.
+REDIS_PROGRESS_CHANNEL_PREFIX: Final = "langgraph:stream:"
+NATS_PROGRESS_SUBJECT_PREFIX: Final = "agent.progress"
+
+# CloudEvent types.
+TASK_EVENT_TYPE: Final = "agent.execute"
+EVENT_SOURCE: Final = "agent-fabric"
+DEADLETTER_EVENT_TYPE: Final = "agent.deadletter"
+
+# JetStream message header carrying the CloudEvent id for duplicate detection.
+MSG_ID_HEADER: Final = "Nats-Msg-Id"
+
+# Governance events: approval requests and decisions, budget alerts. Kept in their own stream so a
+# subscriber that was away still gets them; each event id is its Nats-Msg-Id (duplicates dropped).
+GOVERNANCE_STREAM: Final = "AGENT_GOVERNANCE"
+APPROVALS_SUBJECT_PREFIX: Final = "agent.approvals"
+APPROVALS_REQUESTED_SUBJECT: Final = f"{APPROVALS_SUBJECT_PREFIX}.requested"
+APPROVALS_DECIDED_SUBJECT: Final = f"{APPROVALS_SUBJECT_PREFIX}.decided"
+ALERTS_SUBJECT_PREFIX: Final = "agent.alerts"
+BUDGET_ALERT_SUBJECT: Final = f"{ALERTS_SUBJECT_PREFIX}.budget"
+GOVERNANCE_SUBJECTS: Final = (f"{APPROVALS_SUBJECT_PREFIX}.>", f"{ALERTS_SUBJECT_PREFIX}.>")
+APPROVAL_REQUESTED_EVENT_TYPE: Final = APPROVALS_REQUESTED_SUBJECT
+APPROVAL_DECIDED_EVENT_TYPE: Final = APPROVALS_DECIDED_SUBJECT
+BUDGET_ALERT_EVENT_TYPE: Final = BUDGET_ALERT_SUBJECT
+
+# Control plane (NATS core, not stored): "policies / budgets / config changed, reload them".
+# Every replica subscribes; a periodic reload from the database covers a missed message.
+CONTROL_SUBJECT_PREFIX: Final = "agent.control"
+CONTROL_SUBJECTS: Final = f"{CONTROL_SUBJECT_PREFIX}.*"
+CONTROL_TOPICS: Final = ("policies", "budgets", "config")
+
+# HTTP response header naming the tenant's SANDBOX/LIVE mode (seed 000, requirement 7.5).
+MODE_HEADER: Final = "X-Fabric-Mode"
+
+
+def task_subject(priority: str) -> str:
+    return f"{TASK_SUBJECT_PREFIX}.{priority}"
+
+
+def consumer_name(priority: str) -> str:
+    """The durable pull consumer for one priority class (KEDA reads its pending count)."""
+    return f"{CONSUMER_BASE}-{priority}"
+
+
+def status_subject(status: str) -> str:
+    return f"{STATUS_SUBJECT_PREFIX}.{status}"
+
+
+def status_event_type(status: str) -> str:
+    return f"{STATUS_SUBJECT_PREFIX}.{status}"
+
+
+def control_subject(topic: str) -> str:
+    return f"{CONTROL_SUBJECT_PREFIX}.{topic}"
+
+
+def approval_requeue_msg_id(approval_id: str) -> str:
+    """The Nats-Msg-Id of an approved task put back on agent.execute.* (not the original event's id,
+    which the stream's duplicate window may still hold)."""
+    return f"approval/{approval_id}/approved"
+
+
+def redis_progress_channel(job_id: str) -> str:
+    return f"{REDIS_PROGRESS_CHANNEL_PREFIX}{job_id}"
+
+
+def nats_progress_subject(tenant_id: str, job_id: str) -> str:
+    # '.' separates NATS subject tokens and may appear in ids, so it is percent-encoded.
+    return f"{NATS_PROGRESS_SUBJECT_PREFIX}.{_token(tenant_id)}.{_token(job_id)}"
+
+
+def _token(value: str) -> str:
+    return value.replace("%", "%25").replace(".", "%2E")
+
+
+# Control broadcasts between replicas (core NATS, not stored).
+AUTH_CONTROL_SUBJECT: Final = "agent.control.auth"

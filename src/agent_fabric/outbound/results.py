@@ -1,0 +1,94 @@
+"""Result, transition and dead-letter CloudEvents on NATS.
+
+Results go through JetStream (stream AGENT_STATUS) and wait for the server's ack, so a result
+is durable before the task message is acked. Their CloudEvent id is fixed per job and outcome,
+so a result re-published after a crash is dropped by the stream's duplicate window and is
+recognisable to any subscriber as the same event.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from agent_fabric import names
+from agent_fabric.events.envelope import fabric_event
+from agent_fabric.storage.task_store import TaskRecord
+from agent_fabric.tasks import TaskStatus
+
+# Terminal statuses that are failures travel on agent.status.failed (with data.status saying
+# which); cancellation has its own subject.
+_RESULT_SUBJECT_STATUS = {
+    TaskStatus.COMPLETED: "completed",
+    TaskStatus.CANCELLED: "cancelled",
+}
+
+
+def result_subject_status(status: TaskStatus) -> str:
+    return _RESULT_SUBJECT_STATUS.get(status, "failed")
+
+
+def result_event_id(tenant_id: str, job_id: str) -> str:
+    return f"{tenant_id}/{job_id}/result"
+
+
+def result_data(record: TaskRecord) -> dict[str, Any]:
+    usage = record.usage or {}
+    data: dict[str, Any] = {
+        "job_id": record.job_id,
+        "tenant_id": record.tenant_id,
+        "status": record.status.value,
+        "attempts": record.attempts,
+        "usage": {
+            "tokens": usage.get("tokens", 0),
+            "compute_seconds": usage.get("compute_seconds", 0.0),
+            "cost_usd": usage.get("cost_usd", 0.0),
+        },
+        "created_at": _iso(record.created_at),
+        "started_at": _iso(record.started_at),
+        "finished_at": _iso(record.finished_at),
+    }
+    if record.status == TaskStatus.COMPLETED:
+        data["result"] = record.result
+    else:
+        data["error"] = {"code": record.error_code or "failed", "message": record.error_message or ""}
+    return data
+
+
+def result_event(record: TaskRecord) -> tuple[str, bytes, str]:
+    """(subject, CloudEvent JSON, event id) for a finished task."""
+    status = result_subject_status(record.status)
+    event_id = result_event_id(record.tenant_id, record.job_id)
+    body = fabric_event(names.status_event_type(status), result_data(record), subject=record.job_id, event_id=event_id)
+    return names.status_subject(status), body, event_id
+
+
+class ResultPublisher:
+    def __init__(self, nc: NatsClient, js: JetStreamContext) -> None:
+        self._nc = nc
+        self._js = js
+
+    async def publish_result(self, record: TaskRecord) -> None:
+        subject, body, event_id = result_event(record)
+        await self._js.publish(subject, body, timeout=5, headers={names.MSG_ID_HEADER: event_id})
+
+    async def publish_transition(self, tenant_id: str, job_id: str, status: TaskStatus, attempt: int) -> None:
+        """A non-final transition: fire and forget on agent.status.<status>."""
+        body = fabric_event(
+            names.status_event_type(status.value),
+            {"job_id": job_id, "tenant_id": tenant_id, "status": status.value, "attempt": attempt},
+            subject=job_id,
+            event_id=f"{tenant_id}/{job_id}/{status.value}/{attempt}",
+        )
+        await self._nc.publish(names.status_subject(status.value), body)
+
+    async def publish_deadletter(self, data: dict[str, Any]) -> None:
+        body = fabric_event(names.DEADLETTER_EVENT_TYPE, data, subject=str(data.get("subject") or "unknown"))
+        await self._js.publish(names.DEADLETTER_SUBJECT, body, timeout=5)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None

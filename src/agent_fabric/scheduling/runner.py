@@ -1,0 +1,319 @@
+"""Runs one delivered task to a durable outcome: claim, drive, record, publish, then ack.
+
+The order is the fabric's durability guarantee. The JetStream message is acked only after the
+outcome is in the database and the result is in the AGENT_STATUS stream. A crash anywhere
+before the ack means redelivery, and the redelivery finds either a running task whose lease
+lapsed (resume from the checkpoint) or a finished one (publish if needed, never run again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, Protocol
+
+from agent_fabric.drivers.factory import Drivers
+from agent_fabric.errors import InvalidTask, TaskFailure
+from agent_fabric.events.envelope import TaskEvent
+from agent_fabric.outbound.progress import ProgressBus
+from agent_fabric.outbound.results import ResultPublisher
+from agent_fabric.settings import Settings
+from agent_fabric.storage.task_store import (
+    Claim,
+    EventRow,
+    Outcome,
+    TaskRecord,
+    TaskStore,
+    spec_hash,
+    utcnow,
+)
+from agent_fabric.tasks import TaskSpec, TaskStatus
+from agent_fabric.telemetry.metrics import FabricMetrics
+
+log = logging.getLogger(__name__)
+
+_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class Delivery(Protocol):
+    """A message held from JetStream (or anything that acks like one)."""
+
+    event: TaskEvent
+    num_delivered: int
+
+    async def ack(self) -> None: ...
+    async def nak(self, delay: float | None = None) -> None: ...
+
+
+@dataclass
+class _Run:
+    """The fabric's side of one attempt (implements drivers.base.RunContext)."""
+
+    spec: TaskSpec
+    attempt: int
+    checkpoint: Any | None
+    step: int
+    runner: TaskRunner
+    n: int = 0
+    usage: dict[str, float] = field(default_factory=lambda: {"tokens": 0, "compute_seconds": 0.0, "cost_usd": 0.0})
+
+    def next_n(self) -> int:
+        self.n += 1
+        return self.n
+
+    async def progress(self, data: dict[str, Any]) -> None:
+        await self.runner.emit(self, EventRow(self.attempt, self.next_n(), "progress", None, data))
+
+    async def save_checkpoint(self, state: Any) -> None:
+        self.step += 1
+        await self.runner.store.save_checkpoint(self.spec.tenant_id, self.spec.job_id, self.step, self.attempt, state)
+
+    def add_usage(
+        self, *, tokens: int = 0, compute_seconds: float = 0.0, cost_usd: float = 0.0, model: str | None = None
+    ) -> None:
+        self.usage["tokens"] += tokens
+        self.usage["compute_seconds"] += compute_seconds
+        self.usage["cost_usd"] += cost_usd
+        if tokens:
+            self.runner.metrics.tokens_total.labels(self.spec.agent_definition.label, model or "unknown").inc(tokens)
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        store: TaskStore,
+        drivers: Drivers,
+        results: ResultPublisher,
+        bus: ProgressBus,
+        metrics: FabricMetrics,
+        owner: str,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.drivers = drivers
+        self.results = results
+        self.bus = bus
+        self.metrics = metrics
+        self.owner = owner
+        self._lease = timedelta(seconds=settings.nats.ack_wait_seconds)
+        self._active_agents: Counter[str] = Counter()
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def handle(self, delivery: Delivery) -> None:
+        spec = delivery.event.spec
+        claim = await self.store.claim(
+            Claim(
+                spec=spec,
+                spec_hash=spec_hash(spec),
+                event_id=delivery.event.id,
+                owner=self.owner,
+                lease_until=utcnow() + self._lease,
+                now=utcnow(),
+            )
+        )
+        if not claim.claimed:
+            await self._not_ours(delivery, claim.current)
+            return
+        if claim.attempts > 1:
+            self.metrics.redeliveries.inc()
+        if claim.attempts > self.settings.worker.max_attempts:
+            run = _Run(spec, claim.attempts, None, 0, self)
+            await self._conclude(
+                delivery,
+                run,
+                TaskStatus.FAILED,
+                None,
+                "too_many_attempts",
+                f"gave up after {claim.attempts - 1} attempts died before finishing",
+                0.0,
+            )
+            return
+        saved = await self.store.latest_checkpoint(spec.tenant_id, spec.job_id) if claim.attempts > 1 else None
+        run = _Run(spec, claim.attempts, saved[1] if saved else None, saved[0] if saved else 0, self)
+        await self._publish_live(
+            run, EventRow(run.attempt, 0, "state", TaskStatus.RUNNING.value, {"attempt": run.attempt})
+        )
+        if self.settings.publish_transitions:
+            await self.results.publish_transition(spec.tenant_id, spec.job_id, TaskStatus.RUNNING, run.attempt)
+        await self._drive(delivery, run)
+
+    async def _drive(self, delivery: Delivery, run: _Run) -> None:
+        spec = run.spec
+        label = spec.agent_definition.label
+        self._agent_started(label)
+        started = time.monotonic()
+        timeout = spec.timeout_seconds or self.settings.worker.default_timeout_seconds
+        outcome: tuple[TaskStatus, Any, str | None, str | None]
+        try:
+            driver = self.drivers.for_task(spec)
+            async with asyncio.timeout(timeout):
+                result = await driver.run(run)
+        except TimeoutError:
+            outcome = (TaskStatus.TIMED_OUT, None, "timeout", f"the run exceeded its {timeout:g} s timeout")
+        except TaskFailure as exc:
+            outcome = (TaskStatus.FAILED, None, exc.code, exc.message)
+        except InvalidTask as exc:
+            outcome = (TaskStatus.REJECTED, None, exc.code, exc.message)
+        except asyncio.CancelledError:
+            # Shutdown past the grace period: hand the task back so another replica resumes it
+            # from its last checkpoint right away, instead of after the lease lapses.
+            await asyncio.shield(self._hand_back(delivery, spec))
+            raise
+        except Exception as exc:
+            log.exception("driver crashed", extra={"job_id": spec.job_id, "runtime": spec.agent_definition.runtime})
+            outcome = (TaskStatus.FAILED, None, "driver_error", f"{type(exc).__name__}: {exc}"[:1000])
+        else:
+            outcome = (TaskStatus.COMPLETED, result, None, None)
+        finally:
+            self._agent_finished(label)
+        elapsed = time.monotonic() - started
+        self.metrics.task_duration.observe(elapsed)
+        status, value, code, message = outcome
+        await self._conclude(delivery, run, status, value, code, message, elapsed)
+
+    async def _conclude(
+        self,
+        delivery: Delivery,
+        run: _Run,
+        status: TaskStatus,
+        result: Any,
+        code: str | None,
+        message: str | None,
+        elapsed: float,
+    ) -> None:
+        spec = run.spec
+        if run.usage["compute_seconds"] == 0.0:
+            run.usage["compute_seconds"] = round(elapsed, 6)
+        final = EventRow(
+            run.attempt, run.next_n(), "state", status.value, {"code": code, "message": message} if code else None
+        )
+        end = EventRow(run.attempt, run.next_n(), "end", status.value, None)
+        outcome = Outcome(
+            spec.tenant_id,
+            spec.job_id,
+            self.owner,
+            run.attempt,
+            status,
+            result,
+            code,
+            message,
+            dict(run.usage),
+            (final, end),
+        )
+        ok, record = await _retrying(lambda: self.store.finish(outcome), what="record outcome", job_id=spec.job_id)
+        if not ok:
+            await delivery.nak(delay=1.0)  # the database stayed down: run again later, nothing lost
+            return
+        if record is None:
+            # Our lease lapsed and another attempt owns the task now; its delivery will finish it.
+            log.warning("outcome not recorded: task taken over", extra={"job_id": spec.job_id})
+            return
+        self.metrics.tasks_total.labels(spec.agent_definition.label, status.value).inc()
+        for row in (final, end):
+            await self._publish_live(run, row)
+        await self._publish_and_ack(delivery, record)
+
+    async def _publish_and_ack(self, delivery: Delivery, record: TaskRecord) -> None:
+        published, _ = await _retrying(
+            lambda: self.results.publish_result(record), what="publish result", job_id=record.job_id
+        )
+        if not published:
+            await delivery.nak(delay=1.0)  # redelivery finds the outcome and publishes it then
+            return
+        # Ack first, then note the publish: only a crash between publish and ack (microseconds)
+        # can re-publish, and a re-publish carries the same event id (the stream drops it).
+        await delivery.ack()
+        self._mark_published_later(record)
+
+    def _mark_published_later(self, record: TaskRecord) -> None:
+        task = asyncio.create_task(
+            _retrying(
+                lambda: self.store.mark_published(record.tenant_id, record.job_id),
+                what="mark published",
+                job_id=record.job_id,
+            )
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain_background(self) -> None:
+        """Wait for the writes that follow acks (called at shutdown, before the batcher stops)."""
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _not_ours(self, delivery: Delivery, current: TaskRecord | None) -> None:
+        if current is None:
+            await delivery.nak(delay=1.0)
+            return
+        if current.status.is_terminal:
+            self.metrics.duplicates.inc()
+            if not current.result_published:
+                await self._publish_and_ack(delivery, current)
+            else:
+                await delivery.ack()
+            return
+        if delivery.event.id == current.event_id:
+            # This very message came back while a live owner still runs it (its in_progress was
+            # lost): keep it, try again once the lease could have lapsed.
+            await delivery.nak(delay=self.settings.nats.ack_wait_seconds / 2)
+            return
+        # Another submission of a job that is already running elsewhere: the runner's own
+        # message covers it, so this copy is done.
+        self.metrics.duplicates.inc()
+        await delivery.ack()
+
+    async def _hand_back(self, delivery: Delivery, spec: TaskSpec) -> None:
+        try:
+            await self.store.release(spec.tenant_id, spec.job_id, self.owner)
+        finally:
+            await delivery.nak(delay=0)
+
+    async def emit(self, run: _Run, row: EventRow) -> None:
+        await self.store.add_event(run.spec.tenant_id, run.spec.job_id, row)
+        await self._publish_live(run, row)
+
+    async def _publish_live(self, run: _Run, row: EventRow) -> None:
+        await self.bus.publish(
+            {
+                "id": f"{row.attempt}-{row.n}",
+                "job_id": run.spec.job_id,
+                "tenant_id": run.spec.tenant_id,
+                "kind": row.kind,
+                "status": row.status,
+                "data": row.data,
+                "time": row.created_at.isoformat().replace("+00:00", "Z"),
+            }
+        )
+
+    def _agent_started(self, label: str) -> None:
+        self._active_agents[label] += 1
+        self.metrics.agents_active.set(len(self._active_agents))
+        self.metrics.tasks_running.inc()
+
+    def _agent_finished(self, label: str) -> None:
+        self._active_agents[label] -= 1
+        if self._active_agents[label] <= 0:
+            del self._active_agents[label]
+        self.metrics.agents_active.set(len(self._active_agents))
+        self.metrics.tasks_running.dec()
+
+
+async def _retrying(fn: Callable[[], Awaitable[Any]], *, what: str, job_id: str) -> tuple[bool, Any]:
+    """Retry a write that must happen (database or NATS briefly away): (succeeded, result)."""
+    for delay in (*_RETRY_DELAYS, None):
+        try:
+            return True, await fn()
+        except Exception as exc:
+            if delay is None:
+                log.error(
+                    "%s failed, giving the task back to JetStream", what, extra={"job_id": job_id, "error": str(exc)}
+                )
+                break
+            log.warning("%s failed, retrying", what, extra={"job_id": job_id, "error": str(exc), "in_s": delay})
+            await asyncio.sleep(delay)
+    return False, None

@@ -1,0 +1,293 @@
+"""Typed settings, one section per subsystem, read from `AGENT_FABRIC_*` environment variables.
+
+Each section carries its own prefix so the contract's flat names hold
+(`AGENT_FABRIC_NATS_URL`, `AGENT_FABRIC_DATABASE_URL`, `AGENT_FABRIC_JWT_SECRET`, ...).
+Unsafe combinations are refused at start-up rather than discovered in production.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Mode = Literal["SANDBOX", "LIVE"]
+
+
+def _section(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
+
+
+class NatsSettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_NATS_")
+
+    url: str | None = Field(
+        None,
+        description="NATS server URL(s), comma-separated. Unset: start the bundled nats-server "
+        "with JetStream, its data under STATE_DIR/nats.",
+    )
+    embedded_port: int = Field(0, ge=0, le=65535, description="Port for the bundled nats-server; 0 picks a free one.")
+    stream_replicas: int = Field(1, ge=1, le=5, description="Replicas of the fabric's streams.")
+    ack_wait_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long JetStream waits for an ack before redelivering. In-flight tasks "
+        "send in_progress at a third of this, so only a dead process lets it lapse.",
+    )
+    duplicate_window_seconds: float = Field(
+        120.0, gt=0, description="JetStream duplicate window: a repeated CloudEvent id is dropped."
+    )
+    max_ack_pending: int = Field(20_000, ge=1, description="Unacked messages per consumer across all replicas.")
+    status_max_age_seconds: float = Field(
+        7 * 24 * 3600.0, gt=0, description="How long results stay in the AGENT_STATUS stream."
+    )
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_DATABASE_")
+
+    url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy async URL. Unset: sqlite+aiosqlite:///STATE_DIR/fabric.db. "
+        "Production: postgresql+asyncpg://...",
+    )
+    auto_migrate: bool = Field(
+        True,
+        description="Run Alembic migrations at start-up (serialised by an advisory lock on "
+        "Postgres). Deployments that migrate in an init container set this to false.",
+    )
+    pool_size: int = Field(20, ge=1, description="Connections per process (Postgres).")
+    batch_max: int = Field(512, ge=1, description="Most task writes folded into one statement.")
+    flushers: int = Field(
+        4, ge=1, le=32, description="Write transactions in flight at once on Postgres (SQLite always uses 1)."
+    )
+    batch_linger_ms: float = Field(
+        1.0, ge=0, description="How long a write waits for company before its batch is sent."
+    )
+
+
+class RedisSettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_REDIS_")
+
+    url: SecretStr | None = Field(
+        None,
+        description="Redis or Dragonfly URL for progress pub/sub (langgraph:stream:{job_id}). "
+        "Unset: progress goes over NATS core subjects.",
+    )
+
+
+class SecuritySettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_JWT_")
+
+    secret: SecretStr | None = Field(
+        None, description="HS256 signing key. Unset: generated once into STATE_DIR/jwt-secret."
+    )
+    public_key: str | None = Field(None, description="PEM public key; when set, tokens are verified with RS256/ES256.")
+    algorithm: Literal["HS256", "RS256", "ES256"] = Field("HS256", description="JWT algorithm.")
+    issuer: str = Field("agent-fabric", description="Required `iss` claim.")
+    audience: str = Field("agent-fabric", description="Required `aud` claim.")
+    default_ttl_seconds: int = Field(3600, ge=1, description="Lifetime of tokens the CLI issues.")
+    jwks_url: str | None = Field(
+        None, description="JWKS URL of an external identity provider (RS256/ES256); keys are picked by `kid`."
+    )
+    access_ttl_seconds: int = Field(900, ge=60, description="Lifetime of JWTs exchanged for an API key.")
+    refresh_ttl_seconds: int = Field(86_400, ge=300, description="Lifetime of a refresh token (single use).")
+
+
+class HttpSettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_HTTP_")
+
+    cors_origins: str = Field(
+        "", description="Comma-separated origins allowed by CORS. Empty (the default): CORS is off."
+    )
+    rate_limit_per_second: float = Field(
+        50.0, gt=0, description="Sustained requests per second per credential (token bucket, per replica)."
+    )
+    rate_limit_burst: int = Field(100, ge=1, description="Requests a credential may send at once.")
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+
+# The GPUBROKER roles (deploy/agent-zero/agents/) by task type.
+DEFAULT_PROFILE_ROUTES = {
+    "FIND_GPU": "gpubroker-provider",
+    "DEPLOY_GPU": "gpubroker-provisioner",
+    "SCALE_GPU": "gpubroker-provisioner",
+    "TERMINATE_GPU": "gpubroker-provisioner",
+    "OPTIMIZE_COST": "gpubroker-optimizer",
+    "HEALTH_CHECK": "gpubroker-monitor",
+}
+
+
+class AgentZeroSettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_AGENT_ZERO_")
+
+    url: str = Field("", description="Agent Zero instance URL(s), comma-separated. Empty: the runtime is off.")
+    api_key: SecretStr = Field(
+        SecretStr(""), description="API key(s) (X-API-KEY), comma-separated: one for all instances or one each."
+    )
+    timeout_seconds: float = Field(300.0, gt=0, description="Longest wait for one Agent Zero call.")
+    retries: int = Field(3, ge=0, le=10, description="Retries on connection errors and 502/503/504.")
+    max_in_flight: int = Field(
+        8, ge=1, le=10, description="Tasks run at once per instance (Agent Zero serves 10 requests at a time)."
+    )
+    poll_seconds: float = Field(1.0, gt=0, description="How often a run's log is read for progress.")
+    health_interval_seconds: float = Field(
+        10.0, gt=0, description="How often each instance's /api/health is checked (a down instance gets no work)."
+    )
+    profile_routes: dict[str, str] = Field(
+        default_factory=lambda: dict(DEFAULT_PROFILE_ROUTES),
+        description="Task type -> Agent Zero profile (JSON), used when a task names no profile.",
+    )
+
+    def instances(self) -> list[tuple[str, str]]:
+        urls = [u.strip() for u in self.url.split(",") if u.strip()]
+        keys = [k.strip() for k in self.api_key.get_secret_value().split(",")]
+        if urls and len(keys) not in (1, len(urls)):
+            raise ValueError("AGENT_FABRIC_AGENT_ZERO_API_KEY needs one key, or one per URL")
+        return [(url, keys[i] if len(keys) > 1 else keys[0]) for i, url in enumerate(urls)]
+
+
+class WorkerSettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_WORKER_")
+
+    concurrency: int = Field(64, ge=1, description="Tasks one process runs at once.")
+    prefetch: int = Field(
+        64,
+        ge=0,
+        description="Tasks fetched ahead of free slots. Small keeps the backlog in JetStream, "
+        "where other replicas and KEDA can see it.",
+    )
+    fetch_batch: int = Field(128, ge=1, description="Most messages asked for in one pull.")
+    default_timeout_seconds: float = Field(
+        3600.0, gt=0, description="Run time limit for tasks that set no timeout_seconds."
+    )
+    max_attempts: int = Field(
+        5,
+        ge=1,
+        description="Deliveries of one task before it fails with `too_many_attempts` "
+        "(a task that crashes every process that runs it must not loop forever).",
+    )
+
+
+class PolicySettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_POLICY_")
+
+    default_effect: Literal["allow", "deny"] = Field(
+        "allow", description="Decision for an action no rule matches (deny makes every policy an allow-list)."
+    )
+    reload_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Safety-net reload of policies, budgets and tenant configuration from the database, "
+        "besides the agent.control.* broadcast that applies a change on every replica at once.",
+    )
+    audit_decisions: bool = Field(True, description="Write every policy decision to the audit trail (batched).")
+
+
+class ApprovalSettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_APPROVAL_")
+
+    default_ttl_seconds: float = Field(
+        3600.0, gt=0, description="How long an approval waits before it expires, unless its rule says otherwise."
+    )
+    max_ttl_seconds: float = Field(7 * 24 * 3600.0, gt=0, description="Longest wait a rule or request may ask for.")
+    sweep_seconds: float = Field(
+        1.0, gt=0, description="How often a replica expires overdue approvals and republishes unsent events."
+    )
+
+
+class BudgetSettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_BUDGET_")
+
+    estimate_tokens: int = Field(0, ge=0, description="Tokens reserved per task that states no estimate_tokens.")
+    estimate_compute_seconds: float = Field(
+        0.0, ge=0, description="Compute seconds reserved per task that states no estimate_compute_seconds."
+    )
+    estimate_cost_usd: float = Field(0.0, ge=0, description="USD reserved per task that states no estimate_cost_usd.")
+    fold_interval_seconds: float = Field(
+        0.25, gt=0, description="How often settled task usage is folded into the budget counters."
+    )
+    http_status: Literal[402, 429] = Field(402, description="HTTP status of a `budget_exceeded` refusal.")
+
+
+class AuditSettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_AUDIT_")
+
+    flush_interval_ms: float = Field(
+        100.0, gt=0, description="Longest an audit entry waits before its batch is written."
+    )
+    batch_max: int = Field(1000, ge=1, description="Most audit entries written in one statement.")
+    buffer_max: int = Field(
+        100_000,
+        ge=1,
+        description="Entries held in memory while the database is away; beyond this they are appended to "
+        "STATE_DIR/audit-spool and written once it is back.",
+    )
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it once in `cli.py` or a test and pass it down."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENT_FABRIC_", extra="ignore", frozen=True)
+
+    state_dir: Path = Field(Path(".agent-fabric"), description="Embedded state (NATS data, SQLite, key).")
+    mode: Mode = Field("SANDBOX", description="Default mode for tenants that set none.")
+    http_host: str = Field("0.0.0.0", description="Address the HTTP server binds.")
+    http_port: int = Field(8080, ge=1, le=65535, description="HTTP port.")
+    log_level: str = Field("INFO", description="Root log level.")
+    log_json: bool = Field(True, description="Log one JSON object per line.")
+    max_event_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest task event accepted (HTTP 413, NATS dead-letter)."
+    )
+    shutdown_grace_seconds: float = Field(
+        25.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight tasks may finish before they are handed back "
+        "to JetStream. Keep below the pod's terminationGracePeriodSeconds.",
+    )
+    publish_transitions: bool = Field(
+        True, description="Publish non-final transitions (running, ...) on agent.status.<state>."
+    )
+
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    jwt: SecuritySettings = Field(default_factory=SecuritySettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    agent_zero: AgentZeroSettings = Field(default_factory=AgentZeroSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        secret = self.jwt.secret.get_secret_value() if self.jwt.secret else None
+        if secret is not None and len(secret) < 32:
+            raise ValueError("AGENT_FABRIC_JWT_SECRET must be at least 32 characters")
+        if self.jwt.algorithm != "HS256" and not (self.jwt.public_key or self.jwt.jwks_url):
+            raise ValueError(f"AGENT_FABRIC_JWT_ALGORITHM={self.jwt.algorithm} needs AGENT_FABRIC_JWT_PUBLIC_KEY")
+        self.agent_zero.instances()  # refuses a key list that does not match the URLs
+        if self.approval.default_ttl_seconds > self.approval.max_ttl_seconds:
+            raise ValueError("AGENT_FABRIC_APPROVAL_DEFAULT_TTL_SECONDS exceeds AGENT_FABRIC_APPROVAL_MAX_TTL_SECONDS")
+        if self.mode == "LIVE" and secret is None and not (self.jwt.public_key or self.jwt.jwks_url):
+            raise ValueError(
+                "MODE=LIVE refuses a generated JWT key: set AGENT_FABRIC_JWT_SECRET or AGENT_FABRIC_JWT_PUBLIC_KEY"
+            )
+        return self
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url is not None:
+            return self.database.url.get_secret_value()
+        return f"sqlite+aiosqlite:///{(self.state_dir / 'fabric.db').resolve()}"
+
+    @property
+    def redis_url(self) -> str | None:
+        return self.redis.url.get_secret_value() if self.redis.url else None

@@ -1,0 +1,90 @@
+"""Prometheus series. One registry per app (tests build several apps in one process).
+
+Names follow the seed (agent_fabric_*) exactly where it names them.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+_DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class FabricMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.tasks_total = Counter(
+            "agent_fabric_tasks_total", "Tasks that reached a final status.", ["agent_id", "status"], registry=r
+        )
+        self.task_duration = Histogram(
+            "agent_fabric_task_duration_seconds",
+            "Driver run time of finished tasks.",
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.tokens_total = Counter(
+            "agent_fabric_tokens_total", "Tokens reported by drivers.", ["agent_id", "model"], registry=r
+        )
+        self.agents_active = Gauge(
+            "agent_fabric_agents_active", "Distinct agents with a task running in this process.", registry=r
+        )
+        self.tasks_running = Gauge("agent_fabric_tasks_running", "Tasks running in this process.", registry=r)
+        self.tasks_held = Gauge(
+            "agent_fabric_tasks_held", "Messages fetched from JetStream and not yet acked.", registry=r
+        )
+        self.scheduling_latency = Histogram(
+            "agent_fabric_scheduling_latency_seconds",
+            "From fetch to dispatch onto a worker slot.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.events_invalid = Counter(
+            "agent_fabric_events_invalid_total", "Task events refused at intake.", ["code"], registry=r
+        )
+        self.deadletters = Counter(
+            "agent_fabric_deadletters_total", "Events kept as dead letters.", ["code"], registry=r
+        )
+        self.redeliveries = Counter(
+            "agent_fabric_redeliveries_total", "Tasks resumed after another attempt died.", registry=r
+        )
+        self.duplicates = Counter(
+            "agent_fabric_duplicate_deliveries_total", "Deliveries for a job already finished or running.", registry=r
+        )
+        self.consumer_pending = Gauge(
+            "agent_fabric_consumer_pending",
+            "JetStream lag per consumer (pending + ack pending), as KEDA sees it.",
+            ["consumer"],
+            registry=r,
+        )
+
+        self.policy_decisions = Counter(
+            "agent_fabric_policy_decisions_total", "Policy decisions, by effect.", ["decision"], registry=r
+        )
+        self.budget_usage_ratio = Gauge(
+            "agent_fabric_budget_usage_ratio",
+            "Used over limit of a budget (largest limited dimension), as last seen by this process.",
+            ["entity_id"],
+            registry=r,
+        )
+        self.budget_refusals = Counter(
+            "agent_fabric_budget_refusals_total", "Tasks refused by a hard budget limit (LIVE mode).", registry=r
+        )
+        self.approvals = Counter(
+            "agent_fabric_approvals_total", "Approval requests and their outcomes.", ["status"], registry=r
+        )
+        self.audit_entries = Counter(
+            "agent_fabric_audit_entries_total", "Audit entries written by the batched writer.", registry=r
+        )
+        self.audit_pending = Gauge(
+            "agent_fabric_audit_pending", "Audit entries waiting in memory for the database.", registry=r
+        )
+        self.audit_write_failures = Counter(
+            "agent_fabric_audit_write_failures_total",
+            "Batched audit writes that failed and will be retried.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
