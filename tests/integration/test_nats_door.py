@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,10 @@ from cloudevents.core.bindings.http import to_binary_event
 from cloudevents.core.v1.event import CloudEvent
 from nats.aio.client import Client
 from nats.js.errors import APIError
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from agent_fabric import names
-from agent_fabric.storage.tables import dead_letters
+from agent_fabric.storage.tables import dead_letters, tasks
 from tests.conftest import RunningApp, make_settings, new_job_id, running_app
 
 
@@ -198,6 +198,46 @@ async def test_duplicate_cloudevent_id_runs_once(fabric_app: RunningApp, nc: Cli
     assert len(for_job(completed, job)) == 1
     record = await fabric_app.fabric.store.get("default", job)
     assert record is not None and record.attempts == 1
+
+
+@pytest.mark.parametrize("finished_ago_s", [0.0, 3600.0])
+async def test_duplicate_of_unmarked_result_publishes_once_after_grace(
+    fabric_app: RunningApp, nc: Client, finished_ago_s: float
+) -> None:
+    """A finished task whose "published" note is missing: a crash between publish and note (old),
+    or a replica still writing the note (recent). The old one is republished at once; the recent
+    one only after the grace period, and only because the note never came."""
+    job = new_job_id("mark")
+    async with collect(nc, "agent.status.completed") as completed:
+        await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+        await until(lambda: for_job(completed, job))
+        await until_marked(fabric_app, job)
+        finished_at = datetime.now(UTC) - timedelta(seconds=finished_ago_s)
+        async with fabric_app.fabric.engine.begin() as conn:
+            await conn.execute(
+                update(tasks)
+                .where(tasks.c.tenant_id == "default", tasks.c.job_id == job)
+                .values(result_published=False, finished_at=finished_at)
+            )
+        await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+        if finished_ago_s:
+            await until(lambda: len(for_job(completed, job)) == 2, timeout=5)
+        else:
+            await asyncio.sleep(1.0)
+            assert len(for_job(completed, job)) == 1, "republished inside the grace period"
+            await until(lambda: len(for_job(completed, job)) == 2, timeout=5)
+        await until_marked(fabric_app, job)
+    # Both copies carry the same event id, so the AGENT_STATUS stream keeps one.
+    assert {e["id"] for e in for_job(completed, job)} == {f"default/{job}/result"}
+
+
+async def until_marked(app: RunningApp, job: str) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            record = await app.fabric.store.get("default", job)
+            if record is not None and record.result_published:
+                return
+            await asyncio.sleep(0.05)
 
 
 async def test_subject_priority_wins_over_data(fabric_app: RunningApp, nc: Client) -> None:

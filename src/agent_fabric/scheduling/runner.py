@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from agent_fabric.drivers.factory import Drivers
@@ -38,6 +38,9 @@ from agent_fabric.telemetry.metrics import FabricMetrics
 log = logging.getLogger(__name__)
 
 _RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0, 5.0)
+# How long after a task finished a duplicate waits before it republishes a result that is not
+# yet marked published: the publishing replica marks it in the background within milliseconds.
+RESULT_MARK_GRACE_SECONDS = 2.0
 
 
 class Delivery(Protocol):
@@ -104,6 +107,9 @@ class TaskRunner:
         self._lease = timedelta(seconds=settings.nats.ack_wait_seconds)
         self._active_agents: Counter[str] = Counter()
         self._background: set[asyncio.Task[Any]] = set()
+        # Results this process published whose "published" flag is still on its way to the
+        # database: a duplicate arriving in that window must not publish them again.
+        self._publishing: set[tuple[str, str]] = set()
 
     async def handle(self, delivery: Delivery) -> None:
         spec = delivery.event.spec
@@ -232,13 +238,20 @@ class TaskRunner:
         self._mark_published_later(record)
 
     def _mark_published_later(self, record: TaskRecord) -> None:
-        task = asyncio.create_task(
-            _retrying(
-                lambda: self.store.mark_published(record.tenant_id, record.job_id),
-                what="mark published",
-                job_id=record.job_id,
-            )
-        )
+        key = (record.tenant_id, record.job_id)
+        self._publishing.add(key)
+
+        async def mark() -> None:
+            try:
+                await _retrying(
+                    lambda: self.store.mark_published(record.tenant_id, record.job_id),
+                    what="mark published",
+                    job_id=record.job_id,
+                )
+            finally:
+                self._publishing.discard(key)
+
+        task = asyncio.create_task(mark())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -252,10 +265,14 @@ class TaskRunner:
             return
         if current.status.is_terminal:
             self.metrics.duplicates.inc()
-            if not current.result_published:
-                await self._publish_and_ack(delivery, current)
-            else:
+            if current.result_published or (current.tenant_id, current.job_id) in self._publishing:
                 await delivery.ack()
+            elif _recently(current.finished_at, RESULT_MARK_GRACE_SECONDS):
+                # Another replica has probably just published and is still noting it: look again
+                # after the grace period, and publish then only if the note never came.
+                await delivery.nak(delay=RESULT_MARK_GRACE_SECONDS)
+            else:
+                await self._publish_and_ack(delivery, current)
             return
         if delivery.event.id == current.event_id:
             # This very message came back while a live owner still runs it (its in_progress was
@@ -301,6 +318,10 @@ class TaskRunner:
             del self._active_agents[label]
         self.metrics.agents_active.set(len(self._active_agents))
         self.metrics.tasks_running.dec()
+
+
+def _recently(moment: datetime | None, seconds: float) -> bool:
+    return moment is not None and (utcnow() - moment).total_seconds() < seconds
 
 
 async def _retrying(fn: Callable[[], Awaitable[Any]], *, what: str, job_id: str) -> tuple[bool, Any]:
