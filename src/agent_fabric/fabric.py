@@ -19,6 +19,7 @@ from agent_fabric.admission.approvals import ApprovalDesk
 from agent_fabric.admission.budget import BudgetManager
 from agent_fabric.admission.checks import Admission
 from agent_fabric.admission.policy import PolicyEngine
+from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.audit.store import AuditStore
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.drivers.factory import Drivers, build_drivers
@@ -68,6 +69,7 @@ class Fabric:
     rate_limiter: RateLimiter
     metrics: FabricMetrics
     governance: Governance
+    fleet: Fleet
 
 
 @dataclass
@@ -140,7 +142,10 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
 
         bus = await open_progress_bus(settings.redis_url, nc)
         stack.push_async_callback(bus.aclose)
-        drivers = build_drivers(settings)
+        fleet = Fleet(settings.agent_zero, governance.tenants.mode_for)
+        stack.push_async_callback(fleet.aclose)
+        await fleet.start()
+        drivers = build_drivers(settings, fleet)
         stack.push_async_callback(drivers.aclose)
         await drivers.start()
         results = ResultPublisher(nc, js)
@@ -179,6 +184,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             rate_limiter=RateLimiter(settings.http.rate_limit_per_second, settings.http.rate_limit_burst),
             metrics=metrics,
             governance=governance,
+            fleet=fleet,
         )
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 

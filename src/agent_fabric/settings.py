@@ -130,6 +130,14 @@ class AgentZeroSettings(BaseSettings):
     api_key: SecretStr = Field(
         SecretStr(""), description="API key(s) (X-API-KEY), comma-separated: one for all instances or one each."
     )
+    sandbox_url: str = Field(
+        "",
+        description="Instance URL(s) for tenants in SANDBOX mode, comma-separated. Empty: SANDBOX tenants use "
+        "the instances of AGENT_FABRIC_AGENT_ZERO_URL.",
+    )
+    sandbox_api_key: SecretStr = Field(
+        SecretStr(""), description="API key(s) of the sandbox instances: one for all or one each."
+    )
     timeout_seconds: float = Field(300.0, gt=0, description="Longest wait for one Agent Zero call.")
     retries: int = Field(3, ge=0, le=10, description="Retries on connection errors and 502/503/504.")
     max_in_flight: int = Field(
@@ -145,11 +153,19 @@ class AgentZeroSettings(BaseSettings):
     )
 
     def instances(self) -> list[tuple[str, str]]:
-        urls = [u.strip() for u in self.url.split(",") if u.strip()]
-        keys = [k.strip() for k in self.api_key.get_secret_value().split(",")]
-        if urls and len(keys) not in (1, len(urls)):
-            raise ValueError("AGENT_FABRIC_AGENT_ZERO_API_KEY needs one key, or one per URL")
-        return [(url, keys[i] if len(keys) > 1 else keys[0]) for i, url in enumerate(urls)]
+        """The LIVE set from the environment: (url, api key) pairs."""
+        return _pair_keys(self.url, self.api_key, "AGENT_FABRIC_AGENT_ZERO_API_KEY")
+
+    def sandbox_instances(self) -> list[tuple[str, str]]:
+        return _pair_keys(self.sandbox_url, self.sandbox_api_key, "AGENT_FABRIC_AGENT_ZERO_SANDBOX_API_KEY")
+
+
+def _pair_keys(url_list: str, key_list: SecretStr, key_var: str) -> list[tuple[str, str]]:
+    urls = [u.strip() for u in url_list.split(",") if u.strip()]
+    keys = [k.strip() for k in key_list.get_secret_value().split(",")]
+    if urls and len(keys) not in (1, len(urls)):
+        raise ValueError(f"{key_var} needs one key, or one per URL")
+    return [(url, keys[i] if len(keys) > 1 else keys[0]) for i, url in enumerate(urls)]
 
 
 class WorkerSettings(BaseSettings):
@@ -274,6 +290,7 @@ class Settings(BaseSettings):
         if self.jwt.algorithm != "HS256" and not (self.jwt.public_key or self.jwt.jwks_url):
             raise ValueError(f"AGENT_FABRIC_JWT_ALGORITHM={self.jwt.algorithm} needs AGENT_FABRIC_JWT_PUBLIC_KEY")
         self.agent_zero.instances()  # refuses a key list that does not match the URLs
+        self.agent_zero.sandbox_instances()
         if self.approval.default_ttl_seconds > self.approval.max_ttl_seconds:
             raise ValueError("AGENT_FABRIC_APPROVAL_DEFAULT_TTL_SECONDS exceeds AGENT_FABRIC_APPROVAL_MAX_TTL_SECONDS")
         if self.mode == "LIVE" and secret is None and not (self.jwt.public_key or self.jwt.jwks_url):

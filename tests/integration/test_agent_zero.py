@@ -181,7 +181,7 @@ async def test_a_down_instance_gets_nothing_and_recovers(tmp_path: Path, nats_ur
         a = instance_a.enter_context(running_standin(KEY, port=port_a))[1]
         settings = az_settings(tmp_path, nats_url, f"{url_a},{url_b}", health_interval_seconds=0.3, retries=0)
         async with running_app(settings) as app:
-            fleet = app.fabric.drivers.get("agent-zero").fleet  # type: ignore[attr-defined]
+            fleet = app.fabric.fleet
             assert {i.url: i.status for i in fleet.instances} == {url_a: "idle", url_b: "idle"}
             assert fleet.by_url(url_a).version == "M v1.7"
 

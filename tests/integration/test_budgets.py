@@ -24,8 +24,9 @@ from tests.support.flows import (
 )
 
 
-def spend(job: str, cost: float, estimate: float = 1.0, **extra: Any) -> dict[str, Any]:
-    return task(job, "spend", {"cost_usd": cost, "tokens": 10}, metadata={"estimate_cost_usd": str(estimate)}, **extra)
+def spend(job: str, cost: float, estimate: float = 1.0, seconds: float = 0.0, **extra: Any) -> dict[str, Any]:
+    work = {"cost_usd": cost, "tokens": 10, "seconds": seconds}
+    return task(job, "spend", work, metadata={"estimate_cost_usd": str(estimate)}, **extra)
 
 
 async def set_mode(app: RunningApp, pod: str, mode: str, **budget: Any) -> None:
@@ -48,7 +49,8 @@ async def test_live_tenant_is_refused_past_its_hard_limit(fabric_app: RunningApp
     alice = auth_as(fabric_app, "alice", "pod_admin", pod)
     codes = []
     for i in range(5):
-        response = await fabric_app.client.post("/api/v1/tasks", headers=alice, json=spend(f"sp-{i}", 0.5))
+        # The admitted ones hold their reservation for a while, so none settles before the fifth.
+        response = await fabric_app.client.post("/api/v1/tasks", headers=alice, json=spend(f"sp-{i}", 0.5, seconds=2))
         codes.append(response.status_code)
     assert codes == [202, 202, 202, 402, 402]
     refusal = response.json()

@@ -8,6 +8,7 @@ import pytest
 
 from agent_fabric import names
 from agent_fabric.admission.checks import Admission
+from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.drivers.factory import build_drivers
 from agent_fabric.errors import InvalidTask
 from agent_fabric.outbound.results import result_subject_status
@@ -59,7 +60,7 @@ def test_redaction_masks_tokens_and_passwords() -> None:
 
 
 def test_builtin_checks_task_types_and_inputs() -> None:
-    admission = Admission(build_drivers(Settings()))
+    admission = Admission(build_drivers(Settings(), Fleet(Settings().agent_zero)))
     admission.check(spec())
     admission.check(spec(task={"type": "sleep", "input": {"seconds": 1.5}}))
     for bad, code in [
@@ -73,7 +74,7 @@ def test_builtin_checks_task_types_and_inputs() -> None:
 
 
 def test_unbuilt_runtimes_and_dependencies_are_refused_not_ignored() -> None:
-    admission = Admission(build_drivers(Settings()))
+    admission = Admission(build_drivers(Settings(), Fleet(Settings().agent_zero)))
     with pytest.raises(InvalidTask) as refused:
         admission.check(spec(agent_definition={"runtime": "agent-zero"}))
     assert refused.value.code == "runtime_unavailable"

@@ -1,5 +1,10 @@
 """The configured Agent Zero instances, their health, and which one a new task goes to.
 
+Instances come in two sets, LIVE and SANDBOX (seed 000 req. 7): a tenant in SANDBOX mode is routed
+only to the sandbox set (AGENT_FABRIC_AGENT_ZERO_SANDBOX_URL; when that is empty, the LIVE set
+serves both). Instances registered through the API may belong to one tenant (POD): that tenant's
+work goes to its own instances of the set when it has any, else to the shared ones.
+
 Health comes from `/api/health` every `health_interval_seconds` (version included) and from the
 calls themselves: an instance that cannot be reached is marked `error` at once and gets no new
 work until a health check succeeds again. New work goes to the least-loaded healthy instance;
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +24,10 @@ from typing import Any
 from agent_fabric.agent_zero.a2a_client import AgentZeroA2AClient
 from agent_fabric.agent_zero.client import AgentZeroClient, AgentZeroError
 from agent_fabric.agent_zero.mcp_client import AgentZeroMcpClient
-from agent_fabric.settings import AgentZeroSettings
+from agent_fabric.settings import AgentZeroSettings, Mode
+
+LIVE_SET: Mode = "LIVE"
+SANDBOX_SET: Mode = "SANDBOX"
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +39,9 @@ class Instance:
     mcp: AgentZeroMcpClient
     a2a: AgentZeroA2AClient
     slots: asyncio.Semaphore
+    mode_set: Mode = LIVE_SET
+    tenant_id: str | None = None  # None: shared by every tenant
+    instance_id: str | None = None  # set for instances registered through the API
     in_flight: int = 0
     healthy: bool = True
     version: str | None = None
@@ -44,7 +56,11 @@ class Instance:
 
     def view(self) -> dict[str, Any]:
         return {
+            "id": self.instance_id,
             "url": self.url,
+            "mode_set": self.mode_set,
+            "tenant_id": self.tenant_id,
+            "source": "api" if self.instance_id else "environment",
             "status": self.status,
             "in_flight": self.in_flight,
             "version": self.version,
@@ -54,19 +70,47 @@ class Instance:
 
 
 class Fleet:
-    def __init__(self, cfg: AgentZeroSettings) -> None:
+    def __init__(self, cfg: AgentZeroSettings, mode_for: Callable[[str | None], Mode] = lambda _: LIVE_SET) -> None:
+        self._cfg = cfg
         self._interval = cfg.health_interval_seconds
-        self.instances = [
-            Instance(
-                url,
-                AgentZeroClient(url, key, timeout=cfg.timeout_seconds, retries=cfg.retries),
-                AgentZeroMcpClient(url, key, timeout=cfg.timeout_seconds),
-                AgentZeroA2AClient(url, key, timeout=cfg.timeout_seconds, poll_seconds=cfg.poll_seconds),
-                asyncio.Semaphore(cfg.max_in_flight),
-            )
-            for url, key in cfg.instances()
-        ]
+        self._mode_for = mode_for
+        self._separate_sandbox = bool(cfg.sandbox_instances())
+        self.instances = [self.make_instance(url, key, LIVE_SET) for url, key in cfg.instances()]
+        self.instances += [self.make_instance(url, key, SANDBOX_SET) for url, key in cfg.sandbox_instances()]
         self._checker: asyncio.Task[None] | None = None
+
+    def make_instance(
+        self, url: str, key: str, mode_set: Mode, *, tenant_id: str | None = None, instance_id: str | None = None
+    ) -> Instance:
+        cfg = self._cfg
+        return Instance(
+            url,
+            AgentZeroClient(url, key, timeout=cfg.timeout_seconds, retries=cfg.retries),
+            AgentZeroMcpClient(url, key, timeout=cfg.timeout_seconds),
+            AgentZeroA2AClient(url, key, timeout=cfg.timeout_seconds, poll_seconds=cfg.poll_seconds),
+            asyncio.Semaphore(cfg.max_in_flight),
+            mode_set=mode_set,
+            tenant_id=tenant_id,
+            instance_id=instance_id,
+        )
+
+    def set_for(self, tenant_id: str | None) -> Mode:
+        """Which instance set serves the tenant now (its mode, unless there is no sandbox set)."""
+        if self._mode_for(tenant_id) == SANDBOX_SET and (
+            self._separate_sandbox or any(i.mode_set == SANDBOX_SET for i in self.instances)
+        ):
+            return SANDBOX_SET
+        return LIVE_SET
+
+    def candidates(self, tenant_id: str | None) -> list[Instance]:
+        """The instances that may serve the tenant: its own in its set if it has any, else the shared ones."""
+        mode_set = self.set_for(tenant_id)
+        in_set = [i for i in self.instances if i.mode_set == mode_set]
+        own = [i for i in in_set if tenant_id is not None and i.tenant_id == tenant_id]
+        return own or [i for i in in_set if i.tenant_id is None]
+
+    def serves(self, tenant_id: str | None) -> bool:
+        return bool(self.candidates(tenant_id))
 
     async def start(self) -> None:
         await self.check_all()
@@ -85,12 +129,18 @@ class Fleet:
     def by_url(self, url: str) -> Instance | None:
         return next((i for i in self.instances if i.url == url), None)
 
-    def pick(self) -> Instance:
-        healthy = [i for i in self.instances if i.healthy]
+    def pick(self, tenant_id: str | None = None) -> Instance:
+        """The least-loaded healthy instance of the tenant's set."""
+        candidates = self.candidates(tenant_id)
+        if not candidates:
+            raise AgentZeroError(
+                "agent_unreachable", f"no Agent Zero instance serves the {self.set_for(tenant_id)} set of this tenant"
+            )
+        healthy = [i for i in candidates if i.healthy]
         if not healthy:
             raise AgentZeroError(
                 "agent_unreachable",
-                "no healthy Agent Zero instance: " + "; ".join(f"{i.url}: {i.last_error}" for i in self.instances),
+                "no healthy Agent Zero instance: " + "; ".join(f"{i.url}: {i.last_error}" for i in candidates),
             )
         return min(healthy, key=lambda i: i.in_flight)
 

@@ -52,14 +52,22 @@ def task_message(spec: TaskSpec) -> str:
 class AgentZeroDriver:
     runtime = "agent-zero"
 
-    def __init__(self, cfg: AgentZeroSettings) -> None:
+    def __init__(self, cfg: AgentZeroSettings, fleet: Fleet) -> None:
         self._cfg = cfg
-        self.fleet = Fleet(cfg)
+        self.fleet = fleet  # owned by the fabric (started and closed there): the admin API shares it
 
     async def start(self) -> None:
-        await self.fleet.start()
+        """Nothing of its own to start: the fleet is the fabric's."""
 
     def check(self, spec: TaskSpec) -> None:
+        if not self.fleet.serves(spec.tenant_id):
+            raise InvalidTask(
+                "no Agent Zero instance serves this tenant (set AGENT_FABRIC_AGENT_ZERO_URL or register one "
+                "with POST /api/v2/agent/instances)",
+                code="runtime_unavailable",
+                job_id=spec.job_id,
+                tenant_id=spec.tenant_id,
+            )
         if transport_of(spec) not in TRANSPORTS:
             raise InvalidTask(
                 f"agent_definition.transport must be one of {', '.join(TRANSPORTS)}",
@@ -75,7 +83,7 @@ class AgentZeroDriver:
 
     async def run(self, ctx: RunContext) -> Any:
         state = ctx.checkpoint if isinstance(ctx.checkpoint, dict) else {}
-        instance = self._instance_for(state)
+        instance = self._instance_for(state, ctx.spec.tenant_id)
         async with instance.slots:
             instance.in_flight += 1
             try:
@@ -123,9 +131,9 @@ class AgentZeroDriver:
             return Reply(context_id=str(sent.get("chat_id") or context_id), response=str(sent.get("response", "")))
         return await instance.client.message(message, context_id=context_id)
 
-    def _instance_for(self, state: dict[str, Any]) -> Instance:
+    def _instance_for(self, state: dict[str, Any], tenant_id: str) -> Instance:
         if "instance" not in state:
-            return self.fleet.pick()
+            return self.fleet.pick(tenant_id)
         # A chat lives on one instance: a resumed task must go back to it, healthy or not yet.
         instance = self.fleet.by_url(str(state["instance"]))
         if instance is None:
@@ -135,4 +143,4 @@ class AgentZeroDriver:
         return instance
 
     async def aclose(self) -> None:
-        await self.fleet.aclose()
+        """The fleet is closed by the fabric."""

@@ -5,7 +5,7 @@
   what is left (the simplest real demonstration of resume-from-checkpoint);
 - `fail` fails with `input.code` / `input.message`, to exercise the failure path end to end;
 - `spend` reports `input.tokens`, `input.compute_seconds` and `input.cost_usd` as its usage and
-  returns them, to exercise budgets end to end.
+  returns them, to exercise budgets end to end (after `input.seconds` of work, if given).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class BuiltinDriver:
                 job_id=spec.job_id,
                 tenant_id=spec.tenant_id,
             )
-        if kind == "sleep":
+        if kind in ("sleep", "spend") and (kind == "sleep" or "seconds" in spec.task.input):
             seconds = spec.task.input.get("seconds")
             if (
                 not isinstance(seconds, int | float)
@@ -44,7 +44,7 @@ class BuiltinDriver:
                 or not 0 <= seconds <= MAX_SLEEP_SECONDS
             ):
                 raise InvalidTask(
-                    f"sleep needs input.seconds, a number from 0 to {MAX_SLEEP_SECONDS}",
+                    f"{kind} needs input.seconds as a number from 0 to {MAX_SLEEP_SECONDS}",
                     job_id=spec.job_id,
                     tenant_id=spec.tenant_id,
                 )
@@ -62,6 +62,8 @@ class BuiltinDriver:
         if kind == "echo":
             return ctx.spec.task.input
         if kind == "spend":
+            # Optional input.seconds: work that long first (holds the budget reservation meanwhile).
+            await asyncio.sleep(float(ctx.spec.task.input.get("seconds", 0)))
             spent = {key: ctx.spec.task.input.get(key, 0) for key in SPEND_KEYS}
             ctx.add_usage(
                 tokens=int(spent["tokens"]),

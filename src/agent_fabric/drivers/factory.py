@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.drivers.agent_zero import AgentZeroDriver
 from agent_fabric.drivers.base import Driver
 from agent_fabric.drivers.builtin import BuiltinDriver
@@ -41,8 +42,7 @@ class Drivers:
             await driver.aclose()
 
 
-def build_drivers(settings: Settings) -> Drivers:
-    drivers: list[Driver] = [BuiltinDriver()]
-    if settings.agent_zero.instances():
-        drivers.append(AgentZeroDriver(settings.agent_zero))
+def build_drivers(settings: Settings, fleet: Fleet) -> Drivers:
+    """The builtin runtime, and agent-zero (it refuses tasks of tenants no instance serves)."""
+    drivers: list[Driver] = [BuiltinDriver(), AgentZeroDriver(settings.agent_zero, fleet)]
     return Drivers({driver.runtime: driver for driver in drivers})

@@ -290,3 +290,99 @@ audit_log = Table(
     Index("ix_audit_log_tenant_seq", "tenant_id", "seq"),
     Index("ix_audit_log_action_seq", "action", "seq"),
 )
+
+# --- Agent Zero fleets (issue 4) ---
+
+# Agent Zero instances registered through the API (the environment's instances are not stored).
+# `tenant_id` null: shared by every POD; `mode_set` says which set routes to it (LIVE or SANDBOX).
+# The API key is kept for calls to the instance and never returned by any endpoint.
+agent_zero_instances = Table(
+    "agent_zero_instances",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), nullable=True),
+    Column("url", String(2048), nullable=False),
+    Column("api_key", Text, nullable=False),
+    Column("mode_set", String(8), nullable=False),
+    Column("registered_by", String(128), nullable=False),
+    Column("registered_at", Timestamp, nullable=False),
+    Column("removed_at", Timestamp, nullable=True),
+    Index("ix_agent_zero_instances_tenant", "tenant_id"),
+)
+
+# A POD's fleet: the orchestrator (Agent 0) and the specialists under it. Each agent is one Agent
+# Zero chat context created with the agent's profile on one instance.
+fleet_agents = Table(
+    "fleet_agents",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("role", String(16), nullable=False),  # orchestrator | specialist
+    Column("profile", String(128), nullable=True),
+    Column("parent_id", String(32), nullable=True),
+    Column("instance_url", String(2048), nullable=True),
+    Column("context_id", String(64), nullable=True),
+    Column("status", String(16), nullable=False),  # starting | idle | busy | error | terminated
+    Column("mode", String(8), nullable=False),
+    Column("created_by", String(128), nullable=False),
+    Column("created_at", Timestamp, nullable=False),
+    Column("last_activity_at", Timestamp, nullable=False),
+    Column("terminated_at", Timestamp, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Index("ix_fleet_agents_tenant_status", "tenant_id", "status"),
+)
+
+# The seed's AgentSession: a POD administrator's conversation with Agent Zero.
+agent_sessions = Table(
+    "agent_sessions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("user_id", String(128), nullable=False),
+    Column("agent_zero_session_id", String(64), nullable=True),  # Agent Zero's context_id
+    Column("instance_url", String(2048), nullable=True),
+    Column("agent_profile", String(128), nullable=True),
+    Column("status", String(16), nullable=False),  # active | idle | terminated | error
+    Column("mode", String(8), nullable=False),
+    Column("started_at", Timestamp, nullable=False),
+    Column("last_activity_at", Timestamp, nullable=False),
+    Column("terminated_at", Timestamp, nullable=True),
+    Column("estimated_cost_usd", Float, nullable=False, default=0.0),
+    Column("message_count", Integer, nullable=False, default=0),
+    Column("busy", Boolean, nullable=False, default=False),
+    Column("last_error", Text, nullable=True),
+    Index("ix_agent_sessions_tenant_status", "tenant_id", "status"),
+    Index("ix_agent_sessions_status_activity", "status", "last_activity_at"),
+)
+
+# What a session said and heard, in order: the WebSocket replays it after a reconnect.
+agent_session_events = Table(
+    "agent_session_events",
+    metadata,
+    Column("session_id", String(36), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("kind", String(24), nullable=False),  # message | progress | response | error | terminated
+    Column("data", Json, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+)
+
+# Decision records: every high-impact action proposed or taken, and the human ruling on it.
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("kind", String(64), nullable=False),  # e.g. task:DEPLOY_GPU
+    Column("subject", String(160), nullable=True),  # the job id or agent id it is about
+    Column("approval_id", String(32), nullable=True),
+    Column("status", String(16), nullable=False),  # proposed | approved | rejected | executed | failed | expired
+    Column("proposed_by", String(128), nullable=False),
+    Column("detail", Json, nullable=True),
+    Column("created_at", Timestamp, nullable=False),
+    Column("updated_at", Timestamp, nullable=False),
+    Column("overridden_by", String(128), nullable=True),
+    Column("override_notes", Text, nullable=True),
+    Column("overridden_at", Timestamp, nullable=True),
+    Index("ix_decisions_tenant_created", "tenant_id", "created_at"),
+    Index("ux_decisions_tenant_subject_kind", "tenant_id", "subject", "kind", unique=True),
+)

@@ -1,7 +1,7 @@
-"""/api/v2/agent/budget and /api/v2/agent/audit: the POD administrator's view (seed 000, req. 5-7, 10).
+"""/api/v2/agent/budget, /audit and /config: the POD administrator's view (seed 000, req. 5-7, 10).
 
-POD administrators of that POD (tenant) or admins only. Every response carries the tenant's mode,
-in the body and in the X-Fabric-Mode header.
+POD administrators of that POD (tenant) or admins only (see inbound/api/pod.py). Every response
+carries the tenant's mode, in the body and in the X-Fabric-Mode header.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,15 +17,11 @@ from agent_fabric.admission.budget_config import BudgetConfig
 from agent_fabric.admission.budget_math import Period
 from agent_fabric.admission.budget_reports import TENANT_ENTITY
 from agent_fabric.audit.store import AuditQuery
-from agent_fabric.fabric import Fabric
 from agent_fabric.inbound.api.audit import audit_page
 from agent_fabric.inbound.api.config import config_view
-from agent_fabric.inbound.api.deps import FabricDep, PodAdmin, mode_headers, pod_tenant
-from agent_fabric.tasks import TENANT_ID_PATTERN
+from agent_fabric.inbound.api.pod import Pod, PodCall
 
 router = APIRouter(prefix="/api/v2/agent", tags=["agent-v2"])
-
-TenantQuery = Annotated[str | None, Query(pattern=TENANT_ID_PATTERN, description="Admins: which POD.")]
 
 
 class BudgetPatch(BaseModel):
@@ -40,12 +35,11 @@ class BudgetPatch(BaseModel):
     max_compute_seconds: float | None = Field(None, ge=0)
 
 
-async def _budget_view(fabric: Fabric, tenant_id: str) -> JSONResponse:
-    report = await fabric.governance.budgets.get_usage(tenant_id, TENANT_ENTITY)
+async def _budget_view(pod: PodCall) -> JSONResponse:
+    report = await pod.fabric.governance.budgets.get_usage(pod.tenant_id, TENANT_ENTITY)
     thresholds = [50.0, 75.0, 90.0]
     body = {
-        "pod_id": tenant_id,
-        "mode": report["mode"],
+        "pod_id": pod.tenant_id,
         "limit_usd": report["limits"]["cost_usd"],
         "used_usd": report["used"]["cost_usd"],
         "reserved_usd": report["reserved"]["cost_usd"],
@@ -59,33 +53,28 @@ async def _budget_view(fabric: Fabric, tenant_id: str) -> JSONResponse:
         "enforced": report["enforced"],
         "budget": report,
     }
-    return JSONResponse(jsonable_encoder(body), headers=mode_headers(fabric, tenant_id))
+    return pod.reply(body)
 
 
 @router.get("/budget", summary="The POD's budget status")
-async def get_budget(fabric: FabricDep, principal: PodAdmin, tenant_id: TenantQuery = None) -> JSONResponse:
-    return await _budget_view(fabric, pod_tenant(fabric, principal, tenant_id))
+async def get_budget(pod: Pod) -> JSONResponse:
+    return await _budget_view(pod)
 
 
 @router.patch("/budget", summary="Update the POD's budget limits")
-async def patch_budget(
-    patch: BudgetPatch, fabric: FabricDep, principal: PodAdmin, tenant_id: TenantQuery = None
-) -> JSONResponse:
-    tenant = pod_tenant(fabric, principal, tenant_id)
-    budgets = fabric.governance.budgets
-    current = await budgets.config_of(tenant, TENANT_ENTITY) or BudgetConfig()
+async def patch_budget(patch: BudgetPatch, pod: Pod) -> JSONResponse:
+    budgets = pod.fabric.governance.budgets
+    current = await budgets.config_of(pod.tenant_id, TENANT_ENTITY) or BudgetConfig()
     changes = patch.model_dump(exclude_unset=True)
     renamed = {"limit_usd": "max_cost_usd", "reset_period": "period"}
     merged = BudgetConfig.model_validate({**current.model_dump(), **{renamed.get(k, k): v for k, v in changes.items()}})
-    await budgets.update(tenant, TENANT_ENTITY, merged, actor=principal.subject)
-    return await _budget_view(fabric, tenant)
+    await budgets.update(pod.tenant_id, TENANT_ENTITY, merged, actor=pod.actor)
+    return await _budget_view(pod)
 
 
 @router.get("/audit", summary="The POD's audit trail")
 async def get_audit(
-    fabric: FabricDep,
-    principal: PodAdmin,
-    tenant_id: TenantQuery = None,
+    pod: Pod,
     action: Annotated[str | None, Query(max_length=64)] = None,
     actor: Annotated[str | None, Query(max_length=128)] = None,
     session_id: Annotated[str | None, Query(max_length=128)] = None,
@@ -94,11 +83,10 @@ async def get_audit(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     cursor: Annotated[int | None, Query(ge=1)] = None,
 ) -> JSONResponse:
-    tenant = pod_tenant(fabric, principal, tenant_id)
     page: dict[str, Any] = await audit_page(
-        fabric,
+        pod.fabric,
         AuditQuery(
-            tenant_id=tenant,
+            tenant_id=pod.tenant_id,
             actor=actor,
             action=action,
             session_id=session_id,
@@ -108,11 +96,9 @@ async def get_audit(
             limit=limit,
         ),
     )
-    page["mode"] = fabric.governance.tenants.mode_for(tenant)
-    return JSONResponse(jsonable_encoder(page), headers=mode_headers(fabric, tenant))
+    return pod.reply(page)
 
 
 @router.get("/config", summary="The POD's integration configuration")
-async def get_config(fabric: FabricDep, principal: PodAdmin, tenant_id: TenantQuery = None) -> JSONResponse:
-    tenant = pod_tenant(fabric, principal, tenant_id)
-    return JSONResponse(jsonable_encoder(await config_view(fabric, tenant)), headers=mode_headers(fabric, tenant))
+async def get_config(pod: Pod) -> JSONResponse:
+    return pod.reply(await config_view(pod.fabric, pod.tenant_id))
