@@ -46,6 +46,7 @@ from agent_fabric.storage.outbox import OutboxRelay
 from agent_fabric.storage.task_store import TaskStore
 from agent_fabric.telemetry.logging import redact
 from agent_fabric.telemetry.metrics import FabricMetrics
+from agent_fabric.telemetry.tracing import Tracing
 from agent_fabric.tenants import TenantRegistry
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Fabric:
     metrics: FabricMetrics
     governance: Governance
     fleet: Fleet
+    tracing: Tracing
 
 
 @dataclass
@@ -96,6 +98,8 @@ def process_identity() -> str:
 async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
     async with contextlib.AsyncExitStack() as stack:
         metrics = FabricMetrics()
+        tracing = Tracing(settings.telemetry)
+        stack.callback(tracing.shutdown)  # last out: spans of the shutdown itself are exported
         nats_url = settings.nats.url
         if nats_url is None:
             embedded = EmbeddedNats(settings.state_dir / "nats", port=settings.nats.embedded_port)
@@ -150,7 +154,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         await drivers.start()
         results = ResultPublisher(nc, js)
         owner = process_identity()
-        runner = TaskRunner(settings, store, drivers, results, bus, metrics, owner)
+        runner = TaskRunner(settings, store, drivers, results, bus, metrics, owner, tracing.tracer)
         rejector = Rejector(store, DeadLetterStore(batcher), results, metrics)
         admission = Admission(drivers, governance.policies, governance.approvals, governance.budgets)
         consumer = TaskConsumer(settings, js, runner, admission, rejector, store, metrics)
@@ -176,7 +180,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             store=store,
             bus=bus,
             drivers=drivers,
-            submitter=Submitter(js, store, admission),
+            submitter=Submitter(js, store, admission, tracing.tracer),
             consumer=consumer,
             tokens=tokens,
             access=access,
@@ -185,6 +189,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             metrics=metrics,
             governance=governance,
             fleet=fleet,
+            tracing=tracing,
         )
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 

@@ -246,6 +246,20 @@ class AuditSettings(BaseSettings):
     )
 
 
+class TelemetrySettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_TELEMETRY_")
+
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OpenTelemetry collector base URL for OTLP/HTTP traces (spans go to <url>/v1/traces). "
+        "Unset: the standard OTEL_EXPORTER_OTLP_ENDPOINT if set, else tracing is off (no cost).",
+    )
+    service_name: str = Field("agent-fabric", description="service.name of the spans.")
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of new traces recorded; a sampled parent's traceparent is always followed."
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it once in `cli.py` or a test and pass it down."""
 
@@ -281,6 +295,7 @@ class Settings(BaseSettings):
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

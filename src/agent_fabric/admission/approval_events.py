@@ -11,7 +11,7 @@ import orjson
 
 from agent_fabric import names
 from agent_fabric.admission.policy_model import PolicyContext, PolicyDecision
-from agent_fabric.events.envelope import TaskEvent, fabric_event
+from agent_fabric.events.envelope import TRACE_KEYS, TaskEvent, fabric_event
 from agent_fabric.outbound.results import result_event
 from agent_fabric.storage.approval_store import PENDING, ApprovalRecord
 from agent_fabric.storage.outbox import OutboxMessage
@@ -38,7 +38,11 @@ def new_record(
         policy_id=decision.policy_id,
         policy_version=decision.policy_version,
         context=context_view(ctx) if ctx else None,
-        event=({"id": task.id, "source": task.source, "data": task.spec.model_dump(mode="json")} if task else None),
+        event=(
+            {"id": task.id, "source": task.source, "data": task.spec.model_dump(mode="json"), **(task.trace or {})}
+            if task
+            else None
+        ),
         requested_by=requester[:128],
         requested_at=now,
         expires_at=now + ttl,
@@ -108,6 +112,7 @@ def requeue(record: ApprovalRecord) -> OutboxMessage:
     data = record.event["data"]
     body = orjson.dumps(
         {
+            **{key: record.event[key] for key in TRACE_KEYS if key in record.event},
             "specversion": "1.0",
             "id": record.event["id"],
             "source": record.event["source"],

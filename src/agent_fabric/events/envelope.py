@@ -24,6 +24,7 @@ from agent_fabric.errors import InvalidEvent, InvalidTask, PayloadTooLarge, fiel
 from agent_fabric.tasks import DEFAULT_TENANT, JOB_ID_PATTERN, TENANT_ID_PATTERN, TaskSpec
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+TRACE_KEYS = ("traceparent", "tracestate")  # the CloudEvents Distributed Tracing extension
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class TaskEvent:
     id: str
     source: str
     spec: TaskSpec
+    # W3C trace context from the Distributed Tracing extension (`traceparent`, `tracestate`).
+    trace: Mapping[str, str] | None = None
 
 
 def parse_task_event(
@@ -79,7 +82,8 @@ def parse_task_event(
     except ValidationError as exc:
         detail, errors = field_errors(exc.errors(), root="data")
         raise InvalidTask(f"task data is invalid: {detail}", job_id=job_id, tenant_id=tenant_id, errors=errors) from exc
-    return TaskEvent(id=str(event.get_id()), source=str(event.get_source()), spec=spec)
+    trace = {key: str(value) for key in TRACE_KEYS if (value := event.get_extension(key))}
+    return TaskEvent(id=str(event.get_id()), source=str(event.get_source()), spec=spec, trace=trace or None)
 
 
 def _data_as_object(data: Any) -> dict[str, Any] | None:
@@ -117,10 +121,18 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
 
 
-def fabric_event(event_type: str, data: Mapping[str, Any], *, subject: str, event_id: str | None = None) -> bytes:
+def fabric_event(
+    event_type: str,
+    data: Mapping[str, Any],
+    *,
+    subject: str,
+    event_id: str | None = None,
+    extensions: Mapping[str, str] | None = None,
+) -> bytes:
     """A structured-mode CloudEvent emitted by the fabric, as JSON bytes."""
     return orjson.dumps(
         {
+            **(extensions or {}),
             "specversion": "1.0",
             "id": event_id or uuid.uuid4().hex,
             "source": names.EVENT_SOURCE,

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import time
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -157,7 +158,7 @@ class TaskConsumer:
             # For NATS publishers the subject decides the priority (ARCHITECTURE.md).
             subject_priority = Priority(msg.subject.rsplit(".", 1)[-1]) if msg.subject else Priority(priority)
             if event.spec.priority != subject_priority:
-                event = TaskEvent(event.id, event.source, event.spec.model_copy(update={"priority": subject_priority}))
+                event = replace(event, spec=event.spec.model_copy(update={"priority": subject_priority}))
             decision = self._admission.check(event.spec, nats_actor(event), door="nats")
         except FabricError as exc:
             self._spawn_refusal(msg, exc, event.id if event is not None else None)

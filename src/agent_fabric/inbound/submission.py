@@ -9,10 +9,12 @@ task past a hard budget limit is refused before anything is recorded.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
 from nats.js import JetStreamContext
+from opentelemetry.trace import SpanKind, Tracer
 
 from agent_fabric import names
 from agent_fabric.admission.checks import Actor, Admission
@@ -21,6 +23,7 @@ from agent_fabric.events.envelope import TaskEvent
 from agent_fabric.storage.approval_store import ApprovalRecord
 from agent_fabric.storage.task_store import TaskRecord, TaskStore, spec_hash
 from agent_fabric.tasks import TaskSpec, TaskStatus
+from agent_fabric.telemetry.tracing import parent_context, trace_attributes
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,11 @@ class Submitted:
 
 
 class Submitter:
-    def __init__(self, js: JetStreamContext, store: TaskStore, admission: Admission) -> None:
+    def __init__(self, js: JetStreamContext, store: TaskStore, admission: Admission, tracer: Tracer) -> None:
         self._js = js
         self._store = store
         self._admission = admission
+        self._tracer = tracer
 
     async def submit(
         self,
@@ -49,6 +53,20 @@ class Submitter:
         event_id: str | None = None,
         source: str = "agent-fabric/http",
         actor: Actor | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> Submitted:
+        with self._tracer.start_as_current_span(
+            "submit",
+            context=parent_context(trace),
+            kind=SpanKind.PRODUCER,
+            attributes={"agent_fabric.job_id": spec.job_id, "agent_fabric.tenant_id": spec.tenant_id},
+        ) as span:
+            submitted = await self._submit(spec, event_id, source, actor, trace_attributes(span))
+            span.set_attribute("agent_fabric.status", submitted.status)
+            return submitted
+
+    async def _submit(
+        self, spec: TaskSpec, event_id: str | None, source: str, actor: Actor | None, trace: dict[str, str]
     ) -> Submitted:
         actor = actor or Actor("unknown")
         if actor.name != "unknown" and "user" not in spec.metadata:
@@ -57,7 +75,7 @@ class Submitter:
         decision = self._admission.check(spec, actor, door="http")
         event_id = event_id or uuid.uuid4().hex
         hash_ = spec_hash(spec)
-        admitted = await self._admission.admit(TaskEvent(event_id, source, spec), decision, actor)
+        admitted = await self._admission.admit(TaskEvent(event_id, source, spec, trace or None), decision, actor)
         if admitted.verdict != "run" or admitted.approval is not None:
             return await self._after_approval_gate(spec, hash_, admitted.created, admitted.approval)
         existing = await self._store.insert_queued(spec, hash_, event_id)
@@ -65,6 +83,7 @@ class Submitter:
             return Submitted(created=False, existing=_same_content(existing, spec, hash_))
         body = orjson.dumps(
             {
+                **trace,
                 "specversion": "1.0",
                 "id": event_id,
                 "source": source,

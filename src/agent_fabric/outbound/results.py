@@ -8,6 +8,7 @@ recognisable to any subscriber as the same event.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -58,11 +59,13 @@ def result_data(record: TaskRecord) -> dict[str, Any]:
     return data
 
 
-def result_event(record: TaskRecord) -> tuple[str, bytes, str]:
-    """(subject, CloudEvent JSON, event id) for a finished task."""
+def result_event(record: TaskRecord, trace: Mapping[str, str] | None = None) -> tuple[str, bytes, str]:
+    """(subject, CloudEvent JSON, event id) for a finished task; `trace`: the run span's context."""
     status = result_subject_status(record.status)
     event_id = result_event_id(record.tenant_id, record.job_id)
-    body = fabric_event(names.status_event_type(status), result_data(record), subject=record.job_id, event_id=event_id)
+    body = fabric_event(
+        names.status_event_type(status), result_data(record), subject=record.job_id, event_id=event_id, extensions=trace
+    )
     return names.status_subject(status), body, event_id
 
 
@@ -71,8 +74,8 @@ class ResultPublisher:
         self._nc = nc
         self._js = js
 
-    async def publish_result(self, record: TaskRecord) -> None:
-        subject, body, event_id = result_event(record)
+    async def publish_result(self, record: TaskRecord, trace: Mapping[str, str] | None = None) -> None:
+        subject, body, event_id = result_event(record, trace)
         await self._js.publish(subject, body, timeout=5, headers={names.MSG_ID_HEADER: event_id})
 
     async def publish_transition(self, tenant_id: str, job_id: str, status: TaskStatus, attempt: int) -> None:

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
+
+from agent_fabric import names
 from agent_fabric.drivers.factory import Drivers
 from agent_fabric.errors import InvalidTask, TaskFailure
 from agent_fabric.events.envelope import TaskEvent
@@ -34,6 +38,7 @@ from agent_fabric.storage.task_store import (
 )
 from agent_fabric.tasks import TaskSpec, TaskStatus
 from agent_fabric.telemetry.metrics import FabricMetrics
+from agent_fabric.telemetry.tracing import parent_context, trace_attributes
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +101,9 @@ class TaskRunner:
         bus: ProgressBus,
         metrics: FabricMetrics,
         owner: str,
+        tracer: Tracer,
     ) -> None:
+        self.tracer = tracer
         self.settings = settings
         self.store = store
         self.drivers = drivers
@@ -112,6 +119,23 @@ class TaskRunner:
         self._publishing: set[tuple[str, str]] = set()
 
     async def handle(self, delivery: Delivery) -> None:
+        spec = delivery.event.spec
+        with self.tracer.start_as_current_span(
+            f"run {spec.agent_definition.runtime}",
+            context=parent_context(delivery.event.trace),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": names.task_subject(spec.priority.value),
+                "agent_fabric.job_id": spec.job_id,
+                "agent_fabric.tenant_id": spec.tenant_id,
+                "agent_fabric.agent": spec.agent_definition.label,
+                "agent_fabric.delivery": delivery.num_delivered,
+            },
+        ):
+            await self._handle(delivery)
+
+    async def _handle(self, delivery: Delivery) -> None:
         spec = delivery.event.spec
         claim = await self.store.claim(
             Claim(
@@ -212,6 +236,11 @@ class TaskRunner:
             dict(run.usage),
             (final, end),
         )
+        span = trace.get_current_span()
+        span.set_attribute("agent_fabric.status", status.value)
+        span.set_attribute("agent_fabric.attempt", run.attempt)
+        if code is not None:
+            span.set_status(StatusCode.ERROR, f"{code}: {message}"[:300])
         ok, record = await _retrying(lambda: self.store.finish(outcome), what="record outcome", job_id=spec.job_id)
         if not ok:
             await delivery.nak(delay=1.0)  # the database stayed down: run again later, nothing lost
@@ -226,8 +255,9 @@ class TaskRunner:
         await self._publish_and_ack(delivery, record)
 
     async def _publish_and_ack(self, delivery: Delivery, record: TaskRecord) -> None:
+        context = trace_attributes(trace.get_current_span())
         published, _ = await _retrying(
-            lambda: self.results.publish_result(record), what="publish result", job_id=record.job_id
+            lambda: self.results.publish_result(record, context), what="publish result", job_id=record.job_id
         )
         if not published:
             await delivery.nak(delay=1.0)  # redelivery finds the outcome and publishes it then

@@ -32,10 +32,12 @@ async def receive_event(
     )
     spec = event.spec
     tenant_scope(principal, spec.tenant_id)
+    # The event's own trace context (Distributed Tracing extension) first, else the HTTP request's.
+    trace = event.trace or request.headers
     if wait <= 0:
-        return await submit_response(fabric, spec, principal, event_id=event.id)
+        return await submit_response(fabric, spec, principal, event_id=event.id, trace=trace)
     async with fabric.bus.subscribe(spec.tenant_id, spec.job_id) as live:
-        accepted = await submit_response(fabric, spec, principal, event_id=event.id)
+        accepted = await submit_response(fabric, spec, principal, event_id=event.id, trace=trace)
         record = await fabric.store.get(spec.tenant_id, spec.job_id)
         if record is None or not record.status.is_terminal:
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import orjson
@@ -47,9 +48,17 @@ def parse_spec(body: bytes, principal: Principal) -> TaskSpec:
 
 
 async def submit_response(
-    fabric: Fabric, spec: TaskSpec, principal: Principal, *, event_id: str | None = None
+    fabric: Fabric,
+    spec: TaskSpec,
+    principal: Principal,
+    *,
+    event_id: str | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> JSONResponse:
-    submitted = await fabric.submitter.submit(spec, event_id=event_id, actor=Actor(principal.subject, principal.role))
+    """Submit and answer 202; `trace`: the caller's W3C trace context (traceparent), continued."""
+    submitted = await fabric.submitter.submit(
+        spec, event_id=event_id, actor=Actor(principal.subject, principal.role), trace=trace
+    )
     body: dict[str, Any] = {
         "job_id": spec.job_id,
         "tenant_id": spec.tenant_id,
@@ -79,7 +88,7 @@ async def submit_response(
 async def submit_task(request: Request, fabric: FabricDep, principal: Submitter) -> JSONResponse:
     """Queue a task. 202 with its status; the same job again with the same content is idempotent, 409 otherwise."""
     body = await read_limited(request, fabric.settings.max_event_bytes)
-    return await submit_response(fabric, parse_spec(body, principal), principal)
+    return await submit_response(fabric, parse_spec(body, principal), principal, trace=request.headers)
 
 
 async def find_task(fabric: Fabric, principal: Principal, job_id: str, tenant_id: str | None) -> TaskRecord:

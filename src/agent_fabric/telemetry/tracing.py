@@ -1,0 +1,77 @@
+"""OpenTelemetry traces for the task path: submit -> queue -> run -> result (FR-TEL-2).
+
+One trace follows a task across processes. The W3C trace context travels inside the CloudEvent as
+the Distributed Tracing extension attribute `traceparent` (and `tracestate`), so it survives
+JetStream, redelivery to another replica and the result event. An HTTP caller's `traceparent`
+header is continued; a publisher straight to NATS sets the extension itself.
+
+Spans: `submit` (HTTP door, PRODUCER), `run <runtime>` (one per attempt, CONSUMER, with the job,
+tenant, attempt and outcome). Off unless an OTLP endpoint is configured: then the tracer is
+OpenTelemetry's no-op one and the task path pays a function call. The fabric keeps its own
+TracerProvider instead of installing a global one, so embedding applications keep theirs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.trace import Span, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from agent_fabric import __version__
+from agent_fabric.events.envelope import TRACE_KEYS
+from agent_fabric.settings import TelemetrySettings
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+
+class Tracing:
+    """The fabric's tracer and the provider that exports its spans (None when tracing is off)."""
+
+    def __init__(self, cfg: TelemetrySettings) -> None:
+        endpoint = cfg.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        self._provider: TracerProvider | None = None
+        self.tracer: Tracer = trace.NoOpTracer()
+        if endpoint:
+            # Imported only when used: the exporter pulls in protobuf.
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            self._provider = TracerProvider(
+                resource=Resource.create({"service.name": cfg.service_name, "service.version": __version__}),
+                sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)),
+            )
+            self._provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(f"{endpoint.rstrip('/')}/v1/traces")))
+            self.tracer = self._provider.get_tracer("agent_fabric", __version__)
+
+    @property
+    def enabled(self) -> bool:
+        return self._provider is not None
+
+    def shutdown(self) -> None:
+        """Export what is buffered (called last at shutdown)."""
+        if self._provider is not None:
+            self._provider.shutdown()
+
+
+def parent_context(carrier: Mapping[str, Any] | None) -> Context | None:
+    """The remote parent named by a `traceparent` (in headers or CloudEvent attributes), if any."""
+    if not carrier or not carrier.get("traceparent"):
+        return None
+    return _PROPAGATOR.extract({k: str(carrier[k]) for k in TRACE_KEYS if carrier.get(k)})
+
+
+def trace_attributes(span: Span) -> dict[str, str]:
+    """{'traceparent': ..., 'tracestate': ...} naming `span`, for an outgoing CloudEvent; {} if unsampled."""
+    if not span.get_span_context().is_valid:
+        return {}
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier
