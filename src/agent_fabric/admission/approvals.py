@@ -9,6 +9,8 @@ The flow, each step one transaction that also writes its audit entry and outbox 
 - reject (a reason is required) / expiry (any replica's sweeper): the task ends `rejected` with
   code `rejected` / `approval_expired`; its failure result goes out through the outbox.
 Nothing lives only in memory, so a restart loses no waiting task, request or decision.
+Listeners (the decision records of admission/decisions.py) write in the hold's and the decision's
+transactions, so their records commit or roll back with the approval.
 """
 
 from __future__ import annotations
