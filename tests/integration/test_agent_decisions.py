@@ -13,11 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
+from nats.aio.client import Client
 
 from agent_fabric.settings import AgentZeroSettings
 from tests.conftest import RunningApp, make_settings, new_job_id, running_app
 from tests.support.agent_zero_standin import AgentZeroStandIn, running_standin
-from tests.support.flows import auth_as, new_pod, put_policy
+from tests.support.flows import auth_as, new_pod, put_policy, structured
 
 KEY = "standin-key-0123456789"
 V2 = "/api/v2/agent"
@@ -329,3 +330,38 @@ async def test_submission_is_checked_and_pods_are_kept_apart(app: RunningApp) ->
         for e in await audit_of(app, other, "agent_api.request")
     )
     assert any(e["request"]["path"] == f"{V2}/tasks" and e["actor"] == "alice" for e in requests)
+
+
+async def test_a_deploy_published_on_nats_is_a_decision_too(app: RunningApp, nc: Client) -> None:
+    pod = Pod(app)
+    job = new_job_id("deploy")
+    data = {**gpu_task(job, "DEPLOY_GPU"), "tenant_id": pod.id, "agent_definition": {"runtime": "agent-zero"}}
+    await nc.publish("agent.execute.normal", structured({**data, "metadata": {"user": "planner-bot"}}))
+    async with asyncio.timeout(15):
+        while not (items := (await pod.get("/decisions")).json()["items"]):
+            await asyncio.sleep(0.05)
+    decision = items[0]
+    assert decision["subject"] == job and decision["status"] == "proposed" and decision["proposed_by"] == "planner-bot"
+    assert (await pod.get(f"/tasks/{job}")).json()["status"] == "awaiting_approval"
+    notes = {"decision": "approve", "notes": "bot proposals need a human; checked"}
+    assert (await pod.post(f"/decisions/{decision['id']}/override", notes)).status_code == 200
+    assert (await pod.task(job, {"completed", "failed"}))["status"] == "completed"
+    assert (await pod.decision(decision["id"], {"executed", "failed"}))["status"] == "executed"
+
+
+async def test_without_agent_zero_v2_tasks_say_runtime_unavailable(fabric_app: RunningApp) -> None:
+    pod = Pod(fabric_app)
+    refused = await pod.client.post(f"{V2}/tasks", headers=pod.alice, json=gpu_task(new_job_id(), "DEPLOY_GPU"))
+    assert refused.status_code == 422 and refused.json()["code"] == "runtime_unavailable"
+    assert (await pod.get("/decisions")).json()["items"] == []
+    # A POD rule parks a builtin task the same way: every task put to approvers is a decision.
+    await put_policy(
+        fabric_app, f"{pod.id}-echo", [{"action_pattern": "task:echo", "effect": "require_approval"}], pod.id
+    )
+    job = new_job_id("echo")
+    parked = await pod.submit({**gpu_task(job, "echo", {"x": 1}), "agent_definition": {"runtime": "builtin"}})
+    assert parked["status"] == "awaiting_approval" and parked["decision"]["status"] == "proposed"
+    approved = await pod.post(f"/decisions/{parked['decision']['id']}/override", {"decision": "approve", "notes": "ok"})
+    assert approved.status_code == 200 and approved.json()["kind"] == "task:echo"
+    assert (await pod.task(job, {"completed"}))["result"] == {"x": 1}
+    assert (await pod.decision(parked["decision"]["id"], {"executed"}))["override"]["notes"] == "ok"
