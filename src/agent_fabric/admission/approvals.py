@@ -63,7 +63,7 @@ class ApprovalListener(Protocol):
         self, conn: AsyncConnection, record: ApprovalRecord, decision: PolicyDecision, event: TaskEvent
     ) -> None: ...
 
-    async def decided(self, conn: AsyncConnection, record: ApprovalRecord, actor: str) -> None: ...
+    async def decided(self, conn: AsyncConnection, record: ApprovalRecord) -> None: ...
 
 
 # Runs in the transaction that decides an approval through decide(), after the decision.
@@ -205,7 +205,7 @@ class ApprovalDesk:
         """In the deciding transaction: move the task on, announce, audit."""
         messages: list[OutboxMessage] = [events.decided(decided)]
         for listener in self._listeners:
-            await listener.decided(conn, decided, actor)
+            await listener.decided(conn, decided)
         if decided.job_id is not None and decided.status == store.APPROVED:
             if await release_for_run(conn, decided.tenant_id, decided.job_id, utcnow()) and decided.event:
                 messages.append(events.requeue(decided))

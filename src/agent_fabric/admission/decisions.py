@@ -93,7 +93,9 @@ class DecisionLog:
             },
         )
 
-    async def decided(self, conn: AsyncConnection, record: ApprovalRecord, actor: str) -> None:
+    async def decided(self, conn: AsyncConnection, record: ApprovalRecord) -> None:
+        if record.job_id is None:  # an approval of a tool, file or URL action: no decision record
+            return
         # The approval's statuses are the decision's: approved, rejected, expired.
         await store.settle_approval(conn, record.id, record.status, record.decided_at or utcnow())
 
