@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agent_fabric.admission.approvals import ApprovalDesk
 from agent_fabric.admission.budget import BudgetManager
 from agent_fabric.admission.checks import Admission
+from agent_fabric.admission.decisions import DecisionLog
 from agent_fabric.admission.policy import PolicyEngine
 from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.audit.store import AuditStore
@@ -87,6 +88,7 @@ class Governance:
     audit_store: AuditStore
     control: ControlChannel
     relay: OutboxRelay
+    decisions: DecisionLog
 
 
 def process_identity() -> str:
@@ -132,7 +134,9 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         batcher.start()
         stack.push_async_callback(batcher.shutdown)
         governance = await _open_governance(stack, settings, engine, batcher, nc, js, metrics)
-        store = TaskStore(engine, batcher, finish_hooks=[governance.budgets.settle_finished])
+        store = TaskStore(
+            engine, batcher, finish_hooks=[governance.budgets.settle_finished, governance.decisions.task_finished]
+        )
 
         access = AccessState(engine, nc)
         await access.start()
@@ -222,7 +226,10 @@ async def _open_governance(
     tenants = TenantRegistry(docs, settings.mode)
     control = ControlChannel(nc, settings.policy.reload_seconds)
     budgets = BudgetManager(engine, budget_batcher, settings.budget, tenants, audit, relay, metrics, control.announce)
-    approvals = ApprovalDesk(engine, settings.approval, relay, tenants, metrics, [budgets.settle_finished])
+    decisions = DecisionLog(engine, tenants)
+    approvals = ApprovalDesk(
+        engine, settings.approval, relay, tenants, metrics, [budgets.settle_finished], listeners=[decisions]
+    )
     policies = PolicyEngine(engine, docs, settings.policy, tenants, audit, metrics, approvals, control.announce)
     control.register("config", tenants.reload)
     control.register("budgets", budgets.reload)
@@ -233,7 +240,9 @@ async def _open_governance(
     stack.push_async_callback(approvals.shutdown)
     budgets.start()
     stack.push_async_callback(budgets.shutdown)
-    return Governance(policies, approvals, budgets, tenants, docs, audit, AuditStore(engine), control, relay)
+    return Governance(
+        policies, approvals, budgets, tenants, docs, audit, AuditStore(engine), control, relay, decisions=decisions
+    )
 
 
 async def _close_nats(nc: NatsClient) -> None:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agent_fabric.admission.policy_model import Action
 
 Mode = Literal["SANDBOX", "LIVE"]
 
@@ -190,6 +192,10 @@ class WorkerSettings(BaseSettings):
     )
 
 
+# Seed 000 req. 1.2: deploy, terminate and scale need approval before they run.
+HIGH_IMPACT_ACTIONS = ("task:DEPLOY_GPU", "task:TERMINATE_GPU", "task:SCALE_GPU")
+
+
 class PolicySettings(BaseSettings):
     model_config = _section("AGENT_FABRIC_POLICY_")
 
@@ -203,6 +209,19 @@ class PolicySettings(BaseSettings):
         "besides the agent.control.* broadcast that applies a change on every replica at once.",
     )
     audit_decisions: bool = Field(True, description="Write every policy decision to the audit trail (batched).")
+    approval_required_actions: list[str] = Field(
+        default_factory=lambda: list(HIGH_IMPACT_ACTIONS),
+        description="Actions (`<kind>:<target>`, JSON list) that need approval when no policy rule matches them "
+        "and the default effect is allow: seed 000's high-impact tasks. A tenant's explicit rule still decides; "
+        "an empty list turns the built-in gate off.",
+    )
+
+    @field_validator("approval_required_actions")
+    @classmethod
+    def _actions(cls, actions: list[str]) -> list[str]:
+        for name in actions:
+            Action.parse(name)  # ValueError names the bad entry
+        return actions
 
 
 class ApprovalSettings(BaseSettings):

@@ -9,6 +9,8 @@ The flow, each step one transaction that also writes its audit entry and outbox 
 - reject (a reason is required) / expiry (any replica's sweeper): the task ends `rejected` with
   code `rejected` / `approval_expired`; its failure result goes out through the outbox.
 Nothing lives only in memory, so a restart loses no waiting task, request or decision.
+Listeners (the decision records of admission/decisions.py) write in the hold's and the decision's
+transactions, so their records commit or roll back with the approval.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -53,6 +55,21 @@ class Hold:
     created: bool = False
 
 
+class ApprovalListener(Protocol):
+    """Follows approvals of tasks in the transactions that change them (admission/decisions.py
+    keeps the decision records), so what it writes commits or rolls back with the approval."""
+
+    async def parked(
+        self, conn: AsyncConnection, record: ApprovalRecord, decision: PolicyDecision, event: TaskEvent
+    ) -> None: ...
+
+    async def decided(self, conn: AsyncConnection, record: ApprovalRecord) -> None: ...
+
+
+# Runs in the transaction that decides an approval through decide(), after the decision.
+AlsoOnDecide = Callable[[AsyncConnection, ApprovalRecord], Awaitable[None]]
+
+
 @dataclass(frozen=True, slots=True)
 class ApprovalResult:
     approval_id: str
@@ -79,6 +96,7 @@ class ApprovalDesk:
         tenants: TenantRegistry,
         metrics: FabricMetrics,
         finish_hooks: Sequence[FinishHook] = (),
+        listeners: Sequence[ApprovalListener] = (),
     ) -> None:
         self._engine = engine
         self._cfg = cfg
@@ -86,6 +104,7 @@ class ApprovalDesk:
         self._tenants = tenants
         self._metrics = metrics
         self._finish_hooks = finish_hooks
+        self._listeners = listeners
         self.reader = ApprovalReader(engine)
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -107,6 +126,8 @@ class ApprovalDesk:
                     if not await park(conn, spec, spec_hash(spec), event.id, record.id, record.requested_at):
                         return Hold("proceed", None)
                     await self._open(conn, record)
+                    for listener in self._listeners:
+                        await listener.parked(conn, record, decision, event)
             except IntegrityError:  # another replica parked it a moment ago: read theirs
                 if attempt:
                     raise
@@ -146,7 +167,13 @@ class ApprovalDesk:
         self._metrics.approvals.labels("requested").inc()
 
     async def decide(
-        self, approval_id: str, *, approve: bool, principal: Principal, reason: str | None
+        self,
+        approval_id: str,
+        *,
+        approve: bool,
+        principal: Principal,
+        reason: str | None,
+        also: AlsoOnDecide | None = None,
     ) -> ApprovalRecord:
         record = await self.reader.get(approval_id)
         if record is None or (principal.tenant_id is not None and principal.tenant_id != record.tenant_id):
@@ -163,6 +190,8 @@ class ApprovalDesk:
             decided = await store.decide_pending(conn, approval_id, status, principal.subject, reason, now)
             if decided is not None:
                 await self._follow_up(conn, decided, principal.subject)
+                if also is not None:
+                    await also(conn, decided)
         if decided is None:
             current = await self.reader.get(approval_id)
             if current is not None and current.status == store.PENDING:
@@ -175,6 +204,8 @@ class ApprovalDesk:
     async def _follow_up(self, conn: AsyncConnection, decided: ApprovalRecord, actor: str) -> None:
         """In the deciding transaction: move the task on, announce, audit."""
         messages: list[OutboxMessage] = [events.decided(decided)]
+        for listener in self._listeners:
+            await listener.decided(conn, decided)
         if decided.job_id is not None and decided.status == store.APPROVED:
             if await release_for_run(conn, decided.tenant_id, decided.job_id, utcnow()) and decided.event:
                 messages.append(events.requeue(decided))

@@ -3,7 +3,8 @@
 1. RefuseDependencies: `depends_on` is not enforced yet, so such a task is refused (unsupported).
 2. The runtime's own checks (drivers/*: unknown task types, bad inputs; runtime_unavailable).
 3. ApplyPolicy: the action `task:<TYPE>` against the tenant's, workspace's and agent's policies;
-   deny -> `policy_denied`; require_approval -> the task parks until approvers decide.
+   deny -> `policy_denied`; require_approval -> the task parks until approvers decide (a task
+   no rule matches parks too when its type is high-impact: DEPLOY_GPU, TERMINATE_GPU, SCALE_GPU).
 4. ReserveBudget: the task's estimate on its tenant, agent and user budgets; LIVE tenants past a
    hard limit -> `budget_exceeded`.
 Steps 1-3 decide in memory: the NATS door runs them as it takes a message, the HTTP door before

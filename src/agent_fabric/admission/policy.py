@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.admission.approvals import ApprovalDesk, ApprovalResult
-from agent_fabric.admission.policy_index import PolicyIndex
+from agent_fabric.admission.policy_index import PolicyIndex, gate_high_impact
 from agent_fabric.admission.policy_model import Action, Effect, Policy, PolicyContext, PolicyDecision, StoredPolicy
 from agent_fabric.audit.entries import AuditEntry, append
 from agent_fabric.audit.writer import AuditWriter
@@ -57,6 +57,7 @@ class PolicyEngine:
         self._docs = docs
         self._default = Effect(cfg.default_effect)
         self._audit_decisions = cfg.audit_decisions
+        self._high_impact = frozenset(cfg.approval_required_actions)
         self._tenants = tenants
         self._audit = audit
         self._decisions = {effect: metrics.policy_decisions.labels(effect.value) for effect in Effect}
@@ -71,7 +72,7 @@ class PolicyEngine:
         return self._index.rule_count
 
     def decide(self, action: Action, ctx: PolicyContext, *, actor: str, door: str = "api") -> PolicyDecision:
-        decision = self._index.decide(action, ctx, self._default)
+        decision = gate_high_impact(self._index.decide(action, ctx, self._default), self._high_impact)
         self._decisions[decision.effect].inc()
         if self._audit_decisions:
             self._audit.record(

@@ -6,7 +6,11 @@ Precedence, the whole of it:
    (A tenant's rules are inherited by its workspaces and agents until they say otherwise.)
 3. Within that scope the higher policy `priority` wins; at equal priority deny beats
    require_approval beats allow; then policy id, then rule order.
-4. No rule matches anywhere: the default effect (AGENT_FABRIC_POLICY_DEFAULT_EFFECT, allow).
+4. No rule matches anywhere: the default effect (AGENT_FABRIC_POLICY_DEFAULT_EFFECT, allow),
+   except that an action listed in AGENT_FABRIC_POLICY_APPROVAL_REQUIRED_ACTIONS (by default
+   task:DEPLOY_GPU, task:TERMINATE_GPU, task:SCALE_GPU) needs approval when that default is allow
+   (policy id `builtin:high-impact`, see gate_high_impact). Any matching rule, an allow included,
+   decides instead: a tenant lifts the gate with an explicit rule.
 
 Speed: globs are compiled once when a policy set is loaded. Per scope and action kind, literal
 patterns are a dict lookup; unconditional globs are one alternation regex whose alternatives are
@@ -23,6 +27,7 @@ from fnmatch import translate
 from typing import Any
 
 from agent_fabric.admission.policy_model import (
+    HIGH_IMPACT_POLICY_ID,
     Action,
     Effect,
     PolicyContext,
@@ -171,6 +176,14 @@ class PolicyIndex:
             if best is not None:
                 return best.decision(name)
         return PolicyDecision(default, name)
+
+
+def gate_high_impact(decision: PolicyDecision, gated: frozenset[str]) -> PolicyDecision:
+    """Precedence step 4: a high-impact action no rule matched needs approval rather than the
+    default allow. A deny default stays deny (stricter), and a matched rule is never touched."""
+    if decision.policy_id is None and decision.effect is Effect.ALLOW and decision.action in gated:
+        return PolicyDecision(Effect.REQUIRE_APPROVAL, decision.action, HIGH_IMPACT_POLICY_ID)
+    return decision
 
 
 def _scope_keys(ctx: PolicyContext) -> list[ScopeKey]:

@@ -21,6 +21,8 @@ ACTION_KINDS = ("task", "tool", "file", "url", "shell")
 POLICY_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 SCOPE_ID_PATTERN = r"^[A-Za-z0-9._:/@-]{1,160}$"
 MAX_RULES_PER_POLICY = 1000
+# The policy id of the built-in approval gate on high-impact actions (policy_index.gate_high_impact).
+HIGH_IMPACT_POLICY_ID = "builtin:high-impact"
 # Context names a condition may test besides `input.<field>` (the action's attributes).
 CONTEXT_KEYS = frozenset(
     {"tenant_id", "workspace_id", "agent_id", "user", "role", "runtime", "profile", "priority", "mode"}
@@ -190,6 +192,8 @@ class PolicyDecision:
     def reason(self) -> str:
         if self.policy_id is None:
             return f"no rule matches {self.action!r}: default {self.effect.value}"
+        if self.policy_id == HIGH_IMPACT_POLICY_ID:
+            return f"no rule matches {self.action!r}, a high-impact action: {self.effect.value} (built in)"
         return (
             f"{self.effect.value} by rule {self.rule_index} of policy {self.policy_id!r} "
             f"(v{self.policy_version}, {self.scope.value if self.scope else '?'} scope) for {self.action!r}"

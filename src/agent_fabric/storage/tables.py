@@ -372,7 +372,7 @@ decisions = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("tenant_id", String(64), nullable=False),
-    Column("kind", String(64), nullable=False),  # e.g. task:DEPLOY_GPU
+    Column("kind", String(160), nullable=False),  # e.g. task:DEPLOY_GPU (task types run to 128 characters)
     Column("subject", String(160), nullable=True),  # the job id or agent id it is about
     Column("approval_id", String(32), nullable=True),
     Column("status", String(16), nullable=False),  # proposed | approved | rejected | executed | failed | expired
@@ -385,4 +385,5 @@ decisions = Table(
     Column("overridden_at", Timestamp, nullable=True),
     Index("ix_decisions_tenant_created", "tenant_id", "created_at"),
     Index("ux_decisions_tenant_subject_kind", "tenant_id", "subject", "kind", unique=True),
+    Index("ix_decisions_approval", "approval_id"),
 )

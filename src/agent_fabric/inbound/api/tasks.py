@@ -29,20 +29,31 @@ router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 TenantQuery = Annotated[str | None, Query(pattern=TENANT_ID_PATTERN, description="Admins: which tenant.")]
 
 
-def parse_spec(body: bytes, principal: Principal) -> TaskSpec:
+def load_task(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object, or InvalidTask."""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidTask(f"body is not JSON: {exc}", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidTask("body must be a JSON object: the task (the CloudEvent's data)")
-    if "tenant_id" not in data and principal.tenant_id is not None:
-        data["tenant_id"] = principal.tenant_id
+    return data
+
+
+def validate_task(data: dict[str, Any]) -> TaskSpec:
+    """The task, or InvalidTask naming every problem."""
     try:
-        spec = TaskSpec.model_validate(data)
+        return TaskSpec.model_validate(data)
     except ValidationError as exc:
         detail, errors = field_errors(exc.errors(), root="task")
         raise InvalidTask(f"task is invalid: {detail}", errors=errors) from None
+
+
+def parse_spec(body: bytes, principal: Principal) -> TaskSpec:
+    data = load_task(body)
+    if "tenant_id" not in data and principal.tenant_id is not None:
+        data["tenant_id"] = principal.tenant_id
+    spec = validate_task(data)
     tenant_scope(principal, spec.tenant_id)
     return spec
 

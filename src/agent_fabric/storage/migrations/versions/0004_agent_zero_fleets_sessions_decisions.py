@@ -70,7 +70,7 @@ def upgrade() -> None:
         "decisions",
         sa.Column("id", sa.String(length=32), nullable=False),
         sa.Column("tenant_id", sa.String(length=64), nullable=False),
-        sa.Column("kind", sa.String(length=64), nullable=False),
+        sa.Column("kind", sa.String(length=160), nullable=False),
         sa.Column("subject", sa.String(length=160), nullable=True),
         sa.Column("approval_id", sa.String(length=32), nullable=True),
         sa.Column("status", sa.String(length=16), nullable=False),
@@ -88,6 +88,7 @@ def upgrade() -> None:
     with op.batch_alter_table("decisions", schema=None) as batch_op:
         batch_op.create_index("ix_decisions_tenant_created", ["tenant_id", "created_at"], unique=False)
         batch_op.create_index("ux_decisions_tenant_subject_kind", ["tenant_id", "subject", "kind"], unique=True)
+        batch_op.create_index("ix_decisions_approval", ["approval_id"], unique=False)
 
     op.create_table(
         "fleet_agents",
@@ -120,6 +121,7 @@ def downgrade() -> None:
 
     op.drop_table("fleet_agents")
     with op.batch_alter_table("decisions", schema=None) as batch_op:
+        batch_op.drop_index("ix_decisions_approval")
         batch_op.drop_index("ux_decisions_tenant_subject_kind")
         batch_op.drop_index("ix_decisions_tenant_created")
 
