@@ -100,7 +100,9 @@ async def submit_task(request: Request, pod: Pod) -> JSONResponse:
         raise Forbidden(f"this request acts in POD {pod.tenant_id!r}; the task names {named!r}")
     data.setdefault("agent_definition", dict(DEFAULT_AGENT))
     spec = validate_task(data)
-    submitted = await pod.fabric.submitter.submit(spec, actor=Actor(pod.actor, pod.principal.role))
+    submitted = await pod.fabric.submitter.submit(
+        spec, actor=Actor(pod.actor, pod.principal.role), trace=request.headers
+    )
     record = await _task(pod, spec.job_id)
     body = {**await _detail(pod, record), "created": submitted.created}
     response = pod.reply(body, 202)
