@@ -10,6 +10,8 @@ from fastapi import FastAPI
 from agent_fabric import __version__
 from agent_fabric.fabric import open_fabric
 from agent_fabric.inbound.api import (
+    agent_fleet,
+    agent_instances,
     agent_v2,
     approvals,
     audit,
@@ -53,6 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
         audit.router,
         config.router,
         agent_v2.router,
+        agent_fleet.router,
+        agent_instances.router,
     ):
         app.include_router(router)
     return app
