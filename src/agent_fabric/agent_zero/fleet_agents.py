@@ -75,8 +75,9 @@ class FleetAgents:
             current = next((a for a in live if a.role == rows.ORCHESTRATOR), None)
             if current is not None:
                 return current, False
-            record = await self._reserve(conn, tenant_id, live, mode, actor, rows.ORCHESTRATOR, None, None)
-        return await self._open_chat(record, self._cfg.orchestrator_profile), True
+            profile = self._cfg.orchestrator_profile
+            record = await self._reserve(conn, tenant_id, live, mode, actor, rows.ORCHESTRATOR, profile, None)
+        return await self._open_chat(record, profile), True
 
     async def spawn(self, tenant_id: str, mode: Mode, actor: str, profile: str, parent_id: str | None) -> AgentRecord:
         """A specialist under `parent_id` (default: the orchestrator); the fleet must be started."""
