@@ -161,8 +161,11 @@ class AgentZeroSettings(BaseSettings):
     health_cache_seconds: float = Field(
         30.0, ge=0, description="How long GET /api/v2/agent/health answers from its last check (per POD)."
     )
-    agent_probe_seconds: float = Field(
-        5.0, gt=0, description="Longest wait for an instance to say whether a fleet agent's chat is working."
+    probe_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait for a quick question to an instance: the first health check of a newly "
+        "registered one, whether a fleet agent's chat is working.",
     )
     orchestrator_profile: str = Field(
         "gpubroker-orchestrator", description="Agent Zero profile of a POD fleet's orchestrator (Agent 0)."

@@ -31,6 +31,8 @@ async def test_register_list_and_remove_an_instance(fabric_app: RunningApp) -> N
     pod, other = new_pod(), new_pod()
     alice, mallory = auth_as(fabric_app, "alice", "pod_admin", pod), auth_as(fabric_app, "mallory", "pod_admin", other)
     with running_standin(POD_KEY) as (url, _):
+        before = (await fabric_app.client.get("/api/v2/agent/health", headers=alice)).json()
+        assert before["status"] == "down" and before["instances"] == []
         created = await register(fabric_app, alice, url=url + "/")
         assert created.status_code == 201, created.text
         body = created.json()
@@ -40,6 +42,8 @@ async def test_register_list_and_remove_an_instance(fabric_app: RunningApp) -> N
         assert body["mode_set"] == "SANDBOX" == body["mode"] and created.headers["x-fabric-mode"] == "SANDBOX"
         assert body["registered_by"] == "alice"
         instance_id = body["id"]
+        after = (await fabric_app.client.get("/api/v2/agent/health", headers=alice)).json()
+        assert after["cached"] is False and after["status"] == "up"  # a new instance set: a new report
 
         duplicate = await register(fabric_app, alice, url=url)
         assert duplicate.status_code == 409 and duplicate.json()["code"] == "instance_exists"
@@ -207,8 +211,11 @@ async def test_health_is_cached_per_pod_and_reports_the_version(tmp_path: Path, 
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
-async def test_health_without_any_instance_is_down(fabric_app: RunningApp) -> None:
-    report = (
-        await fabric_app.client.get("/api/v2/agent/health", headers=auth_as(fabric_app, "a", "pod_admin", new_pod()))
-    ).json()
+async def test_without_any_instance_health_is_down_and_no_fleet_starts(fabric_app: RunningApp) -> None:
+    alice = auth_as(fabric_app, "a", "pod_admin", new_pod())
+    report = (await fabric_app.client.get("/api/v2/agent/health", headers=alice)).json()
     assert report["status"] == "down" and report["instances"] == [] and "no Agent Zero instance" in report["detail"]
+    refused = await fabric_app.client.post("/api/v2/agent/fleet/start", headers=alice)
+    assert refused.status_code == 409 and refused.json()["code"] == "runtime_unavailable"
+    fleet = (await fabric_app.client.get("/api/v2/agent/fleet", headers=alice)).json()
+    assert fleet["started"] is False and fleet["agents"] == [] and fleet["instances"] == []

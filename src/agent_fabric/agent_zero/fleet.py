@@ -135,7 +135,7 @@ class Fleet:
     async def add(self, instance: Instance) -> Instance:
         """Route to a registered instance, after a first health check (a down one joins as `error`).
         Adding an id the fleet already has returns the instance it has."""
-        await self.check(instance)
+        await self.check(instance, within=self._cfg.probe_seconds)  # the health loop keeps asking
         present = self.registered().get(instance.instance_id or "")
         if present is not None:  # a reload and the registering request raced; keep one
             await _close(instance)
@@ -191,11 +191,14 @@ class Fleet:
         await asyncio.gather(*(self.check(i) for i in self.instances))
         await self._close_retired()
 
-    async def check(self, instance: Instance) -> None:
-        """Ask the instance's /api/health now and record the answer."""
+    async def check(self, instance: Instance, *, within: float | None = None) -> None:
+        """Ask the instance's /api/health now and record the answer (no answer `within` s: down)."""
         was = instance.healthy
         try:
-            health = await instance.client.health()
+            async with asyncio.timeout(within):
+                health = await instance.client.health()
+        except TimeoutError:
+            instance.healthy, instance.last_error = False, f"no answer to /api/health within {within:g} s"
         except AgentZeroError as exc:
             instance.healthy, instance.last_error = False, exc.message
         else:

@@ -127,6 +127,12 @@ class FleetAgents:
         profile: str | None,
         parent_id: str | None,
     ) -> AgentRecord:
+        if not self._fleet.serves(tenant_id):
+            raise Conflict(
+                "no Agent Zero instance serves this POD (set AGENT_FABRIC_AGENT_ZERO_URL or register one with "
+                "POST /api/v2/agent/instances)",
+                code="runtime_unavailable",
+            )
         limit = self.max_agents(tenant_id)
         if len(live) >= limit:
             raise RateLimited(

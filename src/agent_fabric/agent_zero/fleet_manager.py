@@ -33,5 +33,8 @@ async def open_fleet_manager(
     await instances.reload()
     control.register(registry.TOPIC, instances.reload)
     return FleetManager(
-        fleet, instances, FleetAgents(engine, fleet, cfg, tenants), PodHealth(fleet, cfg.health_cache_seconds)
+        fleet,
+        instances,
+        FleetAgents(engine, fleet, cfg, tenants),
+        PodHealth(fleet, cfg.health_cache_seconds, cfg.probe_seconds),
     )

@@ -5,7 +5,7 @@
   unhealthy (health checks and failed calls decide), or fails the probe.
 - busy / idle: the chat's own log says whether its agent is working (`progress_active`), so work
   sent to it from anywhere (the Agent Zero UI included) counts, not only the fabric's.
-A probe that gets no answer within `agent_probe_seconds` reads busy if the instance has calls of
+A probe that gets no answer within `probe_seconds` reads busy if the instance has calls of
 the fabric's in flight (its request threads are probably all taken), else error.
 A 404 for the chat means Agent Zero dropped it (expired, deleted in its UI): the agent is marked
 error for good, with last_error.

@@ -50,7 +50,10 @@ class InstanceRecord:
 
 def checked_url(raw: str) -> str:
     """An instance's base URL: http(s), a host, no credentials, query or fragment; no trailing slash."""
-    parts = urlsplit(raw.strip())
+    try:
+        parts = urlsplit(raw.strip())
+    except ValueError:  # a malformed IPv6 literal, say
+        raise InvalidRequest("url is not a valid URL", code="invalid_url") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidRequest("url must be an http:// or https:// URL with a host", code="invalid_url")
     if parts.username is not None or parts.password is not None:
