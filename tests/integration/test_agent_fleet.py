@@ -231,3 +231,36 @@ async def test_fleet_access_is_per_pod_and_pod_admin_only(fleet_app: RunningApp)
             response = await fleet_app.client.request(method, f"/api/v2/agent{path}", headers=headers, json={})
             assert response.status_code == 403, (role, path)
     assert (await get(fleet_app, f"/agents/{orchestrator['id']}", alice)).json()["status"] == "idle"
+
+
+async def test_an_agent_terminated_while_its_chat_opens_leaves_no_chat(
+    tmp_path: Path, nats_url: str, standin: tuple[str, AgentZeroStandIn]
+) -> None:
+    url, a0 = standin
+    pod = new_pod()
+    async with running_app(fleet_settings(tmp_path, nats_url, url, None, None, max_in_flight=1)) as app:
+        alice = auth_as(app, "alice", "pod_admin", pod)
+        assert (await post(app, "/fleet/start", alice)).status_code == 201
+        task = {
+            "job_id": "slot-holder",
+            "tenant_id": pod,
+            "agent_definition": {"runtime": "agent-zero"},
+            "task": {"type": "CHAT", "message": "[sleep 1.5] hold the only slot"},
+        }
+        assert (await app.client.post("/api/v1/tasks", headers=app.auth(), json=task)).status_code == 202
+        await until(lambda: app.fabric.fleet.by_url(url).in_flight == 1, what="the task holds the slot")
+        spawning = asyncio.create_task(post(app, "/agents/spawn", alice, {"profile": "gpubroker-monitor"}))
+
+        async def starting() -> list[dict[str, Any]]:
+            items = (await get(app, "/agents", alice)).json()["items"]
+            return [a for a in items if a["status"] == "starting"]
+
+        async with asyncio.timeout(5):
+            while not (waiting := await starting()):
+                await asyncio.sleep(0.05)
+        ended = await post(app, f"/agents/{waiting[0]['id']}/terminate", alice)
+        assert ended.status_code == 200 and ended.json()["terminated"] == [waiting[0]["id"]]
+        late = await spawning  # its chat opened after the slot freed, found itself terminated, deleted the chat
+        assert late.status_code == 409 and late.json()["code"] == "agent_terminated"
+        assert a0.stats.terminated_chats == 1
+        assert {c.profile for c in a0.contexts.values()} == {"gpubroker-orchestrator", None}  # the task's chat

@@ -11,15 +11,18 @@ The count and the reserving insert run under a per-POD lock (an asyncio lock in 
 on Postgres, a transaction advisory lock), so two spawns on two replicas cannot both take the last
 place; the slow part, opening the chat, happens after the lock is released.
 
-Terminating an agent deletes its chat (api_terminate_chat) and those of its descendants. If the
-instance cannot be reached the agent is terminated all the same, with a note in last_error: the
-chat is left to Agent Zero's own expiry (lifetime_hours).
+Terminating an agent marks it and its live descendants terminated under the same lock (so no
+child can be spawned under it meanwhile, and a child still starting deletes its chat when it
+finds itself terminated), then deletes their chats (api_terminate_chat). A chat that cannot be
+deleted (instance down or gone) is noted in last_error and left to Agent Zero's own expiry
+(lifetime_hours).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -95,16 +98,23 @@ class FleetAgents:
         return await self._open_chat(record, profile)
 
     async def terminate(self, tenant_id: str, agent_id: str) -> list[AgentRecord]:
-        """The agent and its live descendants; their chats are deleted first. Already terminated: []."""
-        target = await self.get(tenant_id, agent_id)
-        if not target.live:
-            return []
-        family = _descendants(target, await self.live(tenant_id))
-        return await self._end(family)
+        """The agent and its live descendants, then their chats. Already terminated: []."""
+        async with self._pod(tenant_id) as conn:
+            target = await rows.get_agent(conn, tenant_id, agent_id)
+            if target is None:
+                raise NotFound(f"no fleet agent {agent_id!r} in this POD", code="agent_not_found")
+            if not target.live:
+                return []
+            family = _descendants(target, await rows.live_agents(conn, tenant_id))
+            ended = await rows.mark_terminated(conn, [a.id for a in family], datetime.now(UTC))
+        return await self._delete_chats(ended)
 
     async def stop(self, tenant_id: str) -> list[AgentRecord]:
-        """Every live agent of the POD."""
-        return await self._end(await self.live(tenant_id))
+        """Every live agent of the POD, then their chats."""
+        async with self._pod(tenant_id) as conn:
+            live = await rows.live_agents(conn, tenant_id)
+            ended = await rows.mark_terminated(conn, [a.id for a in live], datetime.now(UTC))
+        return await self._delete_chats(ended)
 
     async def mark_lost(self, record: AgentRecord, reason: str) -> None:
         async with self._engine.begin() as conn:
@@ -196,10 +206,13 @@ class FleetAgents:
                 instance.in_flight -= 1
         return instance, reply.context_id
 
-    async def _end(self, agents: list[AgentRecord]) -> list[AgentRecord]:
-        notes = dict(n for n in await asyncio.gather(*(self._delete_chat(a) for a in agents)) if n is not None)
-        async with self._engine.begin() as conn:
-            return await rows.mark_terminated(conn, [a.id for a in agents], notes, datetime.now(UTC))
+    async def _delete_chats(self, ended: list[AgentRecord]) -> list[AgentRecord]:
+        """api_terminate_chat for each; a chat that could not be deleted is noted in last_error."""
+        notes = dict(n for n in await asyncio.gather(*(self._delete_chat(a) for a in ended)) if n is not None)
+        if notes:
+            async with self._engine.begin() as conn:
+                await rows.note(conn, notes)
+        return [dataclasses.replace(a, last_error=notes.get(a.id, a.last_error)) for a in ended]
 
     async def _delete_chat(self, agent: AgentRecord) -> tuple[str, str] | None:
         """api_terminate_chat on the agent's chat; a note when the chat could not be deleted."""

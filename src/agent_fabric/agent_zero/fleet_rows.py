@@ -128,20 +128,23 @@ async def mark_lost(conn: AsyncConnection, agent_id: str, reason: str) -> None:
     )
 
 
-async def mark_terminated(
-    conn: AsyncConnection, ids: Iterable[str], notes: dict[str, str], now: datetime
-) -> list[AgentRecord]:
+async def mark_terminated(conn: AsyncConnection, ids: Iterable[str], now: datetime) -> list[AgentRecord]:
     """Each still-live agent -> terminated (once: a concurrent terminate gets nothing back)."""
     ended = []
     for agent_id in ids:
-        values: dict[str, Any] = {"status": TERMINATED, "terminated_at": now, "last_activity_at": now}
-        if agent_id in notes:
-            values["last_error"] = notes[agent_id][:2000]
         row = (
             await conn.execute(
-                update(t).where(t.c.id == agent_id, t.c.status.in_(LIVE)).values(**values).returning(*t.c)
+                update(t)
+                .where(t.c.id == agent_id, t.c.status.in_(LIVE))
+                .values(status=TERMINATED, terminated_at=now, last_activity_at=now)
+                .returning(*t.c)
             )
         ).first()
         if row is not None:
             ended.append(AgentRecord.from_row(row))
     return ended
+
+
+async def note(conn: AsyncConnection, notes: dict[str, str]) -> None:
+    for agent_id, text_ in notes.items():
+        await conn.execute(update(t).where(t.c.id == agent_id).values(last_error=text_[:2000]))

@@ -40,7 +40,7 @@ class SpawnRequest(BaseModel):
 async def _views(pod: PodCall, records: list[AgentRecord]) -> list[dict[str, Any]]:
     manager = pod.fabric.fleet_manager
     cfg = pod.fabric.settings.agent_zero
-    return await describe(manager.fleet, records, cfg.probe_seconds, manager.agents.mark_lost)
+    return await describe(manager.fleet, records, cfg, manager.agents.mark_lost)
 
 
 async def _fleet_body(pod: PodCall) -> dict[str, Any]:
