@@ -2,8 +2,9 @@
 
 Instances come in two sets, LIVE and SANDBOX (seed 000 req. 7): a tenant in SANDBOX mode is routed
 only to the sandbox set (AGENT_FABRIC_AGENT_ZERO_SANDBOX_URL; when that is empty, the LIVE set
-serves both). Instances registered through the API may belong to one tenant (POD): that tenant's
-work goes to its own instances of the set when it has any, else to the shared ones.
+serves both). Instances registered through the API (agent_zero/registry.py) join and leave at run
+time (`add`, `remove`) and may belong to one tenant (POD): that tenant's work goes to its own
+instances of the set when it has any, else to the shared ones.
 
 Health comes from `/api/health` every `health_interval_seconds` (version included) and from the
 calls themselves: an instance that cannot be reached is marked `error` at once and gets no new
