@@ -105,7 +105,7 @@ class FleetAgents:
                 raise NotFound(f"no fleet agent {agent_id!r} in this POD", code="agent_not_found")
             if not target.live:
                 return []
-            family = _descendants(target, await rows.live_agents(conn, tenant_id))
+            family = descendants(target, await rows.live_agents(conn, tenant_id))
             ended = await rows.mark_terminated(conn, [a.id for a in family], datetime.now(UTC))
         return await self._delete_chats(ended)
 
@@ -230,7 +230,7 @@ class FleetAgents:
         return None
 
 
-def _descendants(root: AgentRecord, live: list[AgentRecord]) -> list[AgentRecord]:
+def descendants(root: AgentRecord, live: list[AgentRecord]) -> list[AgentRecord]:
     """`root` and every live agent below it, parents before children."""
     family, frontier = [root], [root.id]
     while frontier:
