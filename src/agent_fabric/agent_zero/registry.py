@@ -121,12 +121,7 @@ class InstanceRegistry:
 
     def views_for(self, tenant_id: str) -> list[dict[str, Any]]:
         """Every instance the POD may use or see: its own, the shared ones, the environment's."""
-        views = []
-        for instance in self._fleet.instances:
-            if instance.tenant_id not in (None, tenant_id):
-                continue
-            views.append(self.view(instance))
-        return views
+        return [self.view(i) for i in self._fleet.instances if i.tenant_id in (None, tenant_id)]
 
     def view(self, instance: Instance) -> dict[str, Any]:
         record = self._records.get(instance.instance_id or "")

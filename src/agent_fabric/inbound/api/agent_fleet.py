@@ -14,8 +14,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_fabric.agent_zero.fleet_rows import ORCHESTRATOR, AgentRecord
-from agent_fabric.agent_zero.fleet_status import describe
+from agent_fabric.agent_zero.fleet_rows import ORCHESTRATOR
 from agent_fabric.errors import FabricError, InvalidRequest
 from agent_fabric.inbound.api.pod import Pod, PodCall
 
@@ -37,15 +36,9 @@ class SpawnRequest(BaseModel):
     )
 
 
-async def _views(pod: PodCall, records: list[AgentRecord]) -> list[dict[str, Any]]:
-    manager = pod.fabric.fleet_manager
-    cfg = pod.fabric.settings.agent_zero
-    return await describe(manager.fleet, records, cfg, manager.agents.mark_lost)
-
-
 async def _fleet_body(pod: PodCall) -> dict[str, Any]:
     manager = pod.fabric.fleet_manager
-    views = await _views(pod, await manager.agents.live(pod.tenant_id))
+    views = await manager.views(await manager.agents.live(pod.tenant_id))
     orchestrator = next((v for v in views if v["role"] == ORCHESTRATOR), None)
     return {
         "pod_id": pod.tenant_id,
@@ -107,7 +100,7 @@ async def list_agents(
     records = await pod.fabric.fleet_manager.agents.listing(
         pod.tenant_id, include_terminated=include_terminated, limit=limit
     )
-    return pod.reply({"pod_id": pod.tenant_id, "items": await _views(pod, records)})
+    return pod.reply({"pod_id": pod.tenant_id, "items": await pod.fabric.fleet_manager.views(records)})
 
 
 @router.post("/agents/spawn", summary="Spawn a specialist agent under the orchestrator or another agent")
@@ -127,13 +120,13 @@ async def spawn_agent(spawn: SpawnRequest, pod: Pod) -> JSONResponse:
         response={"agent_id": record.id, "profile": profile, "parent_id": record.parent_id},
         session_id=record.context_id,
     )
-    return pod.reply((await _views(pod, [record]))[0], 201)
+    return pod.reply((await pod.fabric.fleet_manager.views([record]))[0], 201)
 
 
 @router.get("/agents/{agent_id}", summary="One fleet agent, its status read from Agent Zero")
 async def get_agent(agent_id: AgentId, pod: Pod) -> JSONResponse:
     record = await pod.fabric.fleet_manager.agents.get(pod.tenant_id, agent_id)
-    return pod.reply((await _views(pod, [record]))[0])
+    return pod.reply((await pod.fabric.fleet_manager.views([record]))[0])
 
 
 @router.post("/agents/{agent_id}/terminate", summary="Terminate an agent and every agent under it")
@@ -146,7 +139,7 @@ async def terminate_agent(agent_id: AgentId, pod: Pod) -> JSONResponse:
         response={"terminated": [a.id for a in ended], "notes": {a.id: a.last_error for a in ended if a.last_error}},
     )
     record = await agents.get(pod.tenant_id, agent_id)
-    return pod.reply({**(await _views(pod, [record]))[0], "terminated": [a.id for a in ended]})
+    return pod.reply({**(await pod.fabric.fleet_manager.views([record]))[0], "terminated": [a.id for a in ended]})
 
 
 def _profile_of(pod: PodCall, spawn: SpawnRequest) -> str:
