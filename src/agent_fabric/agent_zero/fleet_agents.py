@@ -193,17 +193,25 @@ class FleetAgents:
             instance = self._fleet.pick(record.tenant_id, also=load)
         except AgentZeroError as exc:
             raise ServiceUnavailable(exc.message, code=exc.code) from None
-        async with instance.slots:
-            instance.in_flight += 1
-            try:
-                reply = await instance.client.message(
-                    PRIMING_MESSAGE, agent_profile=profile, lifetime_hours=self._cfg.fleet_chat_lifetime_hours
-                )
-            except AgentZeroError as exc:
-                self._fleet.mark_failed(instance, exc)
-                raise UpstreamFailed(f"Agent Zero at {instance.url} could not open the chat: {exc.message}") from None
-            finally:
-                instance.in_flight -= 1
+        wait = self._cfg.timeout_seconds
+        try:
+            async with asyncio.timeout(wait):  # a request must not hang behind long tasks forever
+                await instance.slots.acquire()
+        except TimeoutError:
+            raise ServiceUnavailable(
+                f"Agent Zero at {instance.url} had no free request slot for {wait:g} s", code="agent_busy"
+            ) from None
+        instance.in_flight += 1
+        try:
+            reply = await instance.client.message(
+                PRIMING_MESSAGE, agent_profile=profile, lifetime_hours=self._cfg.fleet_chat_lifetime_hours
+            )
+        except AgentZeroError as exc:
+            self._fleet.mark_failed(instance, exc)
+            raise UpstreamFailed(f"Agent Zero at {instance.url} could not open the chat: {exc.message}") from None
+        finally:
+            instance.in_flight -= 1
+            instance.slots.release()
         return instance, reply.context_id
 
     async def _delete_chats(self, ended: list[AgentRecord]) -> list[AgentRecord]:
