@@ -11,6 +11,8 @@ from agent_fabric import __version__
 from agent_fabric.fabric import open_fabric
 from agent_fabric.inbound.api import (
     agent_decisions,
+    agent_fleet,
+    agent_instances,
     agent_tasks,
     agent_v2,
     approvals,
@@ -57,6 +59,8 @@ def create_app(settings: Settings) -> FastAPI:
         agent_v2.router,
         agent_tasks.router,
         agent_decisions.router,
+        agent_fleet.router,
+        agent_instances.router,
     ):
         app.include_router(router)
     return app

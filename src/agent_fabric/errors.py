@@ -132,6 +132,14 @@ class ServiceUnavailable(FabricError):
     title = "Service unavailable"
 
 
+class UpstreamFailed(FabricError):
+    """An agent backend (Agent Zero) refused or failed a call the fabric made for the request."""
+
+    status = 502
+    code = "upstream_failed"
+    title = "Agent backend failed"
+
+
 class RateLimited(FabricError):
     status = 429
     code = "rate_limited"

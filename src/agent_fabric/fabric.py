@@ -21,6 +21,7 @@ from agent_fabric.admission.checks import Admission
 from agent_fabric.admission.decisions import DecisionLog
 from agent_fabric.admission.policy import PolicyEngine
 from agent_fabric.agent_zero.fleet import Fleet
+from agent_fabric.agent_zero.fleet_manager import FleetManager, open_fleet_manager
 from agent_fabric.audit.store import AuditStore
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.drivers.factory import Drivers, build_drivers
@@ -73,6 +74,7 @@ class Fabric:
     governance: Governance
     fleet: Fleet
     tracing: Tracing
+    fleet_manager: FleetManager
 
 
 @dataclass
@@ -153,6 +155,9 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         fleet = Fleet(settings.agent_zero, governance.tenants.mode_for)
         stack.push_async_callback(fleet.aclose)
         await fleet.start()
+        fleet_manager = await open_fleet_manager(
+            settings.agent_zero, engine, fleet, governance.tenants, governance.control
+        )
         drivers = build_drivers(settings, fleet)
         stack.push_async_callback(drivers.aclose)
         await drivers.start()
@@ -194,6 +199,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             governance=governance,
             fleet=fleet,
             tracing=tracing,
+            fleet_manager=fleet_manager,
         )
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 

@@ -53,7 +53,7 @@ BUDGET_ALERT_EVENT_TYPE: Final = BUDGET_ALERT_SUBJECT
 # Every replica subscribes; a periodic reload from the database covers a missed message.
 CONTROL_SUBJECT_PREFIX: Final = "agent.control"
 CONTROL_SUBJECTS: Final = f"{CONTROL_SUBJECT_PREFIX}.*"
-CONTROL_TOPICS: Final = ("policies", "budgets", "config")
+CONTROL_TOPICS: Final = ("policies", "budgets", "config", "instances")
 
 # HTTP response header naming the tenant's SANDBOX/LIVE mode (seed 000, requirement 7.5).
 MODE_HEADER: Final = "X-Fabric-Mode"

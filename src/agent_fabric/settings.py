@@ -153,6 +153,31 @@ class AgentZeroSettings(BaseSettings):
         default_factory=lambda: dict(DEFAULT_PROFILE_ROUTES),
         description="Task type -> Agent Zero profile (JSON), used when a task names no profile.",
     )
+    max_agents_per_pod: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="Live fleet agents (orchestrator included) per POD; a tenant's "
+        "configuration (agent_zero.max_agents) overrides it.",
+    )
+    health_cache_seconds: float = Field(
+        30.0, ge=0, description="How long GET /api/v2/agent/health answers from its last check (per POD)."
+    )
+    probe_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Longest wait for a quick question to an instance: the first health check of a newly "
+        "registered one, whether a fleet agent's chat is working.",
+    )
+    orchestrator_profile: str = Field(
+        "gpubroker-orchestrator", description="Agent Zero profile of a POD fleet's orchestrator (Agent 0)."
+    )
+    fleet_chat_lifetime_hours: float = Field(
+        720.0,
+        gt=0,
+        description="lifetime_hours of a fleet agent's chat: Agent Zero drops chats older than this "
+        "(its default, 24 h, would end a long-lived orchestrator).",
+    )
 
     def instances(self) -> list[tuple[str, str]]:
         """The LIVE set from the environment: (url, api key) pairs."""

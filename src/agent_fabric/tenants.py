@@ -21,6 +21,9 @@ class AgentZeroConfig(BaseModel):
     url: HttpUrl | None = Field(None, description="The tenant's Agent Zero instance; unset: AGENT_ZERO_URL.")
     timeout_seconds: float = Field(300.0, gt=0, le=3600, description="Request timeout towards Agent Zero.")
     max_sessions: int = Field(10, ge=1, le=1000, description="Concurrent Agent Zero sessions for the tenant.")
+    max_agents: int | None = Field(
+        None, ge=1, le=1000, description="Live fleet agents of the POD; unset: AGENT_ZERO_MAX_AGENTS_PER_POD."
+    )
     session_idle_timeout_seconds: float = Field(
         1800.0, gt=0, le=7 * 24 * 3600, description="Idle sessions end after this."
     )

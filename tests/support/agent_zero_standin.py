@@ -79,6 +79,7 @@ class Stats:
     bad_keys: int = 0
     messages_in_flight: int = 0
     max_messages_in_flight: int = 0
+    terminated_chats: int = 0
 
 
 class AgentZeroStandIn:
@@ -242,6 +243,7 @@ class AgentZeroStandIn:
         ctx = self.contexts.pop(body.get("context_id") or "", None)
         if ctx is None:
             return JSONResponse({"error": "Chat context not found"}, status_code=404)
+        self.stats.terminated_chats += 1
         if ctx.running is not None:
             ctx.running.cancel()
         return JSONResponse({"success": True, "message": "Chat deleted successfully", "context_id": ctx.id})

@@ -76,6 +76,13 @@ class AgentZeroClient:
         log: dict[str, Any] = body.get("log") or {}
         return log
 
+    async def progress(self, context_id: str) -> tuple[str, bool]:
+        """The chat's latest heading and whether its agent is working (progress_active). `length`
+        is 1 to keep the answer small; the items it selects are unreliable (#1287) and unused."""
+        body = await self._call("api_log_get", {"context_id": context_id, "length": 1})
+        log = body.get("log") or {}
+        return str(log.get("progress") or ""), bool(log.get("progress_active"))
+
     async def reset_chat(self, context_id: str) -> None:
         await self._call("api_reset_chat", {"context_id": context_id})
 

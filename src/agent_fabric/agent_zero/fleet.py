@@ -2,8 +2,9 @@
 
 Instances come in two sets, LIVE and SANDBOX (seed 000 req. 7): a tenant in SANDBOX mode is routed
 only to the sandbox set (AGENT_FABRIC_AGENT_ZERO_SANDBOX_URL; when that is empty, the LIVE set
-serves both). Instances registered through the API may belong to one tenant (POD): that tenant's
-work goes to its own instances of the set when it has any, else to the shared ones.
+serves both). Instances registered through the API (agent_zero/registry.py) join and leave at run
+time (`add`, `remove`) and may belong to one tenant (POD): that tenant's work goes to its own
+instances of the set when it has any, else to the shared ones.
 
 Health comes from `/api/health` every `health_interval_seconds` (version included) and from the
 calls themselves: an instance that cannot be reached is marked `error` at once and gets no new
@@ -16,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -78,6 +79,7 @@ class Fleet:
         self.instances = [self.make_instance(url, key, LIVE_SET) for url, key in cfg.instances()]
         self.instances += [self.make_instance(url, key, SANDBOX_SET) for url, key in cfg.sandbox_instances()]
         self._checker: asyncio.Task[None] | None = None
+        self._retired: list[Instance] = []  # removed, closed once their last call has returned
 
     def make_instance(
         self, url: str, key: str, mode_set: Mode, *, tenant_id: str | None = None, instance_id: str | None = None
@@ -95,9 +97,11 @@ class Fleet:
         )
 
     def set_for(self, tenant_id: str | None) -> Mode:
-        """Which instance set serves the tenant now (its mode, unless there is no sandbox set)."""
+        """Which instance set serves the tenant now (its mode, unless it has no sandbox instance to use)."""
         if self._mode_for(tenant_id) == SANDBOX_SET and (
-            self._separate_sandbox or any(i.mode_set == SANDBOX_SET for i in self.instances)
+            self._separate_sandbox
+            # Another POD's own sandbox instance must not pull this POD off the shared LIVE set.
+            or any(i.mode_set == SANDBOX_SET and i.tenant_id in (None, tenant_id) for i in self.instances)
         ):
             return SANDBOX_SET
         return LIVE_SET
@@ -121,16 +125,49 @@ class Fleet:
             self._checker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._checker
-        for instance in self.instances:
-            await instance.client.aclose()
-            await instance.mcp.aclose()
-            await instance.a2a.aclose()
+        for instance in self.instances + self._retired:
+            await _close(instance)
+        self._retired = []
+
+    def registered(self) -> dict[str, Instance]:
+        """The instances registered through the API, by id."""
+        return {i.instance_id: i for i in self.instances if i.instance_id is not None}
+
+    async def add(self, instance: Instance) -> Instance:
+        """Route to a registered instance, after a first health check (a down one joins as `error`).
+        Adding an id the fleet already has returns the instance it has."""
+        await self.check(instance, within=self._cfg.probe_seconds)  # the health loop keeps asking
+        present = self.registered().get(instance.instance_id or "")
+        if present is not None:  # a reload and the registering request raced; keep one
+            await _close(instance)
+            return present
+        self.instances.append(instance)
+        log.info("Agent Zero instance added", extra={"url": instance.url, "status": instance.status})
+        return instance
+
+    async def remove(self, instance_id: str) -> Instance | None:
+        """Stop routing to a registered instance; its clients close once its running calls return."""
+        instance = self.registered().get(instance_id)
+        if instance is None:
+            return None
+        self.instances.remove(instance)
+        self._retired.append(instance)
+        await self._close_retired()
+        log.info("Agent Zero instance removed", extra={"url": instance.url})
+        return instance
+
+    async def _close_retired(self) -> None:
+        idle = [i for i in self._retired if i.in_flight == 0]
+        self._retired = [i for i in self._retired if i.in_flight]
+        for instance in idle:
+            await _close(instance)
 
     def by_url(self, url: str) -> Instance | None:
         return next((i for i in self.instances if i.url == url), None)
 
-    def pick(self, tenant_id: str | None = None) -> Instance:
-        """The least-loaded healthy instance of the tenant's set."""
+    def pick(self, tenant_id: str | None = None, *, also: Mapping[str, int] | None = None) -> Instance:
+        """The least-loaded healthy instance of the tenant's set. `also` adds load the fleet cannot
+        see by instance URL (a POD's fleet agents, say), counted after the calls in flight."""
         candidates = self.candidates(tenant_id)
         if not candidates:
             raise AgentZeroError(
@@ -142,7 +179,8 @@ class Fleet:
                 "agent_unreachable",
                 "no healthy Agent Zero instance: " + "; ".join(f"{i.url}: {i.last_error}" for i in candidates),
             )
-        return min(healthy, key=lambda i: i.in_flight)
+        extra = also or {}
+        return min(healthy, key=lambda i: (i.in_flight, extra.get(i.url, 0)))
 
     def mark_failed(self, instance: Instance, error: AgentZeroError) -> None:
         """Passive health: a call that could not reach the instance takes it out of routing."""
@@ -151,12 +189,17 @@ class Fleet:
             log.warning("Agent Zero instance down", extra={"url": instance.url, "error": error.message})
 
     async def check_all(self) -> None:
-        await asyncio.gather(*(self._check(i) for i in self.instances))
+        await asyncio.gather(*(self.check(i) for i in self.instances))
+        await self._close_retired()
 
-    async def _check(self, instance: Instance) -> None:
+    async def check(self, instance: Instance, *, within: float | None = None) -> None:
+        """Ask the instance's /api/health now and record the answer (no answer `within` s: down)."""
         was = instance.healthy
         try:
-            health = await instance.client.health()
+            async with asyncio.timeout(within):
+                health = await instance.client.health()
+        except TimeoutError:
+            instance.healthy, instance.last_error = False, f"no answer to /api/health within {within:g} s"
         except AgentZeroError as exc:
             instance.healthy, instance.last_error = False, exc.message
         else:
@@ -169,3 +212,9 @@ class Fleet:
         while True:
             await asyncio.sleep(self._interval)
             await self.check_all()
+
+
+async def _close(instance: Instance) -> None:
+    await instance.client.aclose()
+    await instance.mcp.aclose()
+    await instance.a2a.aclose()

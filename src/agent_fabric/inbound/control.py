@@ -34,10 +34,13 @@ class ControlChannel:
         self._sub: Any = None
 
     def register(self, topic: str, reload: Reload) -> None:
+        """Follow `topic`. Registered after start(), the topic is not loaded here: load it first."""
         if topic not in names.CONTROL_TOPICS:
             raise ValueError(f"unknown control topic {topic!r}")
         self._reloaders[topic] = reload
         self._dirty[topic] = asyncio.Event()
+        if self._sub is not None:
+            self._tasks.append(asyncio.create_task(self._reload_loop(topic), name=f"control-{topic}"))
 
     async def start(self) -> None:
         """Load every topic once, then follow announcements."""

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -308,6 +309,14 @@ agent_zero_instances = Table(
     Column("registered_at", Timestamp, nullable=False),
     Column("removed_at", Timestamp, nullable=True),
     Index("ix_agent_zero_instances_tenant", "tenant_id"),
+    # One live registration per URL across replicas (the fleet knows an instance by its URL).
+    Index(
+        "ux_agent_zero_instances_live_url",
+        "url",
+        unique=True,
+        postgresql_where=text("removed_at IS NULL"),
+        sqlite_where=text("removed_at IS NULL"),
+    ),
 )
 
 # A POD's fleet: the orchestrator (Agent 0) and the specialists under it. Each agent is one Agent

@@ -65,6 +65,13 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("agent_zero_instances", schema=None) as batch_op:
         batch_op.create_index("ix_agent_zero_instances_tenant", ["tenant_id"], unique=False)
+        batch_op.create_index(
+            "ux_agent_zero_instances_live_url",
+            ["url"],
+            unique=True,
+            postgresql_where=sa.text("removed_at IS NULL"),
+            sqlite_where=sa.text("removed_at IS NULL"),
+        )
 
     op.create_table(
         "decisions",
@@ -127,6 +134,7 @@ def downgrade() -> None:
 
     op.drop_table("decisions")
     with op.batch_alter_table("agent_zero_instances", schema=None) as batch_op:
+        batch_op.drop_index("ux_agent_zero_instances_live_url")
         batch_op.drop_index("ix_agent_zero_instances_tenant")
 
     op.drop_table("agent_zero_instances")

@@ -1,0 +1,150 @@
+"""Rows of `fleet_agents`: one per fleet agent, read and changed only through these functions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from agent_fabric.storage.tables import fleet_agents as t
+
+ORCHESTRATOR = "orchestrator"
+SPECIALIST = "specialist"
+
+# Stored statuses. `busy` is never stored: it is read from the chat when the agent is looked at.
+STARTING = "starting"  # the place is taken, the chat is being opened
+IDLE = "idle"  # the chat exists; what it is doing now is read live
+ERROR = "error"  # Agent Zero lost the chat: nothing will bring it back
+TERMINATED = "terminated"
+BUSY = "busy"
+LIVE = (STARTING, IDLE, ERROR)
+
+# Namespace of the advisory locks taken per POD (pg_advisory_xact_lock(int, int)).
+LOCK_CLASS = 41_04
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRecord:
+    id: str
+    tenant_id: str
+    role: str
+    profile: str | None
+    parent_id: str | None
+    instance_url: str | None
+    context_id: str | None
+    status: str
+    mode: str
+    created_by: str
+    created_at: datetime
+    last_activity_at: datetime
+    terminated_at: datetime | None
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> AgentRecord:
+        m = dict(row._mapping)
+        for key in ("created_at", "last_activity_at", "terminated_at"):
+            m[key] = _aware(m[key])
+        return cls(**m)
+
+    @property
+    def live(self) -> bool:
+        return self.status != TERMINATED
+
+
+async def lock_pod(conn: AsyncConnection, tenant_id: str) -> None:
+    """Serialise fleet changes of one POD across replicas until the transaction ends (Postgres)."""
+    if conn.dialect.name == "postgresql":
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock(:cls, hashtext(:pod))"), {"cls": LOCK_CLASS, "pod": tenant_id}
+        )
+
+
+async def live_agents(conn: AsyncConnection, tenant_id: str) -> list[AgentRecord]:
+    rows = await conn.execute(
+        select(t).where(t.c.tenant_id == tenant_id, t.c.status.in_(LIVE)).order_by(t.c.created_at, t.c.id)
+    )
+    return [AgentRecord.from_row(r) for r in rows]
+
+
+async def all_agents(conn: AsyncConnection, tenant_id: str, limit: int) -> list[AgentRecord]:
+    rows = await conn.execute(
+        select(t).where(t.c.tenant_id == tenant_id).order_by(t.c.created_at.desc(), t.c.id).limit(limit)
+    )
+    return [AgentRecord.from_row(r) for r in rows]
+
+
+async def get_agent(conn: AsyncConnection, tenant_id: str, agent_id: str) -> AgentRecord | None:
+    row = (await conn.execute(select(t).where(t.c.tenant_id == tenant_id, t.c.id == agent_id))).first()
+    return AgentRecord.from_row(row) if row else None
+
+
+async def agents_per_instance(conn: AsyncConnection) -> dict[str, int]:
+    """Live agents on each instance URL, every POD's: a chat costs its instance memory and threads."""
+    rows = await conn.execute(
+        select(t.c.instance_url, func.count())
+        .where(t.c.status.in_(LIVE), t.c.instance_url.is_not(None))
+        .group_by(t.c.instance_url)
+    )
+    return {str(url): int(n) for url, n in rows}
+
+
+async def insert_agent(conn: AsyncConnection, record: AgentRecord) -> None:
+    values = {name: getattr(record, name) for name in AgentRecord.__slots__}
+    await conn.execute(insert(t).values(**values))
+
+
+async def opened(
+    conn: AsyncConnection, agent_id: str, instance_url: str, context_id: str, now: datetime
+) -> AgentRecord | None:
+    """starting -> idle with its chat; None if the agent was terminated while the chat opened."""
+    row = (
+        await conn.execute(
+            update(t)
+            .where(t.c.id == agent_id, t.c.status == STARTING)
+            .values(instance_url=instance_url, context_id=context_id, status=IDLE, last_activity_at=now)
+            .returning(*t.c)
+        )
+    ).first()
+    return AgentRecord.from_row(row) if row else None
+
+
+async def drop_reservation(conn: AsyncConnection, agent_id: str) -> None:
+    """The chat could not be opened: the agent never existed, so its place is given back."""
+    await conn.execute(delete(t).where(t.c.id == agent_id, t.c.status == STARTING))
+
+
+async def mark_lost(conn: AsyncConnection, agent_id: str, reason: str) -> None:
+    await conn.execute(
+        update(t).where(t.c.id == agent_id, t.c.status == IDLE).values(status=ERROR, last_error=reason[:2000])
+    )
+
+
+async def mark_terminated(conn: AsyncConnection, ids: Iterable[str], now: datetime) -> list[AgentRecord]:
+    """Each still-live agent -> terminated (once: a concurrent terminate gets nothing back)."""
+    ended = []
+    for agent_id in ids:
+        row = (
+            await conn.execute(
+                update(t)
+                .where(t.c.id == agent_id, t.c.status.in_(LIVE))
+                .values(status=TERMINATED, terminated_at=now, last_activity_at=now)
+                .returning(*t.c)
+            )
+        ).first()
+        if row is not None:
+            ended.append(AgentRecord.from_row(row))
+    return ended
+
+
+async def note(conn: AsyncConnection, notes: dict[str, str]) -> None:
+    for agent_id, text_ in notes.items():
+        await conn.execute(update(t).where(t.c.id == agent_id).values(last_error=text_[:2000]))
