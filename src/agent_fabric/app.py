@@ -10,7 +10,9 @@ from fastapi import FastAPI
 from agent_fabric import __version__
 from agent_fabric.fabric import open_fabric
 from agent_fabric.inbound.api import (
+    agent_sessions,
     agent_v2,
+    agent_ws,
     approvals,
     audit,
     auth,
@@ -53,6 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
         audit.router,
         config.router,
         agent_v2.router,
+        agent_sessions.router,
+        agent_ws.router,
     ):
         app.include_router(router)
     return app

@@ -20,6 +20,8 @@ from agent_fabric.admission.budget import BudgetManager
 from agent_fabric.admission.checks import Admission
 from agent_fabric.admission.policy import PolicyEngine
 from agent_fabric.agent_zero.fleet import Fleet
+from agent_fabric.agent_zero.session_events import SessionEvents
+from agent_fabric.agent_zero.sessions import SessionManager
 from agent_fabric.audit.store import AuditStore
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.drivers.factory import Drivers, build_drivers
@@ -70,6 +72,7 @@ class Fabric:
     metrics: FabricMetrics
     governance: Governance
     fleet: Fleet
+    sessions: SessionManager
 
 
 @dataclass
@@ -145,6 +148,17 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         fleet = Fleet(settings.agent_zero, governance.tenants.mode_for)
         stack.push_async_callback(fleet.aclose)
         await fleet.start()
+        sessions = SessionManager(
+            engine,
+            SessionEvents(engine, nc),
+            fleet,
+            governance.tenants,
+            governance.budgets,
+            governance.audit,
+            settings.agent_zero,
+        )
+        sessions.start()
+        stack.push_async_callback(sessions.aclose)
         drivers = build_drivers(settings, fleet)
         stack.push_async_callback(drivers.aclose)
         await drivers.start()
@@ -185,6 +199,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             metrics=metrics,
             governance=governance,
             fleet=fleet,
+            sessions=sessions,
         )
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 

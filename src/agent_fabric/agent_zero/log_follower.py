@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Protocol
 
 from agent_fabric.agent_zero.client import AgentZeroClient, AgentZeroError
-from agent_fabric.drivers.base import RunContext
 
 PROGRESS_CONTENT_CHARS = 2_000
 
@@ -39,9 +38,15 @@ def final_response(log: dict[str, Any], after: int) -> str | None:
     return None
 
 
+class ProgressSink(Protocol):
+    """Where progress goes: a task's RunContext, or a session's event log."""
+
+    async def progress(self, data: dict[str, Any]) -> None: ...
+
+
 class LogFollower:
     def __init__(
-        self, client: AgentZeroClient, context_id: str, ctx: RunContext, message: str, poll_seconds: float
+        self, client: AgentZeroClient, context_id: str, ctx: ProgressSink, message: str, poll_seconds: float
     ) -> None:
         self._client = client
         self._context_id = context_id

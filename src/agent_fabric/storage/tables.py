@@ -351,6 +351,7 @@ agent_sessions = Table(
     Column("message_count", Integer, nullable=False, default=0),
     Column("busy", Boolean, nullable=False, default=False),
     Column("last_error", Text, nullable=True),
+    Column("last_seq", BigInteger, nullable=False, default=0),  # the newest agent_session_events.seq
     Index("ix_agent_sessions_tenant_status", "tenant_id", "status"),
     Index("ix_agent_sessions_status_activity", "status", "last_activity_at"),
 )

@@ -1,0 +1,363 @@
+"""Agent Zero sessions of a POD (seed 000 req. 2, 3, 9): one Agent Zero chat each, tracked in the database.
+
+- The first message without a session id opens a session, unless the POD already has its
+  `agent_zero.max_sessions` open ones (429 `max_sessions`). The chat is created on the instance
+  `fleet.pick(tenant)` chooses (SANDBOX PODs get the sandbox set) and stays there.
+- Agent Zero's `api_message` blocks until the agent has finished and only then names a new chat,
+  so a new chat is first opened with the driver's short priming message; the user's message then
+  goes to a known chat whose log is polled for progress while it runs.
+- One message per session at a time (409 `session_busy`): Agent Zero would merge a second one into
+  the running loop and give both callers the same answer.
+- A LIVE POD whose budget is used up is refused before anything is sent (402 `budget_exceeded`);
+  each message is charged AGENT_FABRIC_AGENT_ZERO_COST_PER_MESSAGE_USD to the session and the POD.
+- Sessions idle past the POD's `session_idle_timeout_seconds` are ended by a sweep every replica
+  runs (a conditional UPDATE picks one winner); a manual terminate does the same. Ending a session
+  deletes its Agent Zero chat and its event log; the session row stays for the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from agent_fabric.admission.budget import BudgetManager
+from agent_fabric.admission.budget_math import Amounts
+from agent_fabric.agent_zero.client import AgentZeroError, Reply
+from agent_fabric.agent_zero.fleet import Fleet, Instance
+from agent_fabric.agent_zero.log_follower import LogFollower
+from agent_fabric.agent_zero.session_events import RunLog, SessionEvents
+from agent_fabric.audit.entries import AuditEntry
+from agent_fabric.audit.writer import AuditWriter
+from agent_fabric.drivers.agent_zero import PRIMING_MESSAGE
+from agent_fabric.errors import BudgetExceeded, Conflict, FabricError, NotFound, RateLimited
+from agent_fabric.settings import AgentZeroSettings, Mode
+from agent_fabric.storage import session_store as store
+from agent_fabric.storage.task_store import utcnow
+from agent_fabric.tenants import TenantRegistry
+
+log = logging.getLogger(__name__)
+
+BUDGET_AGENT = "agent-zero"  # the budget entity sessions are charged to, besides the tenant
+SWEEP_BATCH = 1000
+# api_message on Agent Zero's status codes: what the caller of /api/v2/agent/message sees.
+UPSTREAM_STATUS = {"agent_unreachable": 503, "timeout": 504}
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who sends, for which POD, in which mode (an authorised /api/v2/agent request or WebSocket)."""
+
+    actor: str
+    tenant_id: str
+    mode: Mode
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    session: store.SessionRecord
+    response: str
+    started: bool
+
+
+def upstream_problem(exc: AgentZeroError) -> FabricError:
+    problem = FabricError(f"Agent Zero: {exc.message}", code=exc.code)
+    problem.status = UPSTREAM_STATUS.get(exc.code, 502)
+    problem.title = "Agent Zero failed"
+    return problem
+
+
+class SessionManager:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        events: SessionEvents,
+        fleet: Fleet,
+        tenants: TenantRegistry,
+        budgets: BudgetManager,
+        audit: AuditWriter,
+        cfg: AgentZeroSettings,
+    ) -> None:
+        self._engine = engine
+        self.events = events
+        self._fleet = fleet
+        self._tenants = tenants
+        self._budgets = budgets
+        self._audit = audit
+        self._cfg = cfg
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="agent-session-sweep")
+
+    async def aclose(self) -> None:
+        """Stop the sweep. Idempotent; messages in flight belong to their HTTP requests."""
+        task, self._sweeper = self._sweeper, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- reads --
+
+    async def get(self, tenant_id: str, session_id: str) -> store.SessionRecord:
+        """The session, or 404 (also for another POD's session: its existence is not disclosed)."""
+        session = await store.get(self._engine, session_id)
+        if session is None or session.tenant_id != tenant_id:
+            raise NotFound(f"no Agent Zero session {session_id!r} in this POD", code="session_not_found")
+        return session
+
+    async def page(
+        self, tenant_id: str, status: str | None, limit: int, offset: int
+    ) -> tuple[list[store.SessionRecord], int]:
+        return await store.page(self._engine, tenant_id, status, limit, offset)
+
+    # -- a message --
+
+    async def send(
+        self, caller: Caller, message: str, session_id: str | None = None, agent_profile: str | None = None
+    ) -> Answer:
+        """Send one message into the session (a new one without `session_id`) and wait for the answer."""
+        await self._check_budget(caller)
+        if session_id is None:
+            session, run = await self._open(caller, message, agent_profile)
+        else:
+            session, run = await self._take(caller, session_id, message)
+        self._record(caller, "message_sent", session.id, request={"message": message, "seq": run.seq})
+        try:
+            instance, context_id, reply = await self._ask(session, run, message)
+        except AgentZeroError as exc:
+            await run.finish("error", {"code": exc.code, "message": exc.message}, store.failed(exc.message))
+            self._record(caller, "message_failed", session.id, response={"code": exc.code, "message": exc.message})
+            raise upstream_problem(exc) from None
+        except BaseException as exc:
+            # Cancelled (the request went away) or a fault of ours: free the session for the next message.
+            code = "cancelled" if isinstance(exc, asyncio.CancelledError) else "internal_error"
+            await asyncio.shield(run.finish("error", {"code": code, "message": code}, store.failed(code)))
+            raise
+        cost = self._cfg.cost_per_message_usd
+        values = store.answered(context_id, instance.url, cost)
+        await run.finish("response", {"response": reply.response}, values)
+        if cost > 0:
+            await self._budgets.track(caller.tenant_id, BUDGET_AGENT, Amounts(cost_usd=cost), user=caller.actor)
+        self._record(caller, "response_received", session.id, response={"response": reply.response}, cost_usd=cost)
+        done = dataclasses.replace(
+            session,
+            agent_zero_session_id=context_id,
+            instance_url=instance.url,
+            status=store.IDLE,
+            busy=False,
+            message_count=session.message_count + 1,
+            estimated_cost_usd=session.estimated_cost_usd + cost,
+            last_seq=run.seq,
+            last_activity_at=utcnow(),
+            last_error=None,
+        )
+        return Answer(done, reply.response, started=session_id is None)
+
+    async def _check_budget(self, caller: Caller) -> None:
+        # SANDBOX PODs are tracked, never refused (seed 000 req. 7.3).
+        if caller.mode != "LIVE":
+            return
+        estimate = Amounts(cost_usd=self._cfg.cost_per_message_usd)
+        if await self._budgets.check_budget(caller.tenant_id, BUDGET_AGENT, estimate, user=caller.actor):
+            return
+        self._record(caller, "budget_exceeded", None, request={"estimate_usd": estimate.cost_usd})
+        raise BudgetExceeded(
+            f"the budget of POD {caller.tenant_id!r} has no room for another Agent Zero message",
+            tenant_id=caller.tenant_id,
+        )
+
+    async def _open(
+        self, caller: Caller, message: str, agent_profile: str | None
+    ) -> tuple[store.SessionRecord, RunLog]:
+        now = utcnow()
+        session = store.SessionRecord(
+            id=str(uuid.uuid4()),
+            tenant_id=caller.tenant_id,
+            user_id=caller.actor,
+            agent_zero_session_id=None,
+            instance_url=None,
+            agent_profile=agent_profile,
+            status=store.ACTIVE,
+            mode=caller.mode,
+            started_at=now,
+            last_activity_at=now,
+            terminated_at=None,
+            estimated_cost_usd=0.0,
+            message_count=0,
+            busy=True,
+            last_error=None,
+            last_seq=1,
+        )
+        limit = self._tenants.config_for(caller.tenant_id).agent_zero.max_sessions
+        first = store.Event(1, "message", {"message": message, "user_id": caller.actor}, now)
+        async with self._engine.begin() as conn:
+            created = await store.create(conn, dataclasses.asdict(session), limit)
+            if created:
+                await store.insert_events(conn, session.id, [first])
+        if not created:
+            raise RateLimited(
+                f"POD {caller.tenant_id!r} already has {limit} open Agent Zero sessions; terminate one first",
+                code="max_sessions",
+            )
+        await self.events.publish(session.id, [first])
+        self._record(caller, "session_started", session.id, request={"agent_profile": agent_profile})
+        return session, self.events.run_log(session.id, 1)
+
+    async def _take(self, caller: Caller, session_id: str, message: str) -> tuple[store.SessionRecord, RunLog]:
+        now = utcnow()
+        async with self._engine.begin() as conn:
+            session = await store.acquire(conn, caller.tenant_id, session_id, now)
+            if session is not None:
+                event = store.Event(session.last_seq, "message", {"message": message, "user_id": caller.actor}, now)
+                await store.insert_events(conn, session_id, [event])
+        if session is None:
+            current = await self.get(caller.tenant_id, session_id)
+            if current.status == store.TERMINATED:
+                raise Conflict(f"session {session_id!r} was terminated", code="session_terminated")
+            raise Conflict(
+                f"session {session_id!r} is still answering a message; send the next one after it", code="session_busy"
+            )
+        await self.events.publish(session_id, [event])
+        return session, self.events.run_log(session_id, session.last_seq)
+
+    async def _ask(self, session: store.SessionRecord, run: RunLog, message: str) -> tuple[Instance, str, Reply]:
+        instance = self._instance_of(session)
+        client = instance.client
+        lifetime = self._tenants.config_for(session.tenant_id).agent_zero.session_idle_timeout_seconds / 3600 + 1
+        async with instance.slots:
+            instance.in_flight += 1
+            try:
+                context_id = session.agent_zero_session_id
+                if context_id is None:
+                    primed = await client.message(
+                        PRIMING_MESSAGE, agent_profile=session.agent_profile, lifetime_hours=lifetime
+                    )
+                    context_id = primed.context_id
+                    # Known at once, so a terminate during the first answer deletes the chat too.
+                    async with self._engine.begin() as conn:
+                        await store.place(conn, session.id, context_id, instance.url)
+                follower = LogFollower(client, context_id, run, message, self._cfg.poll_seconds)
+                answer = await follower.alongside(
+                    client.message(message, context_id=context_id, lifetime_hours=lifetime)
+                )
+            except AgentZeroError as exc:
+                self._fleet.mark_failed(instance, exc)
+                raise
+            finally:
+                instance.in_flight -= 1
+        return instance, context_id, Reply(context_id, answer)
+
+    def _instance_of(self, session: store.SessionRecord) -> Instance:
+        if session.instance_url is None:
+            return self._fleet.pick(session.tenant_id)
+        # A chat lives on one instance: later messages go back to it, healthy or not yet.
+        instance = self._fleet.by_url(session.instance_url)
+        if instance is None:
+            raise AgentZeroError(
+                "agent_context_lost",
+                f"the session's chat lives on {session.instance_url}, which is no longer configured",
+            )
+        return instance
+
+    # -- the end of a session --
+
+    async def terminate(self, caller: Caller, session_id: str) -> store.SessionRecord:
+        """End the session now (409 if it already ended)."""
+        await self.get(caller.tenant_id, session_id)
+        async with self._engine.begin() as conn:
+            ended = await store.terminate(conn, session_id, utcnow())
+        if ended is None:
+            raise Conflict(f"session {session_id!r} is already terminated", code="session_terminated")
+        await self._clean_up(ended, caller.actor, "manual")
+        return ended
+
+    async def _clean_up(self, session: store.SessionRecord, actor: str, reason: str) -> None:
+        """After the winning terminate: delete the chat in Agent Zero and the event log; tell watchers."""
+        chat_error = None
+        instance = self._fleet.by_url(session.instance_url) if session.instance_url else None
+        if instance is not None and session.agent_zero_session_id is not None:
+            try:
+                await instance.client.terminate_chat(session.agent_zero_session_id)
+            except AgentZeroError as exc:
+                # Already gone there (expired, restarted without it) is the outcome we wanted.
+                if exc.code != "agent_context_not_found":
+                    chat_error = exc.message
+                    log.warning("Agent Zero chat not deleted", extra={"session_id": session.id, "error": exc.message})
+        await store.delete_events(self._engine, session.id)
+        ended = store.Event(session.last_seq + 1, "terminated", {"reason": reason, "by": actor}, utcnow())
+        await self.events.publish(session.id, [ended])
+        self._audit.record(
+            AuditEntry(
+                "session_terminated",
+                actor,
+                session.tenant_id,
+                session.mode,
+                request={"reason": reason},
+                response={
+                    "message_count": session.message_count,
+                    "chat_deleted": chat_error is None,
+                    "error": chat_error,
+                },
+                session_id=session.id,
+                cost_usd=session.estimated_cost_usd,
+            )
+        )
+
+    async def sweep(self) -> int:
+        """End every session idle past its POD's timeout; returns how many this replica ended."""
+        now = utcnow()
+        ended = 0
+        for candidate in await store.idle_candidates(self._engine, now, SWEEP_BATCH):
+            timeout = self._tenants.config_for(candidate.tenant_id).agent_zero.session_idle_timeout_seconds
+            idle_before = now - timedelta(seconds=timeout)
+            if candidate.last_activity_at >= idle_before:
+                continue
+            # A busy flag older than the longest Agent Zero call means its replica died mid-message.
+            stale_before = now - timedelta(seconds=max(timeout, self._cfg.timeout_seconds + 60))
+            async with self._engine.begin() as conn:
+                won = await store.terminate(conn, candidate.id, now, idle_before=idle_before, stale_before=stale_before)
+            if won is not None:
+                await self._clean_up(won, "system", "idle")
+                ended += 1
+        return ended
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._cfg.session_sweep_seconds)
+            try:
+                await self.sweep()
+            except Exception as exc:  # the next round retries; sessions only stay open a little longer
+                log.warning("agent session sweep failed", extra={"error": str(exc)})
+
+    def _record(
+        self,
+        caller: Caller,
+        action: str,
+        session_id: str | None,
+        *,
+        request: Any = None,
+        response: Any = None,
+        cost_usd: float | None = None,
+    ) -> None:
+        self._audit.record(
+            AuditEntry(
+                action,
+                caller.actor,
+                caller.tenant_id,
+                caller.mode,
+                request=request,
+                response=response,
+                session_id=session_id,
+                cost_usd=cost_usd,
+            )
+        )
