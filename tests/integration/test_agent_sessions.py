@@ -8,14 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy import func, select
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from agent_fabric.settings import AgentZeroSettings
 from agent_fabric.storage import session_store
 from agent_fabric.storage.tables import agent_session_events
 from tests.conftest import RunningApp, make_settings, running_app
 from tests.support.agent_zero_standin import AgentZeroStandIn, running_standin
+from tests.support.asgi_server import serving
 from tests.support.flows import audit, auth_as, new_pod
 
 KEY = "standin-key-0123456789"
@@ -242,3 +246,121 @@ async def test_sandbox_pods_use_the_sandbox_instances_and_messages_cost(tmp_path
             assert sandbox.stats.messages == 2 and live.stats.messages == 2
             answered = await audit(app, tenant_id=pod, action="response_received")
             assert answered[0]["cost_usd"] == 0.25 and answered[0]["mode"] == "SANDBOX"
+
+
+# -- the WebSocket, over a real server --
+
+
+def ws_base(http_url: str) -> str:
+    return http_url.replace("http://", "ws://", 1)
+
+
+async def close_code(url: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
+    async with connect(url, additional_headers=headers) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await ws.recv()
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code, closed.value.rcvd.reason
+
+
+async def frames_until(ws: Any, done: Any, timeout: float = 10) -> list[dict[str, Any]]:
+    seen: list[dict[str, Any]] = []
+    async with asyncio.timeout(timeout):
+        while not seen or not done(seen[-1]):
+            seen.append(orjson.loads(await ws.recv()))
+    return seen
+
+
+def is_response(frame: dict[str, Any]) -> bool:
+    return frame.get("kind") == "response"
+
+
+async def test_websocket_refuses_with_close_codes(az_app: RunningApp) -> None:
+    pod, other, live = new_pod(), new_pod(), new_pod()
+    session_id = (await message(az_app, auth_as(az_app, "o", "pod_admin", pod), "mine")).json()["session_id"]
+    await configure(az_app, live, mode="LIVE")
+    live_mfa = az_app.fabric.tokens.issue(role="pod_admin", subject="l", tenant_id=live, amr=["mfa"])
+    live_session = (await message(az_app, {"Authorization": f"Bearer {live_mfa}"}, "live")).json()["session_id"]
+    async with serving(az_app.app) as base:
+        url = f"{ws_base(base)}/ws/agent/{session_id}/"
+        assert (await close_code(url))[0] == 4401
+        assert (await close_code(f"{url}?token=not-a-jwt"))[0] == 4401
+        assert (await close_code(url, auth_as(az_app, "v", "viewer", pod)))[0] == 4403
+        assert (await close_code(url, auth_as(az_app, "m", "pod_admin", other)))[0] == 4404
+        assert (await close_code(f"{url}?tenant_id={pod}", auth_as(az_app, "m", "pod_admin", other)))[0] == 4403
+        unknown = f"{ws_base(base)}/ws/agent/00000000-0000-0000-0000-000000000000/"
+        assert (await close_code(unknown, auth_as(az_app, "o", "pod_admin", pod)))[0] == 4404
+        live_url = f"{ws_base(base)}/ws/agent/{live_session}/"
+        code, reason = await close_code(live_url, auth_as(az_app, "l", "pod_admin", live))
+        assert code == 4403 and "mfa" in reason
+    denied = await audit(az_app, action="access_denied", tenant_id=pod)
+    assert any(e["request"]["path"] == f"/ws/agent/{session_id}/" for e in denied)
+
+
+async def test_websocket_sends_streams_and_resumes_without_gaps(az_app: RunningApp) -> None:
+    pod = new_pod()
+    token = az_app.fabric.tokens.issue(role="pod_admin", subject="ws", tenant_id=pod)
+    opened = (await message(az_app, {"Authorization": f"Bearer {token}"}, "open")).json()
+    session_id, seen_up_to = opened["session_id"], opened["session"]["last_event_id"]
+    async with serving(az_app.app) as base:
+        url = f"{ws_base(base)}/ws/agent/{session_id}/?token={token}&last_event_id={seen_up_to}"
+        async with connect(url) as ws:
+            hello = orjson.loads(await ws.recv())
+            assert hello["type"] == "session" and hello["mode"] == "SANDBOX" and hello["session"]["id"] == session_id
+            await ws.send(orjson.dumps({"type": "message", "message": "[sleep 0.6] over the socket"}).decode())
+            streamed = await frames_until(ws, is_response)
+            kinds = [f["kind"] for f in streamed]
+            assert kinds[0] == "message" and kinds[-1] == "response" and "progress" in kinds
+            assert [f["id"] for f in streamed] == list(range(seen_up_to + 1, seen_up_to + 1 + len(streamed)))
+            assert streamed[-1]["data"]["response"] == "Done: [sleep 0.6] over the socket"
+
+            # A refusal comes back as an error frame, and the socket stays open.
+            await ws.send("not json")
+            assert orjson.loads(await ws.recv())["code"] == "invalid_request"
+
+            # Leave in the middle of the next answer ...
+            await ws.send(orjson.dumps({"type": "message", "message": "[sleep 1] second"}).decode())
+            early = await frames_until(ws, lambda f: f.get("kind") == "progress")
+            last = early[-1]["id"]
+        async with asyncio.timeout(10):  # ... the answer comes while no one is connected
+            while (await az_app.client.get(f"/api/v2/agent/sessions/{session_id}", headers=bearer(token))).json()[
+                "status"
+            ] != "idle":
+                await asyncio.sleep(0.05)
+        stored = [e.seq for e in await _events(az_app, session_id) if e.seq > last]
+        async with connect(f"{url.split('&')[0]}&last_event_id={last}") as ws:
+            assert orjson.loads(await ws.recv())["type"] == "session"
+            missed = await frames_until(ws, is_response)
+            assert [f["id"] for f in missed] == stored  # exactly what was missed, nothing twice
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.3):
+                    await ws.recv()
+
+
+async def test_websocket_sees_messages_posted_over_http_and_the_end(az_app: RunningApp) -> None:
+    pod = new_pod()
+    henry = auth_as(az_app, "henry", "pod_admin", pod)
+    session_id = (await message(az_app, henry, "open")).json()["session_id"]
+    async with serving(az_app.app) as base:
+        # An id past the log means "I have everything so far": only live events follow.
+        url = f"{ws_base(base)}/ws/agent/{session_id}/?last_event_id=1000000"
+        async with connect(url, additional_headers=az_app.auth()) as ws:  # an admin, in the session's POD
+            assert orjson.loads(await ws.recv())["type"] == "session"
+            posted = asyncio.create_task(message(az_app, henry, "[sleep 0.4] over http", session_id=session_id))
+            live = await frames_until(ws, is_response)
+            assert (await posted).status_code == 200
+            assert [f["kind"] for f in live][0] == "message" and live[-1]["data"]["response"].endswith("over http")
+            ended = await az_app.client.post(f"/api/v2/agent/sessions/{session_id}/terminate", headers=henry)
+            assert ended.status_code == 200
+            last = await frames_until(ws, lambda f: f.get("kind") == "terminated")
+            assert last[-1]["data"]["reason"] == "manual"
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    actions = {e["action"] for e in await audit(az_app, tenant_id=pod, session_id=session_id)}
+    assert {"agent_ws.connected", "agent_ws.disconnected", "session_terminated"} <= actions
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -96,7 +96,9 @@ class Relay:
         session_id = self._session.id
         await self._send({"type": "session", "session": self._session.view(), "mode": self._caller.mode})
         async with self._fabric.sessions.events.subscribe(session_id) as queue:
-            last = last_event_id
+            # An id past the log (a stale client, a guess) means "everything so far": live events
+            # still count up from the log's end. The row was read after every event it counts.
+            last = min(last_event_id, self._session.last_seq)
             for event in await store.events_after(self._fabric.engine, session_id, last):
                 await self._send({"type": "event", **event.wire(session_id)})
                 last = event.seq
