@@ -21,6 +21,7 @@ from tests.conftest import RunningApp, make_settings, running_app
 from tests.support.agent_zero_standin import AgentZeroStandIn, running_standin
 from tests.support.asgi_server import serving
 from tests.support.flows import audit, auth_as, new_pod
+from tests.support.nats_server import free_port
 
 KEY = "standin-key-0123456789"
 
@@ -183,6 +184,33 @@ async def test_idle_sessions_are_ended_by_the_sweep(az_app: RunningApp, standin:
     assert chat not in instance.contexts and await event_rows(az_app, session_id) == 0
     swept = await audit(az_app, tenant_id=pod, action="session_terminated")
     assert swept[0]["actor"] == "system" and swept[0]["request"]["reason"] == "idle"
+
+
+async def test_agent_failures_are_reported_and_the_session_goes_on(az_app: RunningApp) -> None:
+    pod = new_pod()
+    ivy = auth_as(az_app, "ivy", "pod_admin", pod)
+    session_id = (await message(az_app, ivy, "hi")).json()["session_id"]
+    failed = await message(az_app, ivy, "[fail] please", session_id=session_id)
+    assert failed.status_code == 502 and failed.json()["code"] == "agent_error"
+    assert "LLM provider failed" in failed.json()["detail"]
+    view = (await az_app.client.get(f"/api/v2/agent/sessions/{session_id}", headers=ivy)).json()
+    assert view["status"] == "error" and "LLM provider failed" in view["last_error"]
+    assert (await message(az_app, ivy, "again", session_id=session_id)).status_code == 200
+    assert "error" in [e.kind for e in await _events(az_app, session_id)]
+    assert [e["action"] for e in await audit(az_app, tenant_id=pod, action="message_failed")] == ["message_failed"]
+
+
+async def test_a_session_agent_zero_never_saw_frees_its_place(tmp_path: Path, nats_url: str) -> None:
+    down = AgentZeroSettings(url=f"http://127.0.0.1:{free_port()}", api_key=KEY, retries=0)
+    async with running_app(make_settings(tmp_path, nats_url, agent_zero=down)) as app:
+        pod = new_pod()
+        await configure(app, pod, agent_zero={"max_sessions": 1})
+        jack = auth_as(app, "jack", "pod_admin", pod)
+        for _ in range(2):  # not 429 the second time: the first session was ended
+            refused = await message(app, jack, "anyone there?")
+            assert refused.status_code == 503 and refused.json()["code"] == "agent_unreachable"
+        listed = (await app.client.get("/api/v2/agent/sessions", headers=jack)).json()["items"]
+        assert [s["status"] for s in listed] == ["terminated", "terminated"]
 
 
 async def test_only_the_pods_own_administrators_get_in(az_app: RunningApp) -> None:

@@ -137,6 +137,7 @@ class SessionManager:
         except AgentZeroError as exc:
             await run.finish("error", {"code": exc.code, "message": exc.message}, store.failed(exc.message))
             self._record(caller, "message_failed", session.id, response={"code": exc.code, "message": exc.message})
+            await self._end_if_chatless(session.id, caller.actor)
             raise upstream_problem(exc) from None
         except BaseException as exc:
             # Cancelled (the request went away) or a fault of ours: free the session for the next message.
@@ -280,6 +281,16 @@ class SessionManager:
             raise Conflict(f"session {session_id!r} is already terminated", code="session_terminated")
         await self._clean_up(ended, caller.actor, "manual")
         return ended
+
+    async def _end_if_chatless(self, session_id: str, actor: str) -> None:
+        """A session whose chat could not even be opened holds nothing: free its place in the POD."""
+        current = await store.get(self._engine, session_id)
+        if current is None or current.agent_zero_session_id is not None:
+            return
+        async with self._engine.begin() as conn:
+            ended = await store.terminate(conn, session_id, utcnow())
+        if ended is not None:
+            await self._clean_up(ended, actor, "start_failed")
 
     async def _clean_up(self, session: store.SessionRecord, actor: str, reason: str) -> None:
         """After the winning terminate: delete the chat in Agent Zero and the event log; tell watchers."""
