@@ -78,7 +78,11 @@ class RunLog:
 
     async def progress(self, data: dict[str, Any]) -> None:
         """A LogFollower's sink: queue the item; the writer stores and publishes the burst."""
-        self._pending.append(self.next_event("progress", data))
+        self.add("progress", data)
+
+    def add(self, kind: str, data: Any) -> None:
+        """Queue an event: the background writer stores it, then publishes it (off the caller's path)."""
+        self._pending.append(self.next_event(kind, data))
         if self._writer is None:
             self._writer = asyncio.create_task(self._write_loop(), name=f"session-events-{self._session_id}")
         self._wake.set()
@@ -90,11 +94,8 @@ class RunLog:
         async with self._writing:
             await self._stop_writer()  # it waits for the lock or for work: nothing is half done
             batch, self._pending = [*self._pending, final], []
-            async with self._events.engine.begin() as conn:
-                await store.insert_events(conn, self._session_id, batch)
-                open_still = await store.release(
-                    conn, self._session_id, {**session_values, "last_seq": self.seq, "last_activity_at": final.at}
-                )
+            values = {**session_values, "last_seq": self.seq, "last_activity_at": final.at}
+            open_still = await store.release(self._events.engine, self._session_id, batch, values)
             await self._events.publish(self._session_id, batch)
         if not open_still:
             await store.delete_events(self._events.engine, self._session_id)

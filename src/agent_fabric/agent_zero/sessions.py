@@ -215,12 +215,7 @@ class SessionManager:
         return session, self.events.run_log(session.id, 1)
 
     async def _take(self, caller: Caller, session_id: str, message: str) -> tuple[store.SessionRecord, RunLog]:
-        now = utcnow()
-        async with self._engine.begin() as conn:
-            session = await store.acquire(conn, caller.tenant_id, session_id, now)
-            if session is not None:
-                event = store.Event(session.last_seq, "message", {"message": message, "user_id": caller.actor}, now)
-                await store.insert_events(conn, session_id, [event])
+        session = await store.acquire(self._engine, caller.tenant_id, session_id, utcnow())
         if session is None:
             current = await self.get(caller.tenant_id, session_id)
             if current.status == store.TERMINATED:
@@ -228,8 +223,9 @@ class SessionManager:
             raise Conflict(
                 f"session {session_id!r} is still answering a message; send the next one after it", code="session_busy"
             )
-        await self.events.publish(session_id, [event])
-        return session, self.events.run_log(session_id, session.last_seq)
+        run = self.events.run_log(session_id, session.last_seq)
+        run.add("message", {"message": message, "user_id": caller.actor})  # stored while Agent Zero works
+        return session, run
 
     async def _ask(self, session: store.SessionRecord, run: RunLog, message: str) -> tuple[Instance, str, Reply]:
         instance = self._instance_of(session)

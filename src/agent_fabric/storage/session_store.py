@@ -122,26 +122,37 @@ async def create(conn: AsyncConnection, row: dict[str, Any], max_sessions: int) 
     return bool(result.rowcount)
 
 
-async def acquire(conn: AsyncConnection, tenant_id: str, session_id: str, now: datetime) -> SessionRecord | None:
+async def acquire(engine: AsyncEngine, tenant_id: str, session_id: str, now: datetime) -> SessionRecord | None:
     """Mark the session busy for one message; None when it is busy, terminated or not the tenant's.
-    `last_seq` of the result is the seq of the message's own event."""
-    row = (
-        await conn.execute(
-            update(_s)
-            .where(_s.c.id == session_id, _s.c.tenant_id == tenant_id, _s.c.busy.is_(False), _s.c.status != TERMINATED)
-            .values(busy=True, status=ACTIVE, last_activity_at=now, last_seq=_s.c.last_seq + 1)
-            .returning(*_s.c)
-        )
-    ).first()
+    One statement on its own (autocommit): a single round trip on the message's critical path."""
+    async with engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        row = (
+            await conn.execute(
+                update(_s)
+                .where(
+                    _s.c.id == session_id, _s.c.tenant_id == tenant_id, _s.c.busy.is_(False), _s.c.status != TERMINATED
+                )
+                .values(busy=True, status=ACTIVE, last_activity_at=now)
+                .returning(*_s.c)
+            )
+        ).first()
     return SessionRecord.from_row(row) if row is not None else None
 
 
-async def release(conn: AsyncConnection, session_id: str, values: dict[str, Any]) -> bool:
-    """End a message's hold (unless the session was terminated meanwhile); False if it was."""
-    result = await conn.execute(
-        update(_s).where(_s.c.id == session_id, _s.c.status != TERMINATED).values(busy=False, **values)
-    )
-    return bool(result.rowcount)
+async def release(engine: AsyncEngine, session_id: str, events: Sequence[Event], values: dict[str, Any]) -> bool:
+    """Store the message's last events and end its hold, atomically; False if the session was
+    terminated meanwhile (the events are stored all the same: the caller removes them)."""
+    end_hold = update(_s).where(_s.c.id == session_id, _s.c.status != TERMINATED).values(busy=False, **values)
+    if engine.dialect.name == "postgresql":
+        # One statement (a data-modifying CTE always runs to completion): one round trip, not four.
+        rows = insert(_e).values([_event_row(session_id, e) for e in events]).cte("stored_events")
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            return bool((await conn.execute(end_hold.add_cte(rows))).rowcount)
+    async with engine.begin() as conn:
+        await insert_events(conn, session_id, events)
+        return bool((await conn.execute(end_hold)).rowcount)
 
 
 def answered(context_id: str, instance_url: str, cost_usd: float) -> dict[str, Any]:
@@ -235,15 +246,13 @@ async def idle_candidates(engine: AsyncEngine, before: datetime, limit: int) -> 
     return [SessionRecord.from_row(r) for r in rows]
 
 
+def _event_row(session_id: str, e: Event) -> dict[str, Any]:
+    return {"session_id": session_id, "seq": e.seq, "kind": e.kind, "data": e.data, "created_at": e.at}
+
+
 async def insert_events(conn: AsyncConnection, session_id: str, events: Sequence[Event]) -> None:
     if events:
-        await conn.execute(
-            insert(_e),
-            [
-                {"session_id": session_id, "seq": e.seq, "kind": e.kind, "data": e.data, "created_at": e.at}
-                for e in events
-            ],
-        )
+        await conn.execute(insert(_e), [_event_row(session_id, e) for e in events])
 
 
 async def events_after(engine: AsyncEngine, session_id: str, after: int) -> list[Event]:
