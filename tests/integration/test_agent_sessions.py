@@ -20,7 +20,7 @@ from agent_fabric.storage.tables import agent_session_events
 from tests.conftest import RunningApp, make_settings, running_app
 from tests.support.agent_zero_standin import AgentZeroStandIn, running_standin
 from tests.support.asgi_server import serving
-from tests.support.flows import audit, auth_as, new_pod
+from tests.support.flows import audit, auth_as, new_pod, until
 from tests.support.nats_server import free_port
 
 KEY = "standin-key-0123456789"
@@ -392,3 +392,59 @@ async def test_websocket_sees_messages_posted_over_http_and_the_end(az_app: Runn
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_session_ends_for_its_sender_when_terminated_mid_answer(
+    az_app: RunningApp, standin: tuple[str, AgentZeroStandIn]
+) -> None:
+    pod = new_pod()
+    kim = auth_as(az_app, "kim", "pod_admin", pod)
+    session_id = (await message(az_app, kim, "open")).json()["session_id"]
+    running = asyncio.create_task(message(az_app, kim, "[sleep 3] long job", session_id=session_id))
+    async with asyncio.timeout(5):
+        while (await az_app.client.get(f"/api/v2/agent/sessions/{session_id}", headers=kim)).json()[
+            "status"
+        ] != "active":
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)
+    assert (await az_app.client.post(f"/api/v2/agent/sessions/{session_id}/terminate", headers=kim)).status_code == 200
+    cut = await running
+    assert cut.status_code == 409 and cut.json()["code"] == "session_terminated"
+    assert await event_rows(az_app, session_id) == 0  # what the sender wrote afterwards is gone too
+
+
+async def test_a_session_stays_in_the_mode_it_was_opened_in(az_app: RunningApp) -> None:
+    pod = new_pod()
+    session_id = (await message(az_app, auth_as(az_app, "lee", "pod_admin", pod), "sandbox")).json()["session_id"]
+    await configure(az_app, pod, mode="LIVE")
+    mfa = az_app.fabric.tokens.issue(role="pod_admin", subject="lee", tenant_id=pod, amr=["mfa"])
+    moved = await message(az_app, bearer(mfa), "now live", session_id=session_id)
+    assert moved.status_code == 409 and moved.json()["code"] == "session_mode_changed"
+
+
+async def test_two_replicas_share_sessions_events_and_the_sweep(
+    tmp_path: Path, nats_url: str, postgres_url: str, redis_url: str, standin: tuple[str, AgentZeroStandIn]
+) -> None:
+    url, instance = standin
+    settings = [
+        az_settings("postgres", tmp_path / name, nats_url, postgres_url, redis_url, url=url) for name in ("a", "b")
+    ]
+    async with running_app(settings[0]) as a, running_app(settings[1]) as b:
+        pod = new_pod()
+        await configure(a, pod, agent_zero={"session_idle_timeout_seconds": 1})
+        await until(lambda: b.fabric.governance.tenants.version_of(pod) >= 1, what="config on replica b")
+        mona = auth_as(a, "mona", "pod_admin", pod)
+        session_id = (await message(b, mona, "open on b")).json()["session_id"]
+        async with serving(a.app) as base:
+            async with connect(f"{ws_base(base)}/ws/agent/{session_id}/", additional_headers=mona) as ws:
+                assert orjson.loads(await ws.recv())["type"] == "session"
+                replayed = await frames_until(ws, is_response)  # the first message, from the log
+                posted = asyncio.create_task(message(b, mona, "[sleep 0.3] via b", session_id=session_id))
+                live = await frames_until(ws, is_response)  # sent through replica b, relayed by a
+                assert (await posted).status_code == 200
+                assert live[0]["id"] == replayed[-1]["id"] + 1 and live[-1]["data"]["response"].endswith("via b")
+                ended = await frames_until(ws, lambda f: f.get("kind") == "terminated", timeout=10)
+                assert ended[-1]["data"]["reason"] == "idle"
+        assert instance.stats.messages == 3 and not instance.contexts  # the swept session's chat was deleted
+        entries = await audit(a, tenant_id=pod, action="session_terminated")
+        assert len(entries) == 1  # both replicas sweep; one conditional UPDATE wins

@@ -135,8 +135,12 @@ class SessionManager:
         try:
             instance, context_id, reply = await self._ask(session, run, message)
         except AgentZeroError as exc:
-            await run.finish("error", {"code": exc.code, "message": exc.message}, store.failed(exc.message))
+            still_open = await run.finish(
+                "error", {"code": exc.code, "message": exc.message}, store.failed(exc.message)
+            )
             self._record(caller, "message_failed", session.id, response={"code": exc.code, "message": exc.message})
+            if not still_open:  # terminated while it answered: that is why Agent Zero's run stopped
+                raise Conflict(f"session {session.id!r} was terminated", code="session_terminated") from None
             await self._end_if_chatless(session.id, caller.actor)
             raise upstream_problem(exc) from None
         except BaseException as exc:
@@ -215,11 +219,18 @@ class SessionManager:
         return session, self.events.run_log(session.id, 1)
 
     async def _take(self, caller: Caller, session_id: str, message: str) -> tuple[store.SessionRecord, RunLog]:
-        session = await store.acquire(self._engine, caller.tenant_id, session_id, utcnow())
+        session = await store.acquire(self._engine, caller.tenant_id, session_id, caller.mode, utcnow())
         if session is None:
             current = await self.get(caller.tenant_id, session_id)
             if current.status == store.TERMINATED:
                 raise Conflict(f"session {session_id!r} was terminated", code="session_terminated")
+            if current.mode != caller.mode:
+                # Its chat lives on the other mode's instances: a LIVE POD never talks to a sandbox chat.
+                raise Conflict(
+                    f"session {session_id!r} was opened in {current.mode} mode and the POD is now {caller.mode}; "
+                    "open a new session",
+                    code="session_mode_changed",
+                )
             raise Conflict(
                 f"session {session_id!r} is still answering a message; send the next one after it", code="session_busy"
             )

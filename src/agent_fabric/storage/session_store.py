@@ -122,16 +122,22 @@ async def create(conn: AsyncConnection, row: dict[str, Any], max_sessions: int) 
     return bool(result.rowcount)
 
 
-async def acquire(engine: AsyncEngine, tenant_id: str, session_id: str, now: datetime) -> SessionRecord | None:
-    """Mark the session busy for one message; None when it is busy, terminated or not the tenant's.
-    One statement on its own (autocommit): a single round trip on the message's critical path."""
+async def acquire(
+    engine: AsyncEngine, tenant_id: str, session_id: str, mode: str, now: datetime
+) -> SessionRecord | None:
+    """Mark the session busy for one message; None when it is busy, terminated, not the tenant's, or
+    of the other mode. One statement on its own (autocommit): one round trip on the critical path."""
     async with engine.connect() as conn:
         conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
         row = (
             await conn.execute(
                 update(_s)
                 .where(
-                    _s.c.id == session_id, _s.c.tenant_id == tenant_id, _s.c.busy.is_(False), _s.c.status != TERMINATED
+                    _s.c.id == session_id,
+                    _s.c.tenant_id == tenant_id,
+                    _s.c.mode == mode,
+                    _s.c.busy.is_(False),
+                    _s.c.status != TERMINATED,
                 )
                 .values(busy=True, status=ACTIVE, last_activity_at=now)
                 .returning(*_s.c)
