@@ -10,20 +10,16 @@
   the running loop and give both callers the same answer.
 - A LIVE POD whose budget is used up is refused before anything is sent (402 `budget_exceeded`);
   each message is charged AGENT_FABRIC_AGENT_ZERO_COST_PER_MESSAGE_USD to the session and the POD.
-- Sessions idle past the POD's `session_idle_timeout_seconds` are ended by a sweep every replica
-  runs (a conditional UPDATE picks one winner); a manual terminate does the same. Ending a session
-  deletes its Agent Zero chat and its event log; the session row stays for the audit trail.
+- Ending a session (manual, or idle past the POD's timeout) is agent_zero/session_reaper.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,6 +30,7 @@ from agent_fabric.agent_zero.client import AgentZeroError, Reply
 from agent_fabric.agent_zero.fleet import Fleet, Instance
 from agent_fabric.agent_zero.log_follower import LogFollower
 from agent_fabric.agent_zero.session_events import RunLog, SessionEvents
+from agent_fabric.agent_zero.session_reaper import SessionReaper
 from agent_fabric.audit.entries import AuditEntry
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.drivers.agent_zero import PRIMING_MESSAGE
@@ -46,7 +43,6 @@ from agent_fabric.tenants import TenantRegistry
 log = logging.getLogger(__name__)
 
 BUDGET_AGENT = "agent-zero"  # the budget entity sessions are charged to, besides the tenant
-SWEEP_BATCH = 1000
 # api_message on Agent Zero's status codes: what the caller of /api/v2/agent/message sees.
 UPSTREAM_STATUS = {"agent_unreachable": 503, "timeout": 504}
 
@@ -92,19 +88,14 @@ class SessionManager:
         self._budgets = budgets
         self._audit = audit
         self._cfg = cfg
-        self._sweeper: asyncio.Task[None] | None = None
+        self.reaper = SessionReaper(engine, events, fleet, tenants, audit, cfg)
 
     def start(self) -> None:
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_loop(), name="agent-session-sweep")
+        self.reaper.start()
 
     async def aclose(self) -> None:
-        """Stop the sweep. Idempotent; messages in flight belong to their HTTP requests."""
-        task, self._sweeper = self._sweeper, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        """Stop the idle sweep. Idempotent; messages in flight belong to their HTTP requests."""
+        await self.reaper.aclose()
 
     # -- reads --
 
@@ -141,7 +132,7 @@ class SessionManager:
             self._record(caller, "message_failed", session.id, response={"code": exc.code, "message": exc.message})
             if not still_open:  # terminated while it answered: that is why Agent Zero's run stopped
                 raise Conflict(f"session {session.id!r} was terminated", code="session_terminated") from None
-            await self._end_if_chatless(session.id, caller.actor)
+            await self.reaper.end_if_chatless(session.id, caller.actor)
             raise upstream_problem(exc) from None
         except BaseException as exc:
             # Cancelled (the request went away) or a fault of ours: free the session for the next message.
@@ -282,80 +273,7 @@ class SessionManager:
     async def terminate(self, caller: Caller, session_id: str) -> store.SessionRecord:
         """End the session now (409 if it already ended)."""
         await self.get(caller.tenant_id, session_id)
-        async with self._engine.begin() as conn:
-            ended = await store.terminate(conn, session_id, utcnow())
-        if ended is None:
-            raise Conflict(f"session {session_id!r} is already terminated", code="session_terminated")
-        await self._clean_up(ended, caller.actor, "manual")
-        return ended
-
-    async def _end_if_chatless(self, session_id: str, actor: str) -> None:
-        """A session whose chat could not even be opened holds nothing: free its place in the POD."""
-        current = await store.get(self._engine, session_id)
-        if current is None or current.agent_zero_session_id is not None:
-            return
-        async with self._engine.begin() as conn:
-            ended = await store.terminate(conn, session_id, utcnow())
-        if ended is not None:
-            await self._clean_up(ended, actor, "start_failed")
-
-    async def _clean_up(self, session: store.SessionRecord, actor: str, reason: str) -> None:
-        """After the winning terminate: delete the chat in Agent Zero and the event log; tell watchers."""
-        chat_error = None
-        instance = self._fleet.by_url(session.instance_url) if session.instance_url else None
-        if instance is not None and session.agent_zero_session_id is not None:
-            try:
-                await instance.client.terminate_chat(session.agent_zero_session_id)
-            except AgentZeroError as exc:
-                # Already gone there (expired, restarted without it) is the outcome we wanted.
-                if exc.code != "agent_context_not_found":
-                    chat_error = exc.message
-                    log.warning("Agent Zero chat not deleted", extra={"session_id": session.id, "error": exc.message})
-        await store.delete_events(self._engine, session.id)
-        ended = store.Event(session.last_seq + 1, "terminated", {"reason": reason, "by": actor}, utcnow())
-        await self.events.publish(session.id, [ended])
-        self._audit.record(
-            AuditEntry(
-                "session_terminated",
-                actor,
-                session.tenant_id,
-                session.mode,
-                request={"reason": reason},
-                response={
-                    "message_count": session.message_count,
-                    "chat_deleted": chat_error is None,
-                    "error": chat_error,
-                },
-                session_id=session.id,
-                cost_usd=session.estimated_cost_usd,
-            )
-        )
-
-    async def sweep(self) -> int:
-        """End every session idle past its POD's timeout; returns how many this replica ended."""
-        now = utcnow()
-        ended = 0
-        for candidate in await store.idle_candidates(self._engine, now, SWEEP_BATCH):
-            timeout = self._tenants.config_for(candidate.tenant_id).agent_zero.session_idle_timeout_seconds
-            idle_before = now - timedelta(seconds=timeout)
-            if candidate.last_activity_at >= idle_before:
-                continue
-            # A busy flag older than the longest Agent Zero call means its replica died mid-message.
-            stale_before = now - timedelta(seconds=max(timeout, self._cfg.timeout_seconds + 60))
-            async with self._engine.begin() as conn:
-                won = await store.terminate(conn, candidate.id, now, idle_before=idle_before, stale_before=stale_before)
-            if won is not None:
-                await self._clean_up(won, "system", "idle")
-                ended += 1
-        return ended
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._cfg.session_sweep_seconds)
-            try:
-                await self.sweep()
-            except Exception as exc:  # the next round retries; sessions only stay open a little longer
-                log.warning("agent session sweep failed", extra={"error": str(exc)})
+        return await self.reaper.terminate(session_id, caller.actor)
 
     def _record(
         self,
