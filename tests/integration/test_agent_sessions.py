@@ -448,3 +448,26 @@ async def test_two_replicas_share_sessions_events_and_the_sweep(
         assert instance.stats.messages == 3 and not instance.contexts  # the swept session's chat was deleted
         entries = await audit(a, tenant_id=pod, action="session_terminated")
         assert len(entries) == 1  # both replicas sweep; one conditional UPDATE wins
+
+
+async def test_a_session_opened_empty_streams_its_first_answer(
+    az_app: RunningApp, standin: tuple[str, AgentZeroStandIn]
+) -> None:
+    _, instance = standin
+    pod = new_pod()
+    nina = auth_as(az_app, "nina", "pod_admin", pod)
+    opened = await az_app.client.post("/api/v2/agent/sessions", headers=nina, json={"agent_profile": "researcher"})
+    assert opened.status_code == 201 and opened.headers["x-fabric-mode"] == "SANDBOX"
+    session = opened.json()
+    assert session["status"] == "idle" and session["agent_zero_session_id"] is None and session["last_event_id"] == 0
+    async with (
+        serving(az_app.app) as base,
+        connect(f"{ws_base(base)}/ws/agent/{session['id']}/", additional_headers=nina) as ws,
+    ):
+        assert orjson.loads(await ws.recv())["type"] == "session"
+        await ws.send(orjson.dumps({"type": "message", "message": "[sleep 0.5] first"}).decode())
+        streamed = await frames_until(ws, is_response)
+    assert [f["id"] for f in streamed] == list(range(1, len(streamed) + 1))
+    assert streamed[0]["kind"] == "message" and "progress" in [f["kind"] for f in streamed]
+    view = (await az_app.client.get(f"/api/v2/agent/sessions/{session['id']}", headers=nina)).json()
+    assert view["message_count"] == 1 and instance.contexts[view["agent_zero_session_id"]].profile == "researcher"

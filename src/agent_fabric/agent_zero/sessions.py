@@ -172,9 +172,20 @@ class SessionManager:
             tenant_id=caller.tenant_id,
         )
 
+    async def open(self, caller: Caller, agent_profile: str | None = None) -> store.SessionRecord:
+        """A session without a message yet (its chat opens with the first one): a WebSocket client
+        opens one, connects, and sees its first answer stream in."""
+        return await self._create(caller, agent_profile, busy=False)
+
     async def _open(
         self, caller: Caller, message: str, agent_profile: str | None
     ) -> tuple[store.SessionRecord, RunLog]:
+        session = await self._create(caller, agent_profile, busy=True)
+        run = self.events.run_log(session.id, 0)
+        run.add("message", {"message": message, "user_id": caller.actor})
+        return session, run
+
+    async def _create(self, caller: Caller, agent_profile: str | None, *, busy: bool) -> store.SessionRecord:
         now = utcnow()
         session = store.SessionRecord(
             id=str(uuid.uuid4()),
@@ -183,31 +194,27 @@ class SessionManager:
             agent_zero_session_id=None,
             instance_url=None,
             agent_profile=agent_profile,
-            status=store.ACTIVE,
+            status=store.ACTIVE if busy else store.IDLE,
             mode=caller.mode,
             started_at=now,
             last_activity_at=now,
             terminated_at=None,
             estimated_cost_usd=0.0,
             message_count=0,
-            busy=True,
+            busy=busy,
             last_error=None,
-            last_seq=1,
+            last_seq=0,
         )
         limit = self._tenants.config_for(caller.tenant_id).agent_zero.max_sessions
-        first = store.Event(1, "message", {"message": message, "user_id": caller.actor}, now)
         async with self._engine.begin() as conn:
             created = await store.create(conn, dataclasses.asdict(session), limit)
-            if created:
-                await store.insert_events(conn, session.id, [first])
         if not created:
             raise RateLimited(
                 f"POD {caller.tenant_id!r} already has {limit} open Agent Zero sessions; terminate one first",
                 code="max_sessions",
             )
-        await self.events.publish(session.id, [first])
         self._record(caller, "session_started", session.id, request={"agent_profile": agent_profile})
-        return session, self.events.run_log(session.id, 1)
+        return session
 
     async def _take(self, caller: Caller, session_id: str, message: str) -> tuple[store.SessionRecord, RunLog]:
         session = await store.acquire(self._engine, caller.tenant_id, session_id, caller.mode, utcnow())

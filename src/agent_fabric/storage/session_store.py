@@ -102,7 +102,7 @@ def tenant_lock_key(tenant_id: str) -> int:
 
 
 async def create(conn: AsyncConnection, row: dict[str, Any], max_sessions: int) -> bool:
-    """Insert the session (busy, with its first event) unless the POD is at its limit."""
+    """Insert the session unless the POD is at its limit."""
     open_count = (
         select(func.count())
         .select_from(_s)

@@ -36,6 +36,14 @@ class MessageIn(BaseModel):
     )
 
 
+class SessionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_profile: str | None = Field(
+        None, min_length=1, max_length=128, description="Agent Zero profile of the session's chat."
+    )
+
+
 def caller_of(pod: PodCall) -> Caller:
     return Caller(pod.actor, pod.tenant_id, pod.mode)
 
@@ -61,6 +69,16 @@ async def list_sessions(
 ) -> JSONResponse:
     items, total = await pod.fabric.sessions.page(pod.tenant_id, status, limit, offset)
     return pod.reply({"items": [s.view() for s in items], "total": total, "limit": limit, "offset": offset})
+
+
+@router.post(
+    "/sessions",
+    summary="Open a session without a message (connect its WebSocket, then send the first message there)",
+    status_code=201,
+)
+async def open_session(pod: Pod, body: SessionIn | None = None) -> JSONResponse:
+    session = await pod.fabric.sessions.open(caller_of(pod), body.agent_profile if body else None)
+    return pod.reply(session.view(), 201)
 
 
 @router.get("/sessions/{session_id}", summary="One session's details")
