@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.admission.budget import BudgetManager
 from agent_fabric.admission.budget_math import Amounts
-from agent_fabric.agent_zero.client import AgentZeroError, Reply
+from agent_fabric.agent_zero.client import AgentZeroError
 from agent_fabric.agent_zero.fleet import Fleet, Instance
 from agent_fabric.agent_zero.log_follower import LogFollower
 from agent_fabric.agent_zero.session_events import RunLog, SessionEvents
@@ -61,6 +61,16 @@ class Answer:
     session: store.SessionRecord
     response: str
     started: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """Where Agent Zero answered, what, and the last log item its chat had then."""
+
+    instance_url: str
+    context_id: str
+    response: str
+    log_floor: int
 
 
 def upstream_problem(exc: AgentZeroError) -> FabricError:
@@ -124,7 +134,7 @@ class SessionManager:
             session, run = await self._take(caller, session_id, message)
         self._record(caller, "message_sent", session.id, request={"message": message, "seq": run.seq})
         try:
-            instance, context_id, reply = await self._ask(session, run, message)
+            asked = await self._ask(session, run, message)
         except AgentZeroError as exc:
             still_open = await run.finish(
                 "error", {"code": exc.code, "message": exc.message}, store.failed(exc.message)
@@ -140,15 +150,16 @@ class SessionManager:
             await asyncio.shield(run.finish("error", {"code": code, "message": code}, store.failed(code)))
             raise
         cost = self._cfg.cost_per_message_usd
-        values = store.answered(context_id, instance.url, cost)
-        await run.finish("response", {"response": reply.response}, values)
+        values = store.answered(asked.context_id, asked.instance_url, cost, asked.log_floor)
+        await run.finish("response", {"response": asked.response}, values)
         if cost > 0:
             await self._budgets.track(caller.tenant_id, BUDGET_AGENT, Amounts(cost_usd=cost), user=caller.actor)
-        self._record(caller, "response_received", session.id, response={"response": reply.response}, cost_usd=cost)
+        self._record(caller, "response_received", session.id, response={"response": asked.response}, cost_usd=cost)
         done = dataclasses.replace(
             session,
-            agent_zero_session_id=context_id,
-            instance_url=instance.url,
+            agent_zero_session_id=asked.context_id,
+            instance_url=asked.instance_url,
+            log_floor=asked.log_floor,
             status=store.IDLE,
             busy=False,
             message_count=session.message_count + 1,
@@ -157,7 +168,7 @@ class SessionManager:
             last_activity_at=utcnow(),
             last_error=None,
         )
-        return Answer(done, reply.response, started=session_id is None)
+        return Answer(done, asked.response, started=session_id is None)
 
     async def _check_budget(self, caller: Caller) -> None:
         # SANDBOX PODs are tracked, never refused (seed 000 req. 7.3).
@@ -204,6 +215,7 @@ class SessionManager:
             busy=busy,
             last_error=None,
             last_seq=0,
+            log_floor=-1,
         )
         limit = self._tenants.config_for(caller.tenant_id).agent_zero.max_sessions
         async with self._engine.begin() as conn:
@@ -236,7 +248,7 @@ class SessionManager:
         run.add("message", {"message": message, "user_id": caller.actor})  # stored while Agent Zero works
         return session, run
 
-    async def _ask(self, session: store.SessionRecord, run: RunLog, message: str) -> tuple[Instance, str, Reply]:
+    async def _ask(self, session: store.SessionRecord, run: RunLog, message: str) -> Asked:
         instance = self._instance_of(session)
         client = instance.client
         lifetime = self._tenants.config_for(session.tenant_id).agent_zero.session_idle_timeout_seconds / 3600 + 1
@@ -252,7 +264,9 @@ class SessionManager:
                     # Known at once, so a terminate during the first answer deletes the chat too.
                     async with self._engine.begin() as conn:
                         await store.place(conn, session.id, context_id, instance.url)
-                follower = LogFollower(client, context_id, run, message, self._cfg.poll_seconds)
+                follower = LogFollower(
+                    client, context_id, run, message, self._cfg.poll_seconds, floor=session.log_floor
+                )
                 answer = await follower.alongside(
                     client.message(message, context_id=context_id, lifetime_hours=lifetime)
                 )
@@ -261,7 +275,7 @@ class SessionManager:
                 raise
             finally:
                 instance.in_flight -= 1
-        return instance, context_id, Reply(context_id, answer)
+        return Asked(instance.url, context_id, answer, follower.last_no)
 
     def _instance_of(self, session: store.SessionRecord) -> Instance:
         if session.instance_url is None:

@@ -55,6 +55,7 @@ class SessionRecord:
     busy: bool
     last_error: str | None
     last_seq: int
+    log_floor: int
 
     @classmethod
     def from_row(cls, row: Any) -> SessionRecord:
@@ -161,10 +162,11 @@ async def release(engine: AsyncEngine, session_id: str, events: Sequence[Event],
         return bool((await conn.execute(end_hold)).rowcount)
 
 
-def answered(context_id: str, instance_url: str, cost_usd: float) -> dict[str, Any]:
+def answered(context_id: str, instance_url: str, cost_usd: float, log_floor: int) -> dict[str, Any]:
     """The session's new values after an answer (counters incremented in SQL, never read-modify-write)."""
     return {
         "status": IDLE,
+        "log_floor": log_floor,
         "agent_zero_session_id": context_id,
         "instance_url": instance_url,
         "message_count": _s.c.message_count + 1,

@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("busy", sa.Boolean(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("last_seq", sa.BigInteger(), nullable=False),
+        sa.Column("log_floor", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("agent_sessions", schema=None) as batch_op:
