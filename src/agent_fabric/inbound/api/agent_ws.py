@@ -94,8 +94,9 @@ class Relay:
 
     async def run(self, last_event_id: int) -> None:
         session_id = self._session.id
-        await self._send({"type": "session", "session": self._session.view(), "mode": self._caller.mode})
         async with self._fabric.sessions.events.subscribe(session_id) as queue:
+            # After the subscription: from this frame on, nothing published for the session is missed.
+            await self._send({"type": "session", "session": self._session.view(), "mode": self._caller.mode})
             # An id past the log (a stale client, a guess) means "everything so far": live events
             # still count up from the log's end. The row was read after every event it counts.
             last = min(last_event_id, self._session.last_seq)
