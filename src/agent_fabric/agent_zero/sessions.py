@@ -229,8 +229,9 @@ class SessionManager:
         return session
 
     async def _take(self, caller: Caller, session_id: str, message: str) -> tuple[store.SessionRecord, RunLog]:
-        session = await store.acquire(self._engine, caller.tenant_id, session_id, caller.mode, utcnow())
-        if session is None:
+        said = {"message": message, "user_id": caller.actor}
+        taken = await store.acquire(self._engine, caller.tenant_id, session_id, caller.mode, said, utcnow())
+        if taken is None:
             current = await self.get(caller.tenant_id, session_id)
             if current.status == store.TERMINATED:
                 raise Conflict(f"session {session_id!r} was terminated", code="session_terminated")
@@ -244,9 +245,9 @@ class SessionManager:
             raise Conflict(
                 f"session {session_id!r} is still answering a message; send the next one after it", code="session_busy"
             )
-        run = self.events.run_log(session_id, session.last_seq)
-        run.add("message", {"message": message, "user_id": caller.actor})  # stored while Agent Zero works
-        return session, run
+        session, event = taken
+        await self.events.publish(session_id, [event])
+        return session, self.events.run_log(session_id, session.last_seq)
 
     async def _ask(self, session: store.SessionRecord, run: RunLog, message: str) -> Asked:
         instance = self._instance_of(session)

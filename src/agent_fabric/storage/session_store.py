@@ -124,27 +124,50 @@ async def create(conn: AsyncConnection, row: dict[str, Any], max_sessions: int) 
 
 
 async def acquire(
-    engine: AsyncEngine, tenant_id: str, session_id: str, mode: str, now: datetime
-) -> SessionRecord | None:
-    """Mark the session busy for one message; None when it is busy, terminated, not the tenant's, or
-    of the other mode. One statement on its own (autocommit): one round trip on the critical path."""
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-        row = (
-            await conn.execute(
-                update(_s)
-                .where(
-                    _s.c.id == session_id,
-                    _s.c.tenant_id == tenant_id,
-                    _s.c.mode == mode,
-                    _s.c.busy.is_(False),
-                    _s.c.status != TERMINATED,
-                )
-                .values(busy=True, status=ACTIVE, last_activity_at=now)
-                .returning(*_s.c)
-            )
-        ).first()
-    return SessionRecord.from_row(row) if row is not None else None
+    engine: AsyncEngine, tenant_id: str, session_id: str, mode: str, message: dict[str, Any], now: datetime
+) -> tuple[SessionRecord, Event] | None:
+    """Mark the session busy for one message and log the message (the session's `last_seq` is its
+    seq); None when it is busy, terminated, not the tenant's, or of the other mode."""
+    take = (
+        update(_s)
+        .where(
+            _s.c.id == session_id,
+            _s.c.tenant_id == tenant_id,
+            _s.c.mode == mode,
+            _s.c.busy.is_(False),
+            _s.c.status != TERMINATED,
+        )
+        .values(busy=True, status=ACTIVE, last_activity_at=now, last_seq=_s.c.last_seq + 1)
+        .returning(*_s.c)
+    )
+    if engine.dialect.name == "postgresql":
+        # One statement, one round trip on the message's critical path (data-modifying CTEs).
+        taken = take.cte("taken")
+        logged = insert(_e).from_select(
+            ["session_id", "seq", "kind", "data", "created_at"],
+            select(
+                taken.c.id,
+                taken.c.last_seq,
+                literal("message", type_=_e.c.kind.type),
+                literal(message, type_=_e.c.data.type),
+                literal(now, type_=_e.c.created_at.type),
+            ),
+        )
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            row = (await conn.execute(select(taken).add_cte(logged.cte("logged")))).first()
+        if row is None:
+            return None
+        session = SessionRecord.from_row(row)
+        return session, Event(session.last_seq, "message", message, now)
+    async with engine.begin() as conn:
+        row = (await conn.execute(take)).first()
+        if row is None:
+            return None
+        session = SessionRecord.from_row(row)
+        event = Event(session.last_seq, "message", message, now)
+        await insert_events(conn, session_id, [event])
+    return session, event
 
 
 async def release(engine: AsyncEngine, session_id: str, events: Sequence[Event], values: dict[str, Any]) -> bool:
