@@ -9,7 +9,8 @@
   repeat (subscribe, replay, relay what the replay did not cover). A terminated session sends its
   `terminated` event and closes with 1000.
 - Client frames: `{"type": "message", "message": "..."}` sends a message into the session; its
-  events arrive like any other. A refusal (busy, budget, Agent Zero down) comes back as
+  events arrive like any other. (To see a first answer stream in, open the session empty with
+  POST /api/v2/agent/sessions, connect, then send.) A refusal (busy, budget, Agent Zero down) comes back as
   `{"type": "error", "status", "code", "detail"}`.
 """
 
