@@ -36,6 +36,8 @@ bench: install
 	$(BIN)/python scripts/bench/throughput.py
 	$(BIN)/python scripts/bench/policy_check.py
 	$(BIN)/python scripts/bench/admission.py
+	$(BIN)/python scripts/bench/agent_proxy.py
+	$(BIN)/python scripts/bench/ws_relay.py
 
 ## Integration suite against docker-compose.test.yml (machines with a Docker engine).
 compose-test: install

@@ -13,8 +13,10 @@ from agent_fabric.inbound.api import (
     agent_decisions,
     agent_fleet,
     agent_instances,
+    agent_sessions,
     agent_tasks,
     agent_v2,
+    agent_ws,
     approvals,
     audit,
     auth,
@@ -61,6 +63,8 @@ def create_app(settings: Settings) -> FastAPI:
         agent_decisions.router,
         agent_fleet.router,
         agent_instances.router,
+        agent_sessions.router,
+        agent_ws.router,
     ):
         app.include_router(router)
     return app

@@ -22,6 +22,8 @@ from agent_fabric.admission.decisions import DecisionLog
 from agent_fabric.admission.policy import PolicyEngine
 from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.agent_zero.fleet_manager import FleetManager, open_fleet_manager
+from agent_fabric.agent_zero.session_events import SessionEvents
+from agent_fabric.agent_zero.sessions import SessionManager
 from agent_fabric.audit.store import AuditStore
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.drivers.factory import Drivers, build_drivers
@@ -75,6 +77,7 @@ class Fabric:
     fleet: Fleet
     tracing: Tracing
     fleet_manager: FleetManager
+    sessions: SessionManager
 
 
 @dataclass
@@ -158,6 +161,17 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         fleet_manager = await open_fleet_manager(
             settings.agent_zero, engine, fleet, governance.tenants, governance.control
         )
+        sessions = SessionManager(
+            engine,
+            SessionEvents(engine, nc),
+            fleet,
+            governance.tenants,
+            governance.budgets,
+            governance.audit,
+            settings.agent_zero,
+        )
+        sessions.start()
+        stack.push_async_callback(sessions.aclose)
         drivers = build_drivers(settings, fleet)
         stack.push_async_callback(drivers.aclose)
         await drivers.start()
@@ -200,6 +214,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             fleet=fleet,
             tracing=tracing,
             fleet_manager=fleet_manager,
+            sessions=sessions,
         )
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 

@@ -101,3 +101,12 @@ def _token(value: str) -> str:
 
 # Control broadcasts between replicas (core NATS, not stored).
 AUTH_CONTROL_SUBJECT: Final = "agent.control.auth"
+
+
+# Agent Zero session events (core NATS, not stored here: the database keeps the replayable copy).
+# Whichever replica sends a session's message publishes; whichever holds its WebSocket relays.
+AGENT_SESSION_SUBJECT_PREFIX: Final = "agent.sessions"
+
+
+def agent_session_subject(session_id: str) -> str:
+    return f"{AGENT_SESSION_SUBJECT_PREFIX}.{_token(session_id)}"

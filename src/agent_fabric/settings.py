@@ -149,6 +149,12 @@ class AgentZeroSettings(BaseSettings):
     health_interval_seconds: float = Field(
         10.0, gt=0, description="How often each instance's /api/health is checked (a down instance gets no work)."
     )
+    cost_per_message_usd: float = Field(
+        0.0, ge=0, description="Estimated cost of one session message (/api/v2/agent/message), charged to the POD."
+    )
+    session_sweep_seconds: float = Field(
+        5.0, gt=0, description="How often each replica ends sessions idle past their POD's idle timeout."
+    )
     profile_routes: dict[str, str] = Field(
         default_factory=lambda: dict(DEFAULT_PROFILE_ROUTES),
         description="Task type -> Agent Zero profile (JSON), used when a task names no profile.",

@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, Protocol
 
 from agent_fabric.agent_zero.client import AgentZeroClient, AgentZeroError
-from agent_fabric.drivers.base import RunContext
 
 PROGRESS_CONTENT_CHARS = 2_000
 
 
-def find_user_item(log: dict[str, Any], message: str) -> int | None:
-    """`no` of the last user item carrying `message`, or None if it was never sent."""
+def find_user_item(log: dict[str, Any], message: str, floor: int = -1) -> int | None:
+    """`no` of the last user item carrying `message` past `floor`, or None if it was never sent.
+    A chat that goes on (a session) passes the last item its previous message saw as `floor`, so
+    the same words sent again are not mistaken for the earlier message before Agent Zero logs them."""
     found = None
     for item in log.get("items") or []:
-        if item.get("type") == "user" and item.get("content") == message:
+        if item.get("type") == "user" and item.get("content") == message and int(item["no"]) > floor:
             found = int(item["no"])
     return found
 
@@ -39,9 +40,22 @@ def final_response(log: dict[str, Any], after: int) -> str | None:
     return None
 
 
+class ProgressSink(Protocol):
+    """Where progress goes: a task's RunContext, or a session's event log."""
+
+    async def progress(self, data: dict[str, Any]) -> None: ...
+
+
 class LogFollower:
     def __init__(
-        self, client: AgentZeroClient, context_id: str, ctx: RunContext, message: str, poll_seconds: float
+        self,
+        client: AgentZeroClient,
+        context_id: str,
+        ctx: ProgressSink,
+        message: str,
+        poll_seconds: float,
+        *,
+        floor: int = -1,
     ) -> None:
         self._client = client
         self._context_id = context_id
@@ -50,6 +64,8 @@ class LogFollower:
         self._poll = poll_seconds
         self._seen: dict[int, tuple[str, int]] = {}
         self._after: int | None = None
+        self._floor = floor
+        self.last_no = floor  # the newest log item seen: the next message's floor
 
     async def alongside(self, call: Awaitable[Any]) -> str:
         """Await the blocking api_message while reporting progress from the log."""
@@ -88,9 +104,10 @@ class LogFollower:
             return {}  # a missed poll only delays progress; the run itself goes on
         items = log.get("items") or []
         if self._after is None:
-            self._after = find_user_item(log, self._message)
+            self._after = find_user_item(log, self._message, self._floor)
         for item in items:
             no = int(item.get("no", -1))
+            self.last_no = max(self.last_no, no)
             if self._after is None or no <= self._after:
                 continue
             fingerprint = (str(item.get("heading", "")), len(str(item.get("content", ""))))

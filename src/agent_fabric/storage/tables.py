@@ -360,6 +360,8 @@ agent_sessions = Table(
     Column("message_count", Integer, nullable=False, default=0),
     Column("busy", Boolean, nullable=False, default=False),
     Column("last_error", Text, nullable=True),
+    Column("last_seq", BigInteger, nullable=False, default=0),  # the newest agent_session_events.seq
+    Column("log_floor", Integer, nullable=False, default=-1),  # the newest Agent Zero log item `no` seen
     Index("ix_agent_sessions_tenant_status", "tenant_id", "status"),
     Index("ix_agent_sessions_status_activity", "status", "last_activity_at"),
 )

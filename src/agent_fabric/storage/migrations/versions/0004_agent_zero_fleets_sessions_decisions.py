@@ -45,6 +45,8 @@ def upgrade() -> None:
         sa.Column("message_count", sa.Integer(), nullable=False),
         sa.Column("busy", sa.Boolean(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("last_seq", sa.BigInteger(), nullable=False),
+        sa.Column("log_floor", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("agent_sessions", schema=None) as batch_op:
