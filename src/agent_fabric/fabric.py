@@ -40,6 +40,7 @@ from agent_fabric.security.access_state import AccessState
 from agent_fabric.security.credentials import CredentialService
 from agent_fabric.security.jwks import JwksKeys
 from agent_fabric.security.rate_limit import RateLimiter
+from agent_fabric.security.sealing import sealer_for
 from agent_fabric.security.tokens import TokenService
 from agent_fabric.settings import Settings
 from agent_fabric.storage.batcher import WriteBatcher
@@ -159,7 +160,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         stack.push_async_callback(fleet.aclose)
         await fleet.start()
         fleet_manager = await open_fleet_manager(
-            settings.agent_zero, engine, fleet, governance.tenants, governance.control
+            settings.agent_zero, engine, fleet, governance.tenants, governance.control, sealer_for(settings)
         )
         sessions = SessionManager(
             engine,

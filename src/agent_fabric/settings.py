@@ -330,6 +330,11 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long in-flight tasks may finish before they are handed back "
         "to JetStream. Keep below the pod's terminationGracePeriodSeconds.",
     )
+    secrets_key: SecretStr | None = Field(
+        None,
+        description="Master secret (>= 32 characters) that seals stored secrets such as registered Agent Zero "
+        "API keys. Unset: derived from the JWT signing secret.",
+    )
     publish_transitions: bool = Field(
         True, description="Publish non-final transitions (running, ...) on agent.status.<state>."
     )
@@ -352,6 +357,8 @@ class Settings(BaseSettings):
         secret = self.jwt.secret.get_secret_value() if self.jwt.secret else None
         if secret is not None and len(secret) < 32:
             raise ValueError("AGENT_FABRIC_JWT_SECRET must be at least 32 characters")
+        if self.secrets_key is not None and len(self.secrets_key.get_secret_value()) < 32:
+            raise ValueError("AGENT_FABRIC_SECRETS_KEY must be at least 32 characters")
         if self.jwt.algorithm != "HS256" and not (self.jwt.public_key or self.jwt.jwks_url):
             raise ValueError(f"AGENT_FABRIC_JWT_ALGORITHM={self.jwt.algorithm} needs AGENT_FABRIC_JWT_PUBLIC_KEY")
         self.agent_zero.instances()  # refuses a key list that does not match the URLs

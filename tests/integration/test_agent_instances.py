@@ -12,8 +12,10 @@ from typing import Any
 
 import orjson
 import pytest
+from sqlalchemy import select
 
 from agent_fabric.settings import AgentZeroSettings
+from agent_fabric.storage.tables import agent_zero_instances
 from tests.conftest import RunningApp, make_settings, new_job_id, running_app
 from tests.support.agent_zero_standin import running_standin
 from tests.support.flows import audit, auth_as, new_pod, until
@@ -42,6 +44,9 @@ async def test_register_list_and_remove_an_instance(fabric_app: RunningApp) -> N
         assert body["mode_set"] == "SANDBOX" == body["mode"] and created.headers["x-fabric-mode"] == "SANDBOX"
         assert body["registered_by"] == "alice"
         instance_id = body["id"]
+        async with fabric_app.fabric.engine.connect() as conn:
+            stored = (await conn.execute(select(agent_zero_instances.c.api_key))).scalar_one()
+        assert stored.startswith("sealed:v1:") and POD_KEY not in stored  # sealed at rest
         after = (await fabric_app.client.get("/api/v2/agent/health", headers=alice)).json()
         assert after["cached"] is False and after["status"] == "up"  # a new instance set: a new report
 

@@ -55,6 +55,11 @@ _ESTIMATE_KEYS = ("estimate_tokens", "estimate_compute_seconds", "estimate_cost_
 
 
 class BudgetManager:
+    @property
+    def refusal_status(self) -> int:
+        """HTTP status of a budget_exceeded refusal (BUDGET_HTTP_STATUS: 402 or 429)."""
+        return self._cfg.http_status
+
     def __init__(
         self,
         engine: AsyncEngine,
@@ -134,7 +139,7 @@ class BudgetManager:
             job_id=spec.job_id,
             tenant_id=spec.tenant_id,
         )
-        refusal.status = self._cfg.http_status
+        refusal.status = self.refusal_status
         refusal.extra = {"entity": entity, "dimension": dimension, "mode": mode}
         raise refusal
 

@@ -12,6 +12,7 @@ ids in the audit trail keep pointing at a row.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,8 +26,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.agent_zero.fleet import Fleet, Instance
 from agent_fabric.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from agent_fabric.security.sealing import SealedSecretError, Sealer
 from agent_fabric.settings import Mode
 from agent_fabric.storage.tables import agent_zero_instances as t
+
+log = logging.getLogger(__name__)
 
 TOPIC = "instances"
 
@@ -68,8 +72,11 @@ def checked_url(raw: str) -> str:
 
 
 class InstanceRegistry:
-    def __init__(self, engine: AsyncEngine, fleet: Fleet, announce: Callable[[str], Awaitable[None]]) -> None:
+    def __init__(
+        self, engine: AsyncEngine, fleet: Fleet, announce: Callable[[str], Awaitable[None]], sealer: Sealer
+    ) -> None:
         self._engine = engine
+        self._sealer = sealer  # keys are sealed in the table, opened only to build the instance's clients
         self._fleet = fleet
         self._announce = announce
         self._records: dict[str, InstanceRecord] = {}
@@ -89,7 +96,7 @@ class InstanceRegistry:
                         id=record.id,
                         tenant_id=tenant_id,
                         url=url,
-                        api_key=api_key,
+                        api_key=self._sealer.seal(api_key),
                         mode_set=mode_set,
                         registered_by=actor,
                         registered_at=record.registered_at,
@@ -143,8 +150,16 @@ class InstanceRegistry:
         for instance_id in set(self._fleet.registered()) - set(live):
             self._records.pop(instance_id, None)
             await self._fleet.remove(instance_id)
-        new = [InstanceRecord.from_row(row) for row in live.values() if row.id not in self._records]
-        await asyncio.gather(*(self._apply(record, live[record.id].api_key) for record in new))
+        opened: list[tuple[InstanceRecord, str]] = []
+        for row in live.values():
+            if row.id in self._records:
+                continue
+            try:
+                opened.append((InstanceRecord.from_row(row), self._sealer.open(row.api_key)))
+            except SealedSecretError as exc:
+                # Not routable here, but not fatal: the other instances still serve.
+                log.error("cannot open a registered instance's API key", extra={"instance": row.id, "error": str(exc)})
+        await asyncio.gather(*(self._apply(record, key) for record, key in opened))
 
     async def _apply(self, record: InstanceRecord, api_key: str) -> None:
         instance = self._fleet.make_instance(

@@ -178,10 +178,12 @@ class SessionManager:
         if await self._budgets.check_budget(caller.tenant_id, BUDGET_AGENT, estimate, user=caller.actor):
             return
         self._record(caller, "budget_exceeded", None, request={"estimate_usd": estimate.cost_usd})
-        raise BudgetExceeded(
+        refusal = BudgetExceeded(
             f"the budget of POD {caller.tenant_id!r} has no room for another Agent Zero message",
             tenant_id=caller.tenant_id,
         )
+        refusal.status = self._budgets.refusal_status  # BUDGET_HTTP_STATUS, like task admission
+        raise refusal
 
     async def open(self, caller: Caller, agent_profile: str | None = None) -> store.SessionRecord:
         """A session without a message yet (its chat opens with the first one): a WebSocket client
