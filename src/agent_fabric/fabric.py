@@ -158,7 +158,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         fleet_manager = await open_fleet_manager(
             settings.agent_zero, engine, fleet, governance.tenants, governance.control
         )
-        drivers = build_drivers(settings, fleet)
+        drivers = build_drivers(settings, fleet, fleet_manager.router)
         stack.push_async_callback(drivers.aclose)
         await drivers.start()
         results = ResultPublisher(nc, js)

@@ -17,11 +17,13 @@ from agent_fabric.drivers.base import RunContext
 PROGRESS_CONTENT_CHARS = 2_000
 
 
-def find_user_item(log: dict[str, Any], message: str) -> int | None:
-    """`no` of the last user item carrying `message`, or None if it was never sent."""
+def find_user_item(log: dict[str, Any], message: str, since: int = -1) -> int | None:
+    """`no` of the last user item carrying `message` after item `since`, or None if it was never
+    sent. A fleet agent's chat holds earlier tasks, maybe with the same message: `since` is where
+    the chat's log stood when this task took the chat."""
     found = None
     for item in log.get("items") or []:
-        if item.get("type") == "user" and item.get("content") == message:
+        if item.get("type") == "user" and item.get("content") == message and int(item.get("no", -1)) > since:
             found = int(item["no"])
     return found
 
@@ -41,7 +43,13 @@ def final_response(log: dict[str, Any], after: int) -> str | None:
 
 class LogFollower:
     def __init__(
-        self, client: AgentZeroClient, context_id: str, ctx: RunContext, message: str, poll_seconds: float
+        self,
+        client: AgentZeroClient,
+        context_id: str,
+        ctx: RunContext,
+        message: str,
+        poll_seconds: float,
+        since: int = -1,
     ) -> None:
         self._client = client
         self._context_id = context_id
@@ -50,6 +58,7 @@ class LogFollower:
         self._poll = poll_seconds
         self._seen: dict[int, tuple[str, int]] = {}
         self._after: int | None = None
+        self._since = since
 
     async def alongside(self, call: Awaitable[Any]) -> str:
         """Await the blocking api_message while reporting progress from the log."""
@@ -88,7 +97,7 @@ class LogFollower:
             return {}  # a missed poll only delays progress; the run itself goes on
         items = log.get("items") or []
         if self._after is None:
-            self._after = find_user_item(log, self._message)
+            self._after = find_user_item(log, self._message, self._since)
         for item in items:
             no = int(item.get("no", -1))
             if self._after is None or no <= self._after:
