@@ -54,12 +54,14 @@ class FleetRouter:
             async with self._engine.connect() as conn:
                 live = await rows.live_agents(conn, spec.tenant_id)
             if resume is not None:
+                # Its chat is where the task may already have run: it goes back there (to an
+                # instance that is down too, as a resumed plain chat does), or fails.
                 mine = next((a for a in live if a.id == resume), None)
-                if mine is None or not self._usable(mine, spec.tenant_id):
+                if mine is None or mine.status != rows.IDLE:
                     raise AgentZeroError(
                         "agent_context_lost",
                         f"the task's chat belongs to fleet agent {resume}, which is "
-                        f"{'terminated' if mine is None else 'in error or on an instance that is down'}",
+                        f"{'terminated' if mine is None else mine.status}",
                     )
                 matching = [mine]
             else:
