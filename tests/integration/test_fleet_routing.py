@@ -195,6 +195,10 @@ async def test_a_dead_runs_claim_lapses(app: RunningApp, standin: tuple[str, Age
     now = datetime.now(UTC)
     async with app.fabric.engine.begin() as conn:  # what a replica killed mid-task leaves behind
         assert await fleet_rows.claim(conn, provider["id"], "dead-job", now + timedelta(seconds=1.5), now)
+    async with app.fabric.engine.begin() as conn:  # another job cannot take it; the same job can (a redelivery)
+        assert await fleet_rows.claim(conn, provider["id"], "other-job", now + timedelta(seconds=9), now) is None
+        again = await fleet_rows.claim(conn, provider["id"], "dead-job", now + timedelta(seconds=1.5), now)
+        assert again is not None and again.claimed_by == "dead-job"
     held = await pod.agent(provider["id"])
     assert held["status"] == "busy" and held["job_id"] == "dead-job"
     started = time.monotonic()
@@ -221,6 +225,7 @@ async def test_two_replicas_never_share_a_chat(
         pod = Pod(a)
         await pod.start()
         provider = await pod.spawn("gpubroker-provider")
+        # Both replicas consume the task stream: the tasks run on either, only the claims keep them apart.
         jobs = [await pod.submit("FIND_GPU", f"[sleep 0.3] r{n}") for n in range(4)]
         via_b = Pod(b)
         via_b.id = pod.id
