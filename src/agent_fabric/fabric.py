@@ -173,7 +173,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         )
         sessions.start()
         stack.push_async_callback(sessions.aclose)
-        drivers = build_drivers(settings, fleet)
+        drivers = build_drivers(settings, fleet, fleet_manager.router)
         stack.push_async_callback(drivers.aclose)
         await drivers.start()
         results = ResultPublisher(nc, js)

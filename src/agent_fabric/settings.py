@@ -184,6 +184,12 @@ class AgentZeroSettings(BaseSettings):
         description="lifetime_hours of a fleet agent's chat: Agent Zero drops chats older than this "
         "(its default, 24 h, would end a long-lived orchestrator).",
     )
+    fleet_claim_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Lease of a task's claim on a fleet agent's chat, renewed while the task runs: a claim "
+        "left by a replica that died frees the agent after this long.",
+    )
 
     def instances(self) -> list[tuple[str, str]]:
         """The LIVE set from the environment: (url, api key) pairs."""

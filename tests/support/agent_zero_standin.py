@@ -10,7 +10,8 @@ tested end to end without an LLM:
 - at most 10 requests are served at once (uvicorn's WSGI thread pool), the rest queue;
 - `legacy=True` serves the pre-v0.9.9 bare paths and 404s `/api/<name>` as text/plain.
 What the "agent" does is read from the message: `[sleep S]` works S seconds, `[fail]` fails.
-`/_standin/stats` (not part of Agent Zero) lets tests see what the instance went through.
+`/_standin/stats` (not part of Agent Zero) lets tests see what the instance went through;
+`received` lists which chat got which message.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class Stats:
     messages_in_flight: int = 0
     max_messages_in_flight: int = 0
     terminated_chats: int = 0
+    overlapping_messages: int = 0  # a message sent to a chat whose agent was still running
 
 
 class AgentZeroStandIn:
@@ -87,6 +89,7 @@ class AgentZeroStandIn:
         self.api_key = api_key
         self.legacy = legacy
         self.contexts: dict[str, Context] = {}
+        self.received: list[tuple[str, str]] = []  # (context id, message) of every api_message, in order
         self.stats = Stats()
         self._threads = asyncio.Semaphore(THREADS)
         handlers = {
@@ -171,6 +174,9 @@ class AgentZeroStandIn:
         else:
             ctx = self._new_context(body.get("agent_profile"))
         self.stats.messages += 1
+        if ctx.running is not None:
+            self.stats.overlapping_messages += 1
+        self.received.append((ctx.id, text))
         self.stats.messages_in_flight += 1
         self.stats.max_messages_in_flight = max(self.stats.max_messages_in_flight, self.stats.messages_in_flight)
         ctx.add("user", "User message", text, {"attachments": []})

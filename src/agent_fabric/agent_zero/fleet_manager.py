@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agent_fabric.agent_zero import registry
 from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.agent_zero.fleet_agents import FleetAgents
+from agent_fabric.agent_zero.fleet_routing import FleetRouter
 from agent_fabric.agent_zero.fleet_rows import AgentRecord
 from agent_fabric.agent_zero.fleet_status import describe
 from agent_fabric.agent_zero.pod_health import PodHealth
@@ -27,6 +28,7 @@ class FleetManager:
     instances: InstanceRegistry
     agents: FleetAgents
     health: PodHealth
+    router: FleetRouter  # which agent's chat an agent-zero task runs in
 
     async def views(self, records: list[AgentRecord]) -> list[dict[str, Any]]:
         """The agents as the API shows them, each one's status read from Agent Zero now."""
@@ -52,4 +54,5 @@ async def open_fleet_manager(
         instances,
         FleetAgents(engine, fleet, cfg, tenants),
         PodHealth(fleet, cfg.health_cache_seconds, cfg.probe_seconds),
+        FleetRouter(engine, fleet, cfg),
     )

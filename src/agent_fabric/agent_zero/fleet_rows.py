@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_fabric.storage.tables import fleet_agents as t
@@ -47,17 +47,25 @@ class AgentRecord:
     last_activity_at: datetime
     terminated_at: datetime | None
     last_error: str | None
+    claimed_by: str | None = None  # job_id of the task running in the chat (fleet_routing.py)
+    claimed_until: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> AgentRecord:
         m = dict(row._mapping)
-        for key in ("created_at", "last_activity_at", "terminated_at"):
+        for key in ("created_at", "last_activity_at", "terminated_at", "claimed_until"):
             m[key] = _aware(m[key])
         return cls(**m)
 
     @property
     def live(self) -> bool:
         return self.status != TERMINATED
+
+    def holder(self, now: datetime) -> str | None:
+        """The job whose claim on the chat has not lapsed at `now`, if any."""
+        if self.claimed_by is None or self.claimed_until is None or self.claimed_until <= now:
+            return None
+        return self.claimed_by
 
 
 async def lock_pod(conn: AsyncConnection, tenant_id: str) -> None:
@@ -148,3 +156,35 @@ async def mark_terminated(conn: AsyncConnection, ids: Iterable[str], now: dateti
 async def note(conn: AsyncConnection, notes: dict[str, str]) -> None:
     for agent_id, text_ in notes.items():
         await conn.execute(update(t).where(t.c.id == agent_id).values(last_error=text_[:2000]))
+
+
+async def claim(
+    conn: AsyncConnection, agent_id: str, job_id: str, until: datetime, now: datetime
+) -> AgentRecord | None:
+    """The idle agent's chat for `job_id` until `until`, if nobody else holds it (one conditional
+    UPDATE, so two replicas cannot both win); the job's own claim is taken again. None: not won."""
+    free = or_(t.c.claimed_by.is_(None), t.c.claimed_by == job_id, t.c.claimed_until < now)
+    row = (
+        await conn.execute(
+            update(t)
+            .where(t.c.id == agent_id, t.c.status == IDLE, free)
+            .values(claimed_by=job_id, claimed_until=until, last_activity_at=now)
+            .returning(*t.c)
+        )
+    ).first()
+    return AgentRecord.from_row(row) if row else None
+
+
+async def renew_claim(conn: AsyncConnection, agent_id: str, job_id: str, until: datetime) -> bool:
+    """Push the job's claim to `until`; False if the job no longer holds it."""
+    done = await conn.execute(update(t).where(t.c.id == agent_id, t.c.claimed_by == job_id).values(claimed_until=until))
+    return bool(done.rowcount)
+
+
+async def release_claim(conn: AsyncConnection, agent_id: str, job_id: str, now: datetime) -> None:
+    """The job is done with the chat; last_activity_at orders the next choice (least recently used)."""
+    await conn.execute(
+        update(t)
+        .where(t.c.id == agent_id, t.c.claimed_by == job_id)
+        .values(claimed_by=None, claimed_until=None, last_activity_at=now)
+    )

@@ -5,7 +5,8 @@
 - error: the row says Agent Zero lost the chat; or the agent's instance left the fleet, is
   unhealthy (health checks and failed calls decide), or fails the probe.
 - busy / idle: the chat's own log says whether its agent is working (`progress_active`), so work
-  sent to it from anywhere (the Agent Zero UI included) counts, not only the fabric's.
+  sent to it from anywhere (the Agent Zero UI included) counts, not only the fabric's; an agent
+  claimed by a task (fleet_routing.py) is busy even between its messages, and `job_id` names it.
 A probe that gets no answer within `probe_seconds` reads busy if the instance has calls of
 the fabric's in flight (its request threads are probably all taken), else error.
 A 404 for the chat means Agent Zero dropped it (expired, deleted in its UI): the agent is marked
@@ -37,6 +38,9 @@ async def describe(
 
 async def _describe(fleet: Fleet, record: AgentRecord, cfg: AgentZeroSettings, mark_lost: MarkLost) -> dict[str, Any]:
     status, progress, error = await _read(fleet, record, cfg, mark_lost)
+    job_id = record.holder(datetime.now(UTC))
+    if job_id is not None and status == rows.IDLE:
+        status = rows.BUSY
     return {
         "id": record.id,
         "pod_id": record.tenant_id,
@@ -46,6 +50,7 @@ async def _describe(fleet: Fleet, record: AgentRecord, cfg: AgentZeroSettings, m
         "instance_url": record.instance_url,
         "context_id": record.context_id,
         "status": status,
+        "job_id": job_id,
         "progress": progress,
         "last_error": error,
         "created_by": record.created_by,

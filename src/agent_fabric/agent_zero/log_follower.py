@@ -17,12 +17,13 @@ PROGRESS_CONTENT_CHARS = 2_000
 
 
 def find_user_item(log: dict[str, Any], message: str, floor: int = -1) -> int | None:
-    """`no` of the last user item carrying `message` past `floor`, or None if it was never sent.
-    A chat that goes on (a session) passes the last item its previous message saw as `floor`, so
-    the same words sent again are not mistaken for the earlier message before Agent Zero logs them."""
+    """`no` of the last user item carrying `message` after item `floor`, or None if it was never
+    sent. A chat that goes on (a session, a fleet agent's chat holding earlier tasks) passes where
+    its log stood before this message as `floor`, so the same words sent again are not mistaken
+    for an earlier message before Agent Zero logs them."""
     found = None
     for item in log.get("items") or []:
-        if item.get("type") == "user" and item.get("content") == message and int(item["no"]) > floor:
+        if item.get("type") == "user" and item.get("content") == message and int(item.get("no", -1)) > floor:
             found = int(item["no"])
     return found
 

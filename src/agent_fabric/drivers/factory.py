@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent_fabric.agent_zero.fleet import Fleet
+from agent_fabric.agent_zero.fleet_routing import FleetRouter
 from agent_fabric.drivers.agent_zero import AgentZeroDriver
 from agent_fabric.drivers.base import Driver
 from agent_fabric.drivers.builtin import BuiltinDriver
@@ -42,7 +43,8 @@ class Drivers:
             await driver.aclose()
 
 
-def build_drivers(settings: Settings, fleet: Fleet) -> Drivers:
-    """The builtin runtime, and agent-zero (it refuses tasks of tenants no instance serves)."""
-    drivers: list[Driver] = [BuiltinDriver(), AgentZeroDriver(settings.agent_zero, fleet)]
+def build_drivers(settings: Settings, fleet: Fleet, router: FleetRouter | None = None) -> Drivers:
+    """The builtin runtime, and agent-zero (it refuses tasks of tenants no instance serves; with a
+    router, tasks of a POD with a started fleet run in its agents' chats)."""
+    drivers: list[Driver] = [BuiltinDriver(), AgentZeroDriver(settings.agent_zero, fleet, router)]
     return Drivers({driver.runtime: driver for driver in drivers})

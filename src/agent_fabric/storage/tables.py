@@ -338,6 +338,10 @@ fleet_agents = Table(
     Column("last_activity_at", Timestamp, nullable=False),
     Column("terminated_at", Timestamp, nullable=True),
     Column("last_error", Text, nullable=True),
+    # The task running in the agent's chat now (its job_id; the row's tenant is the task's) and
+    # until when the claim holds unless renewed: a crashed replica's claim lapses by itself.
+    Column("claimed_by", String(128), nullable=True),
+    Column("claimed_until", Timestamp, nullable=True),
     Index("ix_fleet_agents_tenant_status", "tenant_id", "status"),
 )
 
