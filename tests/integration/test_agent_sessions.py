@@ -213,6 +213,18 @@ async def test_a_session_agent_zero_never_saw_frees_its_place(tmp_path: Path, na
         assert [s["status"] for s in listed] == ["terminated", "terminated"]
 
 
+async def test_a_pod_no_instance_serves_is_told_so(tmp_path: Path, nats_url: str) -> None:
+    async with running_app(make_settings(tmp_path, nats_url)) as app:
+        kim = auth_as(app, "kim", "pod_admin", new_pod())
+        for refused in (
+            await message(app, kim, "hello?"),
+            await app.client.post("/api/v2/agent/sessions", headers=kim, json={}),
+        ):
+            assert refused.status_code == 409 and refused.json()["code"] == "runtime_unavailable"
+            assert "POST /api/v2/agent/instances" in refused.json()["detail"]
+        assert (await app.client.get("/api/v2/agent/sessions", headers=kim)).json()["items"] == []
+
+
 async def test_only_the_pods_own_administrators_get_in(az_app: RunningApp) -> None:
     pod, other = new_pod(), new_pod()
     owner = auth_as(az_app, "owner", "pod_admin", pod)

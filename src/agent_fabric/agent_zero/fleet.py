@@ -171,7 +171,10 @@ class Fleet:
         candidates = self.candidates(tenant_id)
         if not candidates:
             raise AgentZeroError(
-                "agent_unreachable", f"no Agent Zero instance serves the {self.set_for(tenant_id)} set of this tenant"
+                # Not an outage but a configuration: nothing to retry until an instance is added.
+                "runtime_unavailable",
+                f"no Agent Zero instance serves the {self.set_for(tenant_id)} set of this tenant (set "
+                "AGENT_FABRIC_AGENT_ZERO_URL or register one with POST /api/v2/agent/instances)",
             )
         healthy = [i for i in candidates if i.healthy]
         if not healthy:

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 BUDGET_AGENT = "agent-zero"  # the budget entity sessions are charged to, besides the tenant
 # api_message on Agent Zero's status codes: what the caller of /api/v2/agent/message sees.
-UPSTREAM_STATUS = {"agent_unreachable": 503, "timeout": 504}
+UPSTREAM_STATUS = {"agent_unreachable": 503, "timeout": 504, "runtime_unavailable": 409}
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +129,7 @@ class SessionManager:
         """Send one message into the session (a new one without `session_id`) and wait for the answer."""
         await self._check_budget(caller)
         if session_id is None:
+            self._require_instances(caller)
             session, run = await self._open(caller, message, agent_profile)
         else:
             session, run = await self._take(caller, session_id, message)
@@ -188,6 +189,7 @@ class SessionManager:
     async def open(self, caller: Caller, agent_profile: str | None = None) -> store.SessionRecord:
         """A session without a message yet (its chat opens with the first one): a WebSocket client
         opens one, connects, and sees its first answer stream in."""
+        self._require_instances(caller)
         return await self._create(caller, agent_profile, busy=False)
 
     async def _open(
@@ -279,6 +281,15 @@ class SessionManager:
             finally:
                 instance.in_flight -= 1
         return Asked(instance.url, context_id, answer, follower.last_no)
+
+    def _require_instances(self, caller: Caller) -> None:
+        """A new session needs an instance to live on: a POD without any is told so (not a 5xx)."""
+        if not self._fleet.serves(caller.tenant_id):
+            raise Conflict(
+                "no Agent Zero instance serves this POD (set AGENT_FABRIC_AGENT_ZERO_URL or register one with "
+                "POST /api/v2/agent/instances)",
+                code="runtime_unavailable",
+            )
 
     def _instance_of(self, session: store.SessionRecord) -> Instance:
         if session.instance_url is None:
