@@ -7,7 +7,7 @@ over real NATS and SQLite or Postgres + Redis.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +17,11 @@ from nats.aio.client import Client
 
 from agent_fabric.settings import AgentZeroSettings
 from tests.conftest import RunningApp, make_settings, new_job_id, running_app
-from tests.support.agent_zero_standin import AgentZeroStandIn, running_standin
+from tests.support.agent_zero_standin import AgentZeroStandIn
 from tests.support.flows import auth_as, new_pod, put_policy, structured
 
 KEY = "standin-key-0123456789"
 V2 = "/api/v2/agent"
-
-
-@pytest.fixture
-def standin() -> Iterator[tuple[str, AgentZeroStandIn]]:
-    with running_standin(KEY) as served:
-        yield served
 
 
 @pytest.fixture

@@ -5,40 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from agent_fabric.agent_zero.client import AgentZeroClient
-from agent_fabric.settings import AgentZeroSettings
-from tests.conftest import RunningApp, make_settings, running_app
+from tests.conftest import RunningApp, running_app
+from tests.integration.conftest import agent_zero_settings
 from tests.support.agent_zero_standin import AgentZeroStandIn, running_standin
 from tests.support.flows import audit, auth_as, new_pod, until
 from tests.support.nats_server import free_port
 
 KEY = "standin-key-0123456789"
-
-
-@pytest.fixture
-def standin() -> Iterator[tuple[str, AgentZeroStandIn]]:
-    with running_standin(KEY) as served:
-        yield served
-
-
-def fleet_settings(tmp_path: Path, nats_url: str, url: str, db: str | None, redis: str | None, **over: Any) -> Any:
-    cfg = AgentZeroSettings(url=url, api_key=KEY, poll_seconds=0.1, **over)
-    return make_settings(tmp_path, nats_url, database_url=db, redis_url=redis, agent_zero=cfg)
-
-
-@pytest.fixture
-async def fleet_app(
-    backend: str, tmp_path: Path, nats_url: str, postgres_url: str, redis_url: str, standin: tuple[str, Any]
-) -> AsyncIterator[RunningApp]:
-    db, redis = (postgres_url, redis_url) if backend == "postgres" else (None, None)
-    async with running_app(fleet_settings(tmp_path, nats_url, standin[0], db, redis)) as app:
-        yield app
 
 
 async def post(app: RunningApp, path: str, headers: dict[str, str], body: Any = None) -> Any:
@@ -145,7 +122,7 @@ async def test_two_replicas_never_exceed_the_limit(
     pod = new_pod()
     url = standin[0]
     settings = [
-        fleet_settings(tmp_path / n, nats_url, url, postgres_url, redis_url, max_agents_per_pod=4) for n in "ab"
+        agent_zero_settings(tmp_path / n, nats_url, url, postgres_url, redis_url, max_agents_per_pod=4) for n in "ab"
     ]
     async with running_app(settings[0]) as a, running_app(settings[1]) as b:
         assert (await post(a, "/fleet/start", auth_as(a, "alice", "pod_admin", pod))).status_code == 201
@@ -163,7 +140,7 @@ async def test_status_follows_the_chat_and_the_instance(tmp_path: Path, nats_url
     port = free_port()
     with contextlib.ExitStack() as served:
         url, a0 = served.enter_context(running_standin(KEY, port=port))
-        settings = fleet_settings(tmp_path, nats_url, url, None, None, retries=0, health_interval_seconds=0.3)
+        settings = agent_zero_settings(tmp_path, nats_url, url, None, None, retries=0, health_interval_seconds=0.3)
         async with running_app(settings) as app:
             alice = auth_as(app, "alice", "pod_admin", pod)
             orchestrator = (await post(app, "/fleet/start", alice)).json()["orchestrator"]
@@ -238,7 +215,7 @@ async def test_an_agent_terminated_while_its_chat_opens_leaves_no_chat(
 ) -> None:
     url, a0 = standin
     pod = new_pod()
-    async with running_app(fleet_settings(tmp_path, nats_url, url, None, None, max_in_flight=1)) as app:
+    async with running_app(agent_zero_settings(tmp_path, nats_url, url, None, None, max_in_flight=1)) as app:
         alice = auth_as(app, "alice", "pod_admin", pod)
         assert (await post(app, "/fleet/start", alice)).status_code == 201
         task = {

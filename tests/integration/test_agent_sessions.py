@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,6 @@ from tests.support.flows import audit, auth_as, new_pod, until
 from tests.support.nats_server import free_port
 
 KEY = "standin-key-0123456789"
-
-
-@pytest.fixture
-def standin() -> Iterator[tuple[str, AgentZeroStandIn]]:
-    with running_standin(KEY) as served:
-        yield served
 
 
 def az_settings(backend: str, tmp_path: Path, nats_url: str, pg: str, redis: str, **agent_zero: Any) -> Any:

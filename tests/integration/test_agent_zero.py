@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,6 @@ from tests.support.agent_zero_standin import AgentZeroStandIn, running_standin
 from tests.support.nats_server import free_port
 
 KEY = "standin-key-0123456789"
-
-
-@pytest.fixture
-def standin() -> Iterator[tuple[str, AgentZeroStandIn]]:
-    with running_standin(KEY) as served:
-        yield served
 
 
 async def test_client_speaks_the_api_key_endpoints(standin: tuple[str, AgentZeroStandIn]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,32 +14,17 @@ import pytest
 
 from agent_fabric.agent_zero import fleet_rows
 from agent_fabric.agent_zero.client import AgentZeroClient
-from agent_fabric.settings import AgentZeroSettings
-from tests.conftest import RunningApp, make_settings, new_job_id, running_app
-from tests.support.agent_zero_standin import AgentZeroStandIn, running_standin
+from tests.conftest import RunningApp, new_job_id, running_app
+from tests.integration.conftest import agent_zero_settings
+from tests.support.agent_zero_standin import AgentZeroStandIn
 from tests.support.flows import auth_as, new_pod, until
 
 KEY = "standin-key-0123456789"
 
 
 @pytest.fixture
-def standin() -> Iterator[tuple[str, AgentZeroStandIn]]:
-    with running_standin(KEY) as served:
-        yield served
-
-
-def routing_settings(tmp_path: Path, nats_url: str, url: str, db: str | None, redis: str | None, **over: Any) -> Any:
-    cfg = AgentZeroSettings(url=url, api_key=KEY, poll_seconds=0.1, **over)
-    return make_settings(tmp_path, nats_url, database_url=db, redis_url=redis, agent_zero=cfg)
-
-
-@pytest.fixture
-async def app(
-    backend: str, tmp_path: Path, nats_url: str, postgres_url: str, redis_url: str, standin: tuple[str, Any]
-) -> AsyncIterator[RunningApp]:
-    db, redis = (postgres_url, redis_url) if backend == "postgres" else (None, None)
-    async with running_app(routing_settings(tmp_path, nats_url, standin[0], db, redis)) as running:
-        yield running
+def app(fleet_app: RunningApp) -> RunningApp:
+    return fleet_app
 
 
 class Pod:
@@ -220,7 +204,7 @@ async def test_two_replicas_never_share_a_chat(
     tmp_path: Path, nats_url: str, postgres_url: str, redis_url: str, standin: tuple[str, AgentZeroStandIn]
 ) -> None:
     url, a0 = standin
-    settings = [routing_settings(tmp_path / n, nats_url, url, postgres_url, redis_url) for n in "ab"]
+    settings = [agent_zero_settings(tmp_path / n, nats_url, url, postgres_url, redis_url) for n in "ab"]
     async with running_app(settings[0]) as a, running_app(settings[1]) as b:
         pod = Pod(a)
         await pod.start()

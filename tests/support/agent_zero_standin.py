@@ -404,9 +404,12 @@ class AgentZeroStandIn:
         return JSONResponse(vars(self.stats))
 
 
+STANDIN_KEY = "standin-key-0123456789"
+
+
 @contextlib.contextmanager
 def running_standin(
-    api_key: str = "standin-key-0123456789", *, legacy: bool = False, port: int | None = None
+    api_key: str = STANDIN_KEY, *, legacy: bool = False, port: int | None = None
 ) -> Iterator[tuple[str, AgentZeroStandIn]]:
     """Serve a stand-in on a free port in its own thread; yield (base_url, stand-in)."""
     standin = AgentZeroStandIn(api_key, legacy=legacy)

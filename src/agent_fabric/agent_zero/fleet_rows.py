@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_fabric.storage.tables import fleet_agents as t
+from agent_fabric.storage.timestamps import aware_or_none
 
 ORCHESTRATOR = "orchestrator"
 SPECIALIST = "specialist"
@@ -25,10 +26,6 @@ LIVE = (STARTING, IDLE, ERROR)
 
 # Namespace of the advisory locks taken per POD (pg_advisory_xact_lock(int, int)).
 LOCK_CLASS = 41_04
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +51,7 @@ class AgentRecord:
     def from_row(cls, row: Any) -> AgentRecord:
         m = dict(row._mapping)
         for key in ("created_at", "last_activity_at", "terminated_at", "claimed_until"):
-            m[key] = _aware(m[key])
+            m[key] = aware_or_none(m[key])
         return cls(**m)
 
     @property

@@ -29,6 +29,7 @@ from agent_fabric.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from agent_fabric.security.sealing import SealedSecretError, Sealer
 from agent_fabric.settings import Mode
 from agent_fabric.storage.tables import agent_zero_instances as t
+from agent_fabric.storage.timestamps import aware
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +48,7 @@ class InstanceRecord:
     @classmethod
     def from_row(cls, row: Any) -> InstanceRecord:
         at = row.registered_at
-        return cls(
-            row.id, row.tenant_id, row.url, row.mode_set, row.registered_by, at if at.tzinfo else at.replace(tzinfo=UTC)
-        )
+        return cls(row.id, row.tenant_id, row.url, row.mode_set, row.registered_by, aware(at))
 
 
 def checked_url(raw: str) -> str:

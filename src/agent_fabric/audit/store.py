@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.storage.tables import audit_log
+from agent_fabric.storage.timestamps import aware
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "seq": row["seq"],
         "id": row["entry_id"],
-        "timestamp": row["at"] if row["at"].tzinfo else row["at"].replace(tzinfo=UTC),
+        "timestamp": aware(row["at"]),
         "actor": row["actor"],
         "tenant_id": row["tenant_id"],
         "session_id": row["session_id"],

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agent_fabric import names
 from agent_fabric.security.roles import BUILTIN_ROLES
 from agent_fabric.storage.tables import custom_roles, revocations
+from agent_fabric.storage.timestamps import aware_or_none
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class AccessState:
         async with self._engine.begin() as conn:
             # Entries past their expiry can never matter again (the token itself has expired).
             await conn.execute(delete(revocations).where(revocations.c.expires_at < now))
-            revoked = {(r.kind, r.value): _aware(r.expires_at) for r in await conn.execute(select(revocations))}
+            revoked = {(r.kind, r.value): aware_or_none(r.expires_at) for r in await conn.execute(select(revocations))}
             roles = {r.name: frozenset(r.permissions) for r in await conn.execute(select(custom_roles))}
         self._revoked, self._roles = revoked, roles
 
@@ -102,9 +103,3 @@ class AccessState:
                 await self.reload()
             except Exception as exc:  # keep the last known state; the next reload may work
                 log.warning("access state reload failed", extra={"error": str(exc)})
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)

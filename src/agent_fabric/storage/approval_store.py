@@ -4,25 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.storage.tables import approvals
+from agent_fabric.storage.timestamps import aware_or_none
 
 PENDING = "pending"
 APPROVED = "approved"
 REJECTED = "rejected"
 EXPIRED = "expired"
 STATUSES = (PENDING, APPROVED, REJECTED, EXPIRED)
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +43,7 @@ class ApprovalRecord:
     def from_row(cls, row: Any) -> ApprovalRecord:
         m = dict(row._mapping)
         for key in ("requested_at", "expires_at", "decided_at"):
-            m[key] = _aware(m[key])
+            m[key] = aware_or_none(m[key])
         return cls(**m)
 
     def view(self) -> dict[str, Any]:

@@ -10,7 +10,7 @@ reserving against one budget therefore serialise on its row and never both take 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ARRAY, String, bindparam, insert, select, text, tuple_, update
@@ -28,13 +28,10 @@ from agent_fabric.admission.budget_math import (
     roll,
 )
 from agent_fabric.storage.tables import budget_periods, budgets
+from agent_fabric.storage.timestamps import aware
 
 Key = tuple[str, str]  # (tenant_id, entity)
 TRACKING_PERIOD: Period = "monthly"
-
-
-def aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def state_from_row(m: Any) -> BudgetState:

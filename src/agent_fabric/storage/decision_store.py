@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal, get_args
 
 from sqlalchemy import insert, select, update
@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.storage.tables import decisions
 from agent_fabric.storage.task_store import TaskRecord
+from agent_fabric.storage.timestamps import aware_or_none
 from agent_fabric.tasks import TaskStatus
 
 PROPOSED = "proposed"
@@ -28,12 +29,6 @@ STATUSES: tuple[str, ...] = get_args(DecisionStatus)
 # refused the waiting task) settles the decision with the task's outcome.
 OPEN = (PROPOSED, APPROVED)
 TASK_KIND_PREFIX = "task:"
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +51,7 @@ class DecisionRecord:
     def from_row(cls, row: Any) -> DecisionRecord:
         m = dict(row._mapping)
         for key in ("created_at", "updated_at", "overridden_at"):
-            m[key] = _aware(m[key])
+            m[key] = aware_or_none(m[key])
         return cls(**m)
 
 

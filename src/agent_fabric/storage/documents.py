@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.errors import Conflict
 from agent_fabric.storage.tables import governance_doc_versions, governance_docs
+from agent_fabric.storage.timestamps import aware
 
 POLICY = "policy"
 CONFIG = "config"
@@ -47,7 +48,7 @@ def _doc(row: Any, *, history: bool = False) -> StoredDoc:
         version=m["version"],
         body=m["body"],
         deleted=bool(m["deleted"]),
-        at=at if at.tzinfo else at.replace(tzinfo=UTC),
+        at=aware(at),
         by=m["created_by" if history else "updated_by"],
     )
 

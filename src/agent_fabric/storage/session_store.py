@@ -13,13 +13,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.storage.tables import agent_session_events, agent_sessions
+from agent_fabric.storage.timestamps import aware_or_none
 
 ACTIVE = "active"  # a message is being answered
 IDLE = "idle"  # waiting for the next message
@@ -29,12 +30,6 @@ STATUSES = (ACTIVE, IDLE, ERROR, TERMINATED)
 
 _s = agent_sessions
 _e = agent_session_events
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +56,7 @@ class SessionRecord:
     def from_row(cls, row: Any) -> SessionRecord:
         m = dict(row._mapping)
         for key in ("started_at", "last_activity_at", "terminated_at"):
-            m[key] = _aware(m[key])
+            m[key] = aware_or_none(m[key])
         return cls(**m)
 
     def view(self) -> dict[str, Any]:
@@ -289,7 +284,7 @@ async def insert_events(conn: AsyncConnection, session_id: str, events: Sequence
 async def events_after(engine: AsyncEngine, session_id: str, after: int) -> list[Event]:
     async with engine.connect() as conn:
         rows = await conn.execute(select(_e).where(_e.c.session_id == session_id, _e.c.seq > after).order_by(_e.c.seq))
-    return [Event(r.seq, r.kind, r.data, _aware(r.created_at) or r.created_at) for r in rows]
+    return [Event(r.seq, r.kind, r.data, aware_or_none(r.created_at) or r.created_at) for r in rows]
 
 
 async def delete_events(engine: AsyncEngine, session_id: str) -> None:

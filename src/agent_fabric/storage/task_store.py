@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.storage.batcher import WriteBatcher
 from agent_fabric.storage.tables import Timestamp, checkpoints, task_events, tasks
+from agent_fabric.storage.timestamps import aware, aware_or_none
 from agent_fabric.tasks import TERMINAL_STATUSES, TaskSpec, TaskStatus
 
 TERMINAL_VALUES = [s.value for s in TERMINAL_STATUSES]
@@ -77,10 +78,10 @@ class TaskRecord:
             error_message=m["error_message"],
             usage=m["usage"],
             result_published=bool(m["result_published"]),
-            created_at=_aware(m["created_at"]),
-            started_at=_aware_or_none(m["started_at"]),
-            finished_at=_aware_or_none(m["finished_at"]),
-            updated_at=_aware(m["updated_at"]),
+            created_at=aware(m["created_at"]),
+            started_at=aware_or_none(m["started_at"]),
+            finished_at=aware_or_none(m["finished_at"]),
+            updated_at=aware(m["updated_at"]),
         )
 
 
@@ -704,11 +705,3 @@ class TaskStore:
         async with self._engine.connect() as conn:
             row = (await conn.execute(stmt)).first()
         return (int(row.step), row.state) if row else None
-
-
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
-def _aware_or_none(value: datetime | None) -> datetime | None:
-    return _aware(value) if value is not None else None
