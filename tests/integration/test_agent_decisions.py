@@ -7,16 +7,13 @@ over real NATS and SQLite or Postgres + Redis.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from nats.aio.client import Client
 
-from agent_fabric.settings import AgentZeroSettings
-from tests.conftest import RunningApp, make_settings, new_job_id, running_app
+from tests.conftest import RunningApp, new_job_id
 from tests.support.agent_zero_standin import AgentZeroStandIn
 from tests.support.flows import auth_as, new_pod, put_policy, structured
 
@@ -25,21 +22,9 @@ V2 = "/api/v2/agent"
 
 
 @pytest.fixture
-async def app(
-    backend: str,
-    tmp_path: Path,
-    nats_url: str,
-    postgres_url: str,
-    redis_url: str,
-    standin: tuple[str, AgentZeroStandIn],
-) -> AsyncIterator[RunningApp]:
-    az = AgentZeroSettings(url=standin[0], api_key=KEY, poll_seconds=0.1)
-    if backend == "postgres":
-        settings = make_settings(tmp_path, nats_url, database_url=postgres_url, redis_url=redis_url, agent_zero=az)
-    else:
-        settings = make_settings(tmp_path, nats_url, agent_zero=az)
-    async with running_app(settings) as running:
-        yield running
+def app(fleet_app: RunningApp) -> RunningApp:
+    """The fabric in front of the stand-in (tests/integration/conftest.py)."""
+    return fleet_app
 
 
 def gpu_task(
