@@ -72,9 +72,14 @@ class LogFollower:
         """Await the blocking api_message while reporting progress from the log."""
         task = asyncio.ensure_future(call)
         try:
-            while not task.done():
+            while True:
                 await asyncio.wait({task}, timeout=self._poll)
+                finished = task.done()
                 await self._report()
+                # Stop only after a read that began once the answer was in: a read already under way
+                # when the call returned may predate the final items (the answer's own `response`).
+                if finished:
+                    break
             reply = task.result()
         finally:
             if not task.done():
