@@ -18,17 +18,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 KEY = "standin-key-0123456789"
 
 
+def serve_env(nats_url: str, postgres_url: str, standin_url: str) -> dict[str, str]:
+    """Two replicas on one database, a short ack wait so a killed one's task comes back fast."""
+    return {
+        "AGENT_FABRIC_NATS_URL": nats_url,
+        "AGENT_FABRIC_DATABASE_URL": postgres_url,
+        "AGENT_FABRIC_JWT_SECRET": JWT_SECRET,
+        "AGENT_FABRIC_NATS_ACK_WAIT_SECONDS": "3",
+        "AGENT_FABRIC_AGENT_ZERO_URL": standin_url,
+        "AGENT_FABRIC_AGENT_ZERO_API_KEY": KEY,
+        "AGENT_FABRIC_AGENT_ZERO_POLL_SECONDS": "0.2",
+    }
+
+
 def test_redelivered_task_resumes_its_agent_zero_context(tmp_path: Path, nats_url: str, postgres_url: str) -> None:
     with running_standin(KEY) as (url, standin):
-        env = {
-            "AGENT_FABRIC_NATS_URL": nats_url,
-            "AGENT_FABRIC_DATABASE_URL": postgres_url,
-            "AGENT_FABRIC_JWT_SECRET": JWT_SECRET,
-            "AGENT_FABRIC_NATS_ACK_WAIT_SECONDS": "3",
-            "AGENT_FABRIC_AGENT_ZERO_URL": url,
-            "AGENT_FABRIC_AGENT_ZERO_API_KEY": KEY,
-            "AGENT_FABRIC_AGENT_ZERO_POLL_SECONDS": "0.2",
-        }
+        env = serve_env(nats_url, postgres_url, url)
         first = ServeProcess(tmp_path / "a", env, "a").start()
         tok = token(env)
         job = f"az-kill-{uuid.uuid4().hex[:6]}"
@@ -62,15 +67,7 @@ def test_redelivered_task_resumes_in_its_fleet_agents_chat(tmp_path: Path, nats_
     """The same, for a task routed to a POD's specialist: the redelivery takes its own claim on the
     agent again (no wait for the lease) and follows the answer in the specialist's chat."""
     with running_standin(KEY) as (url, standin):
-        env = {
-            "AGENT_FABRIC_NATS_URL": nats_url,
-            "AGENT_FABRIC_DATABASE_URL": postgres_url,
-            "AGENT_FABRIC_JWT_SECRET": JWT_SECRET,
-            "AGENT_FABRIC_NATS_ACK_WAIT_SECONDS": "3",
-            "AGENT_FABRIC_AGENT_ZERO_URL": url,
-            "AGENT_FABRIC_AGENT_ZERO_API_KEY": KEY,
-            "AGENT_FABRIC_AGENT_ZERO_POLL_SECONDS": "0.2",
-        }
+        env = serve_env(nats_url, postgres_url, url)
         first = ServeProcess(tmp_path / "a", env, "a").start()
         tok = token(env)
         auth = {"Authorization": f"Bearer {tok}"}

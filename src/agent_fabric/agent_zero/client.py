@@ -21,6 +21,12 @@ import orjson
 from agent_fabric.errors import TaskFailure
 
 RETRYABLE_STATUS = frozenset({502, 503, 504})
+# api_message names a new chat only when the agent's run ends, so a chat is opened with a message
+# that costs one short turn, and the real work is sent once its context id is known.
+PRIMING_MESSAGE = (
+    "You are being connected to agent-fabric. Reply with the single word READY and do nothing else; "
+    "the task follows in the next message."
+)
 LOG_LENGTH = 100_000  # api_log_get's `length` is unreliable below the item count (upstream #1287)
 
 
@@ -70,6 +76,11 @@ class AgentZeroClient:
             payload["lifetime_hours"] = lifetime_hours
         body = await self._call("api_message", payload)
         return Reply(context_id=str(body["context_id"]), response=str(body.get("response", "")))
+
+    async def open_chat(self, *, agent_profile: str | None = None, lifetime_hours: float | None = None) -> str:
+        """A new chat (with `agent_profile`, if given): its context id, after one priming turn."""
+        reply = await self.message(PRIMING_MESSAGE, agent_profile=agent_profile, lifetime_hours=lifetime_hours)
+        return reply.context_id
 
     async def log(self, context_id: str) -> dict[str, Any]:
         body = await self._call("api_log_get", {"context_id": context_id, "length": LOG_LENGTH})

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +48,24 @@ class Instance:
     version: str | None = None
     last_error: str | None = None
     checked_at: datetime | None = field(default=None)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, wait: float | None = None) -> AsyncIterator[None]:
+        """One of the instance's request slots (max_in_flight), counted in in_flight while held;
+        with `wait`, AgentZeroError(agent_busy) if none frees up in time."""
+        try:
+            async with asyncio.timeout(wait):
+                await self.slots.acquire()
+        except TimeoutError:
+            raise AgentZeroError(
+                "agent_busy", f"Agent Zero at {self.url} had no free request slot for {wait:g} s"
+            ) from None
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            self.slots.release()
 
     @property
     def status(self) -> str:
@@ -164,6 +182,13 @@ class Fleet:
 
     def by_url(self, url: str) -> Instance | None:
         return next((i for i in self.instances if i.url == url), None)
+
+    def home_of(self, url: str) -> Instance:
+        """The instance a chat lives on: its work goes back there, healthy or not yet."""
+        instance = self.by_url(url)
+        if instance is None:
+            raise AgentZeroError("agent_context_lost", f"the chat lives on {url}, which is no longer configured")
+        return instance
 
     def pick(self, tenant_id: str | None = None, *, also: Mapping[str, int] | None = None) -> Instance:
         """The least-loaded healthy instance of the tenant's set. `also` adds load the fleet cannot

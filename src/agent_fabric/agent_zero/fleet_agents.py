@@ -34,7 +34,6 @@ from agent_fabric.agent_zero import fleet_rows as rows
 from agent_fabric.agent_zero.client import AgentZeroError
 from agent_fabric.agent_zero.fleet import Fleet, Instance
 from agent_fabric.agent_zero.fleet_rows import AgentRecord
-from agent_fabric.drivers.agent_zero import PRIMING_MESSAGE
 from agent_fabric.errors import Conflict, NotFound, RateLimited, ServiceUnavailable, UpstreamFailed
 from agent_fabric.settings import AgentZeroSettings, Mode
 from agent_fabric.tenants import TenantRegistry
@@ -193,26 +192,18 @@ class FleetAgents:
             instance = self._fleet.pick(record.tenant_id, also=load)
         except AgentZeroError as exc:
             raise ServiceUnavailable(exc.message, code=exc.code) from None
-        wait = self._cfg.timeout_seconds
         try:
-            async with asyncio.timeout(wait):  # a request must not hang behind long tasks forever
-                await instance.slots.acquire()
-        except TimeoutError:
-            raise ServiceUnavailable(
-                f"Agent Zero at {instance.url} had no free request slot for {wait:g} s", code="agent_busy"
-            ) from None
-        instance.in_flight += 1
-        try:
-            reply = await instance.client.message(
-                PRIMING_MESSAGE, agent_profile=profile, lifetime_hours=self._cfg.fleet_chat_lifetime_hours
-            )
+            # A request must not hang behind long tasks forever: wait at most one Agent Zero timeout.
+            async with instance.slot(wait=self._cfg.timeout_seconds):
+                context_id = await instance.client.open_chat(
+                    agent_profile=profile, lifetime_hours=self._cfg.fleet_chat_lifetime_hours
+                )
         except AgentZeroError as exc:
+            if exc.code == "agent_busy":
+                raise ServiceUnavailable(exc.message, code=exc.code) from None
             self._fleet.mark_failed(instance, exc)
             raise UpstreamFailed(f"Agent Zero at {instance.url} could not open the chat: {exc.message}") from None
-        finally:
-            instance.in_flight -= 1
-            instance.slots.release()
-        return instance, reply.context_id
+        return instance, context_id
 
     async def _delete_chats(self, ended: list[AgentRecord]) -> list[AgentRecord]:
         """api_terminate_chat for each; a chat that could not be deleted is noted in last_error."""

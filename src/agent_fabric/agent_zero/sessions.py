@@ -31,11 +31,10 @@ from agent_fabric.agent_zero.fleet import Fleet, Instance
 from agent_fabric.agent_zero.log_follower import LogFollower
 from agent_fabric.agent_zero.session_events import RunLog, SessionEvents
 from agent_fabric.agent_zero.session_reaper import SessionReaper
-from agent_fabric.audit.entries import AuditEntry
+from agent_fabric.audit.entries import Caller
 from agent_fabric.audit.writer import AuditWriter
-from agent_fabric.drivers.agent_zero import PRIMING_MESSAGE
 from agent_fabric.errors import BudgetExceeded, Conflict, FabricError, NotFound, RateLimited
-from agent_fabric.settings import AgentZeroSettings, Mode
+from agent_fabric.settings import AgentZeroSettings
 from agent_fabric.storage import session_store as store
 from agent_fabric.storage.task_store import utcnow
 from agent_fabric.tenants import TenantRegistry
@@ -45,15 +44,6 @@ log = logging.getLogger(__name__)
 BUDGET_AGENT = "agent-zero"  # the budget entity sessions are charged to, besides the tenant
 # api_message on Agent Zero's status codes: what the caller of /api/v2/agent/message sees.
 UPSTREAM_STATUS = {"agent_unreachable": 503, "timeout": 504, "runtime_unavailable": 409}
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who sends, for which POD, in which mode (an authorised /api/v2/agent request or WebSocket)."""
-
-    actor: str
-    tenant_id: str
-    mode: Mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,15 +247,11 @@ class SessionManager:
         instance = self._instance_of(session)
         client = instance.client
         lifetime = self._tenants.config_for(session.tenant_id).agent_zero.session_idle_timeout_seconds / 3600 + 1
-        async with instance.slots:
-            instance.in_flight += 1
+        async with instance.slot():
             try:
                 context_id = session.agent_zero_session_id
                 if context_id is None:
-                    primed = await client.message(
-                        PRIMING_MESSAGE, agent_profile=session.agent_profile, lifetime_hours=lifetime
-                    )
-                    context_id = primed.context_id
+                    context_id = await client.open_chat(agent_profile=session.agent_profile, lifetime_hours=lifetime)
                     # Known at once, so a terminate during the first answer deletes the chat too.
                     async with self._engine.begin() as conn:
                         await store.place(conn, session.id, context_id, instance.url)
@@ -278,8 +264,6 @@ class SessionManager:
             except AgentZeroError as exc:
                 self._fleet.mark_failed(instance, exc)
                 raise
-            finally:
-                instance.in_flight -= 1
         return Asked(instance.url, context_id, answer, follower.last_no)
 
     def _require_instances(self, caller: Caller) -> None:
@@ -294,14 +278,7 @@ class SessionManager:
     def _instance_of(self, session: store.SessionRecord) -> Instance:
         if session.instance_url is None:
             return self._fleet.pick(session.tenant_id)
-        # A chat lives on one instance: later messages go back to it, healthy or not yet.
-        instance = self._fleet.by_url(session.instance_url)
-        if instance is None:
-            raise AgentZeroError(
-                "agent_context_lost",
-                f"the session's chat lives on {session.instance_url}, which is no longer configured",
-            )
-        return instance
+        return self._fleet.home_of(session.instance_url)
 
     # -- the end of a session --
 
@@ -321,14 +298,5 @@ class SessionManager:
         cost_usd: float | None = None,
     ) -> None:
         self._audit.record(
-            AuditEntry(
-                action,
-                caller.actor,
-                caller.tenant_id,
-                caller.mode,
-                request=request,
-                response=response,
-                session_id=session_id,
-                cost_usd=cost_usd,
-            )
+            caller.entry(action, request=request, response=response, session_id=session_id, cost_usd=cost_usd)
         )

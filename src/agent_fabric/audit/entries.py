@@ -75,6 +75,35 @@ class AuditEntry:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who acts, for which tenant (POD), in which mode: what every audit entry of a request names."""
+
+    actor: str
+    tenant_id: str
+    mode: str
+
+    def entry(
+        self,
+        action: str,
+        *,
+        request: Any = None,
+        response: Any = None,
+        session_id: str | None = None,
+        cost_usd: float | None = None,
+    ) -> AuditEntry:
+        return AuditEntry(
+            action,
+            self.actor,
+            self.tenant_id,
+            self.mode,
+            request=request,
+            response=response,
+            session_id=session_id,
+            cost_usd=cost_usd,
+        )
+
+
 def scrub(value: Any) -> Any:
     """A JSON-safe, redacted copy, cut to a preview past MAX_PAYLOAD_BYTES."""
     if value is None:

@@ -36,10 +36,6 @@ from agent_fabric.errors import InvalidTask
 from agent_fabric.settings import AgentZeroSettings
 from agent_fabric.tasks import TaskSpec
 
-PRIMING_MESSAGE = (
-    "You are being connected to agent-fabric. Reply with the single word READY and do nothing else; "
-    "the task follows in the next message."
-)
 MAX_PROMPT_CHARS = 100_000
 
 log = logging.getLogger(__name__)
@@ -120,8 +116,7 @@ class AgentZeroDriver:
 
     async def _run_in(self, ctx: RunContext, state: dict[str, Any], agent: AgentRecord | None) -> Any:
         instance = self._instance_for(state, ctx.spec.tenant_id, agent)
-        async with instance.slots:
-            instance.in_flight += 1
+        async with instance.slot():
             try:
                 return await self._run_on(instance, ctx, state, agent)
             except AgentZeroError as exc:
@@ -129,8 +124,6 @@ class AgentZeroDriver:
                 if agent is not None and exc.code == "agent_context_not_found" and self._router is not None:
                     await self._router.lost(agent, f"Agent Zero no longer has chat {agent.context_id}: {exc.message}")
                 raise
-            finally:
-                instance.in_flight -= 1
 
     def _profile(self, spec: TaskSpec) -> str | None:
         return spec.agent_definition.profile or self._cfg.profile_routes.get(spec.task.type)
@@ -157,8 +150,8 @@ class AgentZeroDriver:
             context_id = str(agent.context_id)
         else:
             if "context_id" not in state:
-                primed = await client.message(PRIMING_MESSAGE, agent_profile=self._profile(ctx.spec))
-                state = {"instance": instance.url, "context_id": primed.context_id}
+                opened = await client.open_chat(agent_profile=self._profile(ctx.spec))
+                state = {"instance": instance.url, "context_id": opened}
                 await ctx.save_checkpoint(state)
             context_id, since = str(state["context_id"]), -1
             chat_log = await client.log(context_id)
@@ -221,13 +214,7 @@ class AgentZeroDriver:
 
     def _instance_for(self, state: dict[str, Any], tenant_id: str, agent: AgentRecord | None) -> Instance:
         url = agent.instance_url if agent is not None else state.get("instance")
-        if url is None:
-            return self.fleet.pick(tenant_id)
-        # A chat lives on one instance: a resumed task must go back to it, healthy or not yet.
-        instance = self.fleet.by_url(str(url))
-        if instance is None:
-            raise AgentZeroError("agent_context_lost", f"the task's chat lives on {url}, which is no longer configured")
-        return instance
+        return self.fleet.pick(tenant_id) if url is None else self.fleet.home_of(str(url))
 
     async def aclose(self) -> None:
         """The fleet is closed by the fabric."""

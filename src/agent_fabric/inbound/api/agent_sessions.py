@@ -12,7 +12,7 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from agent_fabric.agent_zero.sessions import Caller
+from agent_fabric.audit.entries import Caller
 from agent_fabric.inbound.api.deps import Offset
 from agent_fabric.inbound.api.pod import Pod, PodCall
 from agent_fabric.storage.session_store import STATUSES
@@ -45,7 +45,7 @@ class SessionIn(BaseModel):
 
 
 def caller_of(pod: PodCall) -> Caller:
-    return Caller(pod.actor, pod.tenant_id, pod.mode)
+    return pod.caller
 
 
 @router.post("/message", summary="Send a message to Agent Zero (opens a session unless session_id is given)")

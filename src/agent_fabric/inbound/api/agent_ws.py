@@ -23,8 +23,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
 
-from agent_fabric.agent_zero.sessions import Caller
-from agent_fabric.audit.entries import AuditEntry
+from agent_fabric.audit.entries import AuditEntry, Caller
 from agent_fabric.errors import FabricError, InvalidRequest, NotFound
 from agent_fabric.fabric import Fabric
 from agent_fabric.inbound.api.agent_sessions import MAX_MESSAGE_CHARS
@@ -185,9 +184,7 @@ def _error_frame(exc: FabricError) -> dict[str, Any]:
 
 
 def _audit(fabric: Fabric, caller: Caller, action: str, session_id: str, request: Any) -> None:
-    fabric.governance.audit.record(
-        AuditEntry(action, caller.actor, caller.tenant_id, caller.mode, request=request, session_id=session_id)
-    )
+    fabric.governance.audit.record(caller.entry(action, request=request, session_id=session_id))
 
 
 def _audit_denied(fabric: Fabric, auth: WsAuth, session_id: str, refusal: FabricError) -> None:

@@ -15,7 +15,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
 
 from agent_fabric import names
-from agent_fabric.audit.entries import AuditEntry
+from agent_fabric.audit.entries import Caller
 from agent_fabric.fabric import Fabric
 from agent_fabric.inbound.api.deps import FabricDep, PodAdmin, pod_tenant
 from agent_fabric.security.tokens import Principal
@@ -38,6 +38,10 @@ class PodCall:
     def actor(self) -> str:
         return self.principal.subject
 
+    @property
+    def caller(self) -> Caller:
+        return Caller(self.actor, self.tenant_id, self.mode)
+
     def reply(self, body: dict[str, Any], status_code: int = 200) -> JSONResponse:
         """The body with the POD's mode in it, and the X-Fabric-Mode header."""
         return JSONResponse(
@@ -57,16 +61,7 @@ class PodCall:
     ) -> None:
         """An entry in the POD's audit trail (batched; flushed or spooled, never dropped)."""
         self.fabric.governance.audit.record(
-            AuditEntry(
-                action,
-                self.actor,
-                self.tenant_id,
-                self.mode,
-                request=request,
-                response=response,
-                session_id=session_id,
-                cost_usd=cost_usd,
-            )
+            self.caller.entry(action, request=request, response=response, session_id=session_id, cost_usd=cost_usd)
         )
 
 
