@@ -41,6 +41,7 @@ bench: install
 	$(BIN)/python scripts/bench/admission.py
 	$(BIN)/python scripts/bench/agent_proxy.py
 	$(BIN)/python scripts/bench/ws_relay.py
+	$(BIN)/python scripts/bench/scheduling.py
 
 ## Integration suite against docker-compose.test.yml (machines with a Docker engine).
 compose-test: install

@@ -34,7 +34,6 @@ from agent_fabric.audit.writer import AuditWriter  # noqa: E402
 from agent_fabric.settings import AuditSettings, Settings  # noqa: E402
 from agent_fabric.storage.documents import DocumentStore  # noqa: E402
 from agent_fabric.storage.engine import create_engine  # noqa: E402
-from agent_fabric.storage.outbox import OutboxRelay  # noqa: E402
 from agent_fabric.telemetry.metrics import FabricMetrics  # noqa: E402
 from agent_fabric.tenants import TenantRegistry  # noqa: E402
 
@@ -132,8 +131,7 @@ async def engine_for(policies: list[StoredPolicy], tmp: Path) -> PolicyEngine:
     tenants = TenantRegistry(docs, "SANDBOX")
     # The writer only buffers here (it is not started): record() is what a decision pays.
     audit = AuditWriter(engine, AuditSettings(buffer_max=10_000_000), tmp / "spool", metrics)
-    relay = OutboxRelay(engine, None, 1.0)  # type: ignore[arg-type]  # never started
-    desk = ApprovalDesk(engine, settings.approval, relay, tenants, metrics)
+    desk = ApprovalDesk(engine, settings.approval, tenants, metrics)
 
     async def announce(_topic: str) -> None:
         return None

@@ -101,7 +101,7 @@ async def raw_round_trip(url: str, n: int, inflight: int) -> dict[str, float]:
         while not stop.is_set():
             try:
                 msgs = await wsub.fetch(256, timeout=0.5)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):
                 continue
             for msg in msgs:
                 data = orjson.loads(msg.data)
@@ -150,6 +150,18 @@ async def fabric_round_trip(url: str, n: int, inflight: int) -> dict[str, float]
         await nc.close()
 
 
+def serve_env(nats_url: str, database_url: str, **settings: str) -> dict[str, str]:
+    """A benchmarked `agent-fabric serve`: Postgres + Redis, quiet logs, `settings` on top."""
+    return {
+        "AGENT_FABRIC_NATS_URL": nats_url,
+        "AGENT_FABRIC_DATABASE_URL": database_url,
+        "AGENT_FABRIC_REDIS_URL": REDIS_URL,
+        "AGENT_FABRIC_JWT_SECRET": JWT_SECRET,
+        "AGENT_FABRIC_LOG_LEVEL": "WARNING",
+        **settings,
+    }
+
+
 async def make_database() -> tuple[str, str]:
     name = f"af_bench_{uuid.uuid4().hex[:8]}"
     conn = await asyncpg.connect(PG_DSN)
@@ -179,15 +191,7 @@ def main() -> None:
         raw = asyncio.run(raw_round_trip(url, args.tasks, args.inflight))
         db_name, db_url = asyncio.run(make_database())
         server = ServeProcess(
-            Path(tmp) / "fabric",
-            {
-                "AGENT_FABRIC_NATS_URL": url,
-                "AGENT_FABRIC_DATABASE_URL": db_url,
-                "AGENT_FABRIC_REDIS_URL": REDIS_URL,
-                "AGENT_FABRIC_JWT_SECRET": JWT_SECRET,
-                "AGENT_FABRIC_WORKER_CONCURRENCY": str(args.concurrency),
-                "AGENT_FABRIC_LOG_LEVEL": "WARNING",
-            },
+            Path(tmp) / "fabric", serve_env(url, db_url, AGENT_FABRIC_WORKER_CONCURRENCY=str(args.concurrency))
         )
         try:
             server.start()

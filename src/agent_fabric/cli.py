@@ -176,6 +176,20 @@ def status(
     _call("GET", f"{url}/api/v1/tasks/{job_id}", token_value, params=params)
 
 
+@cli.command()
+def cancel(
+    job_id: str,
+    reason: Annotated[str | None, typer.Option(help="Why; part of the task's final message.")] = None,
+    tenant: Annotated[str | None, typer.Option(help="Tenant of the job (admins).")] = None,
+    url: UrlOption = "http://127.0.0.1:8080",
+    token_value: TokenOption = None,
+) -> None:
+    """Cancel a task: a waiting one at once, a running one's driver."""
+    params = {"tenant_id": tenant} if tenant else {}
+    body = {"reason": reason} if reason else None
+    _call("POST", f"{url}/api/v1/tasks/{job_id}/cancel", token_value, params=params, json=body)
+
+
 def main() -> None:
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     cli()

@@ -76,6 +76,20 @@ class BudgetExceeded(InvalidTask):
     title = "Budget exceeded"
 
 
+class QueueFull(InvalidTask):
+    """The tenant or agent already has its maximum of queued tasks; over NATS it fails with this
+    code. Over HTTP nothing is recorded, so the same job_id may be submitted again later."""
+
+    status = 429
+    code = "queue_full"
+    title = "Queue full"
+
+    def __init__(self, message: str, *, job_id: str | None = None, tenant_id: str | None = None, status: int = 429):
+        super().__init__(message, job_id=job_id, tenant_id=tenant_id)
+        self.status = status
+        self.extra = {"retry_after": 1}
+
+
 class InvalidDocument(FabricError):
     """A policy, budget or configuration that would not apply; `errors` says where and why."""
 

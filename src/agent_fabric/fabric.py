@@ -19,6 +19,7 @@ from agent_fabric.admission.approvals import ApprovalDesk
 from agent_fabric.admission.budget import BudgetManager
 from agent_fabric.admission.checks import Admission
 from agent_fabric.admission.decisions import DecisionLog
+from agent_fabric.admission.dependencies import Dependencies
 from agent_fabric.admission.policy import PolicyEngine
 from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.agent_zero.fleet_manager import FleetManager, open_fleet_manager
@@ -35,7 +36,9 @@ from agent_fabric.inbound.submission import Submitter
 from agent_fabric.jetstream import ensure_topology
 from agent_fabric.outbound.progress import ProgressBus, open_progress_bus
 from agent_fabric.outbound.results import ResultPublisher
+from agent_fabric.scheduling.cancellation import Canceller
 from agent_fabric.scheduling.runner import TaskRunner
+from agent_fabric.scheduling.scheduler import AgentScheduler
 from agent_fabric.security.access_state import AccessState
 from agent_fabric.security.credentials import CredentialService
 from agent_fabric.security.jwks import JwksKeys
@@ -48,6 +51,7 @@ from agent_fabric.storage.dead_letters import DeadLetterStore
 from agent_fabric.storage.documents import DocumentStore
 from agent_fabric.storage.engine import create_engine, migrate_async
 from agent_fabric.storage.outbox import OutboxRelay
+from agent_fabric.storage.queue_store import QueueLimits, QueueStore
 from agent_fabric.storage.task_store import TaskStore
 from agent_fabric.telemetry.logging import redact
 from agent_fabric.telemetry.metrics import FabricMetrics
@@ -65,9 +69,11 @@ class Fabric:
     js: JetStreamContext
     engine: AsyncEngine
     store: TaskStore
+    queue_store: QueueStore
     bus: ProgressBus
     drivers: Drivers
     submitter: Submitter
+    scheduler: AgentScheduler
     consumer: TaskConsumer
     tokens: TokenService
     access: AccessState
@@ -79,6 +85,7 @@ class Fabric:
     tracing: Tracing
     fleet_manager: FleetManager
     sessions: SessionManager
+    canceller: Canceller
 
 
 @dataclass
@@ -95,6 +102,7 @@ class Governance:
     control: ControlChannel
     relay: OutboxRelay
     decisions: DecisionLog
+    dependencies: Dependencies
 
 
 def process_identity() -> str:
@@ -141,8 +149,24 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         stack.push_async_callback(batcher.shutdown)
         governance = await _open_governance(stack, settings, engine, batcher, nc, js, metrics)
         store = TaskStore(
-            engine, batcher, finish_hooks=[governance.budgets.settle_finished, governance.decisions.task_finished]
+            engine,
+            batcher,
+            finish_hooks=[
+                governance.budgets.settle_finished,
+                governance.decisions.task_finished,
+                governance.dependencies.on_tasks_finished,
+            ],
         )
+        # Queue records get their own writers: their transaction may take the per-tenant queue lock,
+        # which must not be held across the claims and outcomes batched in the main writer.
+        queue_store = QueueStore(
+            engine,
+            QueueLimits(settings.scheduler.max_queued_per_tenant, settings.scheduler.max_queued_per_agent),
+            linger_ms=settings.database.batch_linger_ms,
+            max_items=settings.database.batch_max,
+        )
+        queue_store.start()
+        stack.push_async_callback(queue_store.shutdown)
 
         access = AccessState(engine, nc)
         await access.start()
@@ -178,10 +202,31 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         await drivers.start()
         results = ResultPublisher(nc, js)
         owner = process_identity()
-        runner = TaskRunner(settings, store, drivers, results, bus, metrics, owner, tracing.tracer)
+        runner = TaskRunner(
+            settings,
+            store,
+            drivers,
+            results,
+            bus,
+            metrics,
+            owner,
+            tracing.tracer,
+        )
         rejector = Rejector(store, DeadLetterStore(batcher), results, metrics)
-        admission = Admission(drivers, governance.policies, governance.approvals, governance.budgets)
-        consumer = TaskConsumer(settings, js, runner, admission, rejector, store, metrics)
+        admission = Admission(
+            drivers, governance.policies, governance.approvals, governance.budgets, governance.dependencies
+        )
+        consumer = TaskConsumer(settings, js, runner, admission, rejector, store, queue_store, metrics)
+        canceller = Canceller(
+            engine,
+            nc,
+            store,
+            runner,
+            governance.approvals,
+            governance.tenants,
+        )
+        await canceller.start()
+        stack.push_async_callback(canceller.shutdown)
         await consumer.start()
         stack.push_async_callback(runner.drain_background)
         stack.push_async_callback(consumer.shutdown, settings.shutdown_grace_seconds)
@@ -195,6 +240,9 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
                 "progress": "redis" if settings.redis_url else "nats",
             },
         )
+        submitter = Submitter(
+            js, store, queue_store, admission, tracing.tracer, settings.scheduler.queue_full_http_status
+        )
         yield Fabric(
             settings=settings,
             owner=owner,
@@ -202,9 +250,11 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             js=js,
             engine=engine,
             store=store,
+            queue_store=queue_store,
             bus=bus,
             drivers=drivers,
-            submitter=Submitter(js, store, admission, tracing.tracer),
+            submitter=submitter,
+            scheduler=AgentScheduler(submitter, store, canceller),
             consumer=consumer,
             tokens=tokens,
             access=access,
@@ -216,6 +266,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             tracing=tracing,
             fleet_manager=fleet_manager,
             sessions=sessions,
+            canceller=canceller,
         )
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 
@@ -247,10 +298,16 @@ async def _open_governance(
     docs = DocumentStore(engine)
     tenants = TenantRegistry(docs, settings.mode)
     control = ControlChannel(nc, settings.policy.reload_seconds)
-    budgets = BudgetManager(engine, budget_batcher, settings.budget, tenants, audit, relay, metrics, control.announce)
+    budgets = BudgetManager(engine, budget_batcher, settings.budget, tenants, audit, metrics, control.announce)
     decisions = DecisionLog(engine, tenants)
+    dependencies = Dependencies(engine, settings.scheduler)
     approvals = ApprovalDesk(
-        engine, settings.approval, relay, tenants, metrics, [budgets.settle_finished], listeners=[decisions]
+        engine,
+        settings.approval,
+        tenants,
+        metrics,
+        [budgets.settle_finished, dependencies.on_tasks_finished],
+        listeners=[decisions],
     )
     policies = PolicyEngine(engine, docs, settings.policy, tenants, audit, metrics, approvals, control.announce)
     control.register("config", tenants.reload)
@@ -262,8 +319,20 @@ async def _open_governance(
     stack.push_async_callback(approvals.shutdown)
     budgets.start()
     stack.push_async_callback(budgets.shutdown)
+    dependencies.start()
+    stack.push_async_callback(dependencies.shutdown)
     return Governance(
-        policies, approvals, budgets, tenants, docs, audit, AuditStore(engine), control, relay, decisions=decisions
+        policies,
+        approvals,
+        budgets,
+        tenants,
+        docs,
+        audit,
+        AuditStore(engine),
+        control,
+        relay,
+        decisions=decisions,
+        dependencies=dependencies,
     )
 
 

@@ -54,6 +54,10 @@ BUDGET_ALERT_EVENT_TYPE: Final = BUDGET_ALERT_SUBJECT
 CONTROL_SUBJECT_PREFIX: Final = "agent.control"
 CONTROL_SUBJECTS: Final = f"{CONTROL_SUBJECT_PREFIX}.*"
 CONTROL_TOPICS: Final = ("policies", "budgets", "config", "instances")
+# "Cancel this job" to every replica (NATS core): the one running it cancels its driver. The body
+# names the job and the message it ends with: {"tenant_id", "job_id", "message"}. The database
+# mark (tasks.cancel_requested_at) covers a replica that missed it.
+CANCEL_SUBJECT: Final = f"{CONTROL_SUBJECT_PREFIX}.cancel"
 
 # HTTP response header naming the tenant's SANDBOX/LIVE mode (seed 000, requirement 7.5).
 MODE_HEADER: Final = "X-Fabric-Mode"
@@ -84,6 +88,12 @@ def approval_requeue_msg_id(approval_id: str) -> str:
     """The Nats-Msg-Id of an approved task put back on agent.execute.* (not the original event's id,
     which the stream's duplicate window may still hold)."""
     return f"approval/{approval_id}/approved"
+
+
+def dependency_release_msg_id(tenant_id: str, job_id: str) -> str:
+    """The Nats-Msg-Id of a task put back on agent.execute.* once its dependencies completed (a task
+    leaves `waiting` once, so this id is used once)."""
+    return f"dependencies/{tenant_id}/{job_id}/released"
 
 
 def redis_progress_channel(job_id: str) -> str:

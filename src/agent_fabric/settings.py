@@ -41,7 +41,7 @@ class NatsSettings(BaseSettings):
     duplicate_window_seconds: float = Field(
         120.0, gt=0, description="JetStream duplicate window: a repeated CloudEvent id is dropped."
     )
-    max_ack_pending: int = Field(20_000, ge=1, description="Unacked messages per consumer across all replicas.")
+    max_ack_pending: int = Field(100_000, ge=1, description="Unacked messages per consumer across all replicas.")
     status_max_age_seconds: float = Field(
         7 * 24 * 3600.0, gt=0, description="How long results stay in the AGENT_STATUS stream."
     )
@@ -211,12 +211,6 @@ class WorkerSettings(BaseSettings):
     model_config = _section("AGENT_FABRIC_WORKER_")
 
     concurrency: int = Field(64, ge=1, description="Tasks one process runs at once.")
-    prefetch: int = Field(
-        64,
-        ge=0,
-        description="Tasks fetched ahead of free slots. Small keeps the backlog in JetStream, "
-        "where other replicas and KEDA can see it.",
-    )
     fetch_batch: int = Field(128, ge=1, description="Most messages asked for in one pull.")
     default_timeout_seconds: float = Field(
         3600.0, gt=0, description="Run time limit for tasks that set no timeout_seconds."
@@ -226,6 +220,58 @@ class WorkerSettings(BaseSettings):
         ge=1,
         description="Deliveries of one task before it fails with `too_many_attempts` "
         "(a task that crashes every process that runs it must not loop forever).",
+    )
+
+
+class SchedulerSettings(BaseSettings):
+    """How held tasks are ordered and bounded (scheduling/; README "Scheduling")."""
+
+    model_config = _section("AGENT_FABRIC_SCHED_")
+
+    window_per_priority: int = Field(
+        20_000,
+        ge=1,
+        description="Tasks one process holds (fetched, not started) per priority class. The fair queue "
+        "orders what is held, so this is how far past a flooding tenant's backlog another tenant's task "
+        "is still seen. Held tasks still count in the consumer's pending count that KEDA reads.",
+    )
+    ageing_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="A held task moves up one priority class for every this many seconds it waits, so "
+        "under a flood of urgent work lower classes still progress.",
+    )
+    reserved_critical_slots: int = Field(
+        4,
+        ge=0,
+        description="Worker slots beyond WORKER_CONCURRENCY that only critical tasks (or tasks aged to critical) "
+        "may take, so critical work starts even while long tasks hold every ordinary slot.",
+    )
+    tenant_max_running: int = Field(0, ge=0, description="Tasks of one tenant running at once per process; 0: no cap.")
+    agent_max_running: int = Field(
+        0, ge=0, description="Tasks of one agent (agent_id, else runtime/profile) running at once per process; 0: none."
+    )
+    tenant_caps: dict[str, int] = Field(
+        default_factory=dict, description='Per-tenant running caps overriding tenant_max_running, e.g. {"acme": 8}.'
+    )
+    agent_caps: dict[str, int] = Field(
+        default_factory=dict, description='Per-agent running caps overriding agent_max_running, e.g. {"gpu-1": 2}.'
+    )
+    max_queued_per_tenant: int = Field(
+        10_000, ge=0, description="Queued (or waiting) tasks one tenant may have; past it `queue_full`. 0: no limit."
+    )
+    max_queued_per_agent: int = Field(
+        0, ge=0, description="Queued tasks one agent may have (FR-SCHED-3); past it `queue_full`. 0: no limit."
+    )
+    queue_full_http_status: Literal[429, 503] = Field(429, description="HTTP status of a `queue_full` refusal.")
+    dependency_wait_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="How long a task waits for a dependency that does not exist yet before it fails "
+        "with `dependency_missing`.",
+    )
+    sweep_seconds: float = Field(
+        1.0, gt=0, description="How often a replica fails tasks whose missing dependencies never appeared."
     )
 
 
@@ -350,6 +396,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     jwt: SecuritySettings = Field(default_factory=SecuritySettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
     agent_zero: AgentZeroSettings = Field(default_factory=AgentZeroSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -85,7 +85,9 @@ class TaskSpec(BaseModel):
     agent_definition: AgentDefinition
     task: TaskBody
     priority: Priority = Priority.NORMAL
-    depends_on: list[str] = Field(default_factory=list, max_length=64)
+    depends_on: list[Annotated[str, Field(pattern=JOB_ID_PATTERN)]] = Field(
+        default_factory=list, max_length=64, description="Job ids in the same tenant that must complete first."
+    )
     timeout_seconds: float | None = Field(None, gt=0, le=7 * 24 * 3600)
     metadata: dict[str, str] = Field(default_factory=dict)
 

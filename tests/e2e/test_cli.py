@@ -1,4 +1,4 @@
-"""The CLI an operator and an init container use: migrate, run-migrations.sh, setup-streams, submit, status."""
+"""The CLI an operator and an init container use: migrate, run-migrations.sh, setup-streams, submit, status, cancel."""
 
 from __future__ import annotations
 
@@ -104,5 +104,12 @@ def test_submit_and_status_talk_to_the_api(tmp_path: Path, nats_url: str) -> Non
         assert json.loads(status.stdout)["result"] == {"via": "cli"}
         missing = run([sys.executable, "-m", "agent_fabric", "status", "no-such-job"], cli_env)
         assert missing.returncode == 1 and json.loads(missing.stdout)["status"] == 404
+        finished = run([sys.executable, "-m", "agent_fabric", "cancel", job], cli_env)
+        assert finished.returncode == 1 and json.loads(finished.stdout)["code"] == "task_finished"
+        sleeper = {"job_id": f"{job}-z", "agent_definition": {"runtime": "builtin"}}
+        task_file.write_text(json.dumps({**sleeper, "task": {"type": "sleep", "input": {"seconds": 60}}}))
+        assert run([sys.executable, "-m", "agent_fabric", "submit", str(task_file)], cli_env).returncode == 0
+        stopped = run([sys.executable, "-m", "agent_fabric", "cancel", f"{job}-z", "--reason", "cli"], cli_env)
+        assert stopped.returncode == 0 and json.loads(stopped.stdout)["cancel_requested"] is True
     finally:
         server.stop()

@@ -20,15 +20,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
-def env(nats_url: str, postgres_url: str, redis_url: str) -> dict[str, str]:
-    return {
-        "AGENT_FABRIC_NATS_URL": nats_url,
-        "AGENT_FABRIC_DATABASE_URL": postgres_url,
-        "AGENT_FABRIC_REDIS_URL": redis_url,
-        "AGENT_FABRIC_NATS_ACK_WAIT_SECONDS": "3",
-        "AGENT_FABRIC_JWT_SECRET": JWT_SECRET,
-        "AGENT_FABRIC_APPROVAL_SWEEP_SECONDS": "0.5",
-    }
+def env(replica_env: dict[str, str]) -> dict[str, str]:
+    return replica_env
 
 
 def bearer(subject: str, role: str = "pod_admin", tenant: str | None = None) -> dict[str, str]:

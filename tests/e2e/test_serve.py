@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from agent_fabric import names
-from tests.support.serve import JWT_SECRET, ServeProcess
+from tests.support.serve import ServeProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -93,19 +93,6 @@ def test_embedded_defaults_newcomer_path(tmp_path: Path) -> None:
     assert "Traceback" not in server.log()
 
 
-@pytest.fixture
-def shared_env(nats_url: str, postgres_url: str, redis_url: str) -> dict[str, str]:
-    """Two or more replicas on one NATS, one Postgres, one Redis; short ack wait for quick redelivery."""
-    return {
-        "AGENT_FABRIC_NATS_URL": nats_url,
-        "AGENT_FABRIC_DATABASE_URL": postgres_url,
-        "AGENT_FABRIC_REDIS_URL": redis_url,
-        "AGENT_FABRIC_NATS_ACK_WAIT_SECONDS": "3",
-        "AGENT_FABRIC_JWT_SECRET": JWT_SECRET,
-        "AGENT_FABRIC_LOG_JSON": "true",
-    }
-
-
 async def completed_results_for(nats_url: str, job: str) -> list[dict[str, Any]]:
     """Every result for `job` stored in AGENT_STATUS (what a durable subscriber would receive)."""
     nc = await nats.connect(nats_url)
@@ -116,7 +103,7 @@ async def completed_results_for(nats_url: str, job: str) -> list[dict[str, Any]]
         while True:
             try:
                 msgs = await sub.fetch(100, timeout=1)
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, TimeoutError):  # nats-py raises either when a fetch runs out
                 break
             for msg in msgs:
                 event = orjson.loads(msg.data)
@@ -128,10 +115,10 @@ async def completed_results_for(nats_url: str, job: str) -> list[dict[str, Any]]
 
 
 def test_kill_9_mid_task_loses_nothing_and_completes_once(
-    tmp_path: Path, shared_env: dict[str, str], nats_url: str
+    tmp_path: Path, replica_env: dict[str, str], nats_url: str
 ) -> None:
-    first = ServeProcess(tmp_path / "a", shared_env, "a").start()
-    tok = token(shared_env)
+    first = ServeProcess(tmp_path / "a", replica_env, "a").start()
+    tok = token(replica_env)
     job = f"kill9-{uuid.uuid4().hex[:8]}"
     core_results: list[bytes] = []
 
@@ -155,8 +142,8 @@ def test_kill_9_mid_task_loses_nothing_and_completes_once(
         first.kill9()
         # A restarted process and another replica race for the redelivery; exactly one resumes it.
         replicas = [
-            ServeProcess(tmp_path / "b", shared_env, "b").start(),
-            ServeProcess(tmp_path / "c", shared_env, "c").start(),
+            ServeProcess(tmp_path / "b", replica_env, "b").start(),
+            ServeProcess(tmp_path / "c", replica_env, "c").start(),
         ]
         task = wait_for(replicas[0].url, tok, job, {"completed", "failed"}, timeout=60)
         assert task["status"] == "completed", task
@@ -173,8 +160,8 @@ def test_kill_9_mid_task_loses_nothing_and_completes_once(
         loop.close()
 
 
-def test_sigterm_drains_running_task_within_grace(tmp_path: Path, shared_env: dict[str, str]) -> None:
-    env = {**shared_env, "AGENT_FABRIC_SHUTDOWN_GRACE_SECONDS": "15"}
+def test_sigterm_drains_running_task_within_grace(tmp_path: Path, replica_env: dict[str, str]) -> None:
+    env = {**replica_env, "AGENT_FABRIC_SHUTDOWN_GRACE_SECONDS": "15"}
     server = ServeProcess(tmp_path / "a", env, "a").start()
     tok = token(env)
     job = f"drain-{uuid.uuid4().hex[:8]}"
@@ -192,8 +179,8 @@ def test_sigterm_drains_running_task_within_grace(tmp_path: Path, shared_env: di
         checker.stop()
 
 
-def test_sigterm_past_grace_hands_the_task_back(tmp_path: Path, shared_env: dict[str, str]) -> None:
-    env = {**shared_env, "AGENT_FABRIC_SHUTDOWN_GRACE_SECONDS": "0.5"}
+def test_sigterm_past_grace_hands_the_task_back(tmp_path: Path, replica_env: dict[str, str]) -> None:
+    env = {**replica_env, "AGENT_FABRIC_SHUTDOWN_GRACE_SECONDS": "0.5"}
     server = ServeProcess(tmp_path / "a", env, "a").start()
     tok = token(env)
     job = f"handback-{uuid.uuid4().hex[:8]}"
@@ -215,9 +202,9 @@ def test_sigterm_past_grace_hands_the_task_back(tmp_path: Path, shared_env: dict
 
 
 def test_nats_publisher_gets_result_from_running_process(
-    tmp_path: Path, shared_env: dict[str, str], nats_url: str
+    tmp_path: Path, replica_env: dict[str, str], nats_url: str
 ) -> None:
-    server = ServeProcess(tmp_path / "a", shared_env, "a").start()
+    server = ServeProcess(tmp_path / "a", replica_env, "a").start()
     job = f"pub-{uuid.uuid4().hex[:8]}"
 
     async def publish_and_wait() -> dict[str, Any]:

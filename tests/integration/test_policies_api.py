@@ -170,7 +170,7 @@ async def test_a_policy_changed_after_the_http_door_is_applied_at_the_nats_door(
     job = new_job_id("changed")
     spec = TaskSpec.model_validate(task(job, "fail", tenant_id=pod))
     event_id = uuid.uuid4().hex
-    assert await fabric_app.fabric.store.insert_queued(spec, spec_hash(spec), event_id) is None
+    assert (await fabric_app.fabric.queue_store.enqueue(spec, spec_hash(spec), event_id)).inserted
     await put_policy(fabric_app, f"{pod}-late", DENY_FAIL, pod)
     async with collect(nc, "agent.status.failed") as failed:
         await nc.jetstream().publish(

@@ -73,11 +73,12 @@ def test_builtin_checks_task_types_and_inputs() -> None:
         assert refused.value.code == code
 
 
-def test_unbuilt_runtimes_and_dependencies_are_refused_not_ignored() -> None:
+def test_unbuilt_runtimes_and_self_dependencies_are_refused_not_ignored() -> None:
     admission = Admission(build_drivers(Settings(), Fleet(Settings().agent_zero)))
     with pytest.raises(InvalidTask) as refused:
         admission.check(spec(agent_definition={"runtime": "agent-zero"}))
     assert refused.value.code == "runtime_unavailable"
+    admission.check(spec(depends_on=["other"]))  # held at admit(), in the database
     with pytest.raises(InvalidTask) as refused:
-        admission.check(spec(depends_on=["other"]))
-    assert refused.value.code == "unsupported"
+        admission.check(spec(depends_on=["other", "j"]))
+    assert refused.value.code == "dependency_cycle" and "j -> j" in refused.value.message

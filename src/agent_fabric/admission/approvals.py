@@ -16,7 +16,6 @@ transactions, so their records commit or roll back with the approval.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -31,13 +30,15 @@ from agent_fabric.admission.policy_model import Action, Effect, PolicyContext, P
 from agent_fabric.audit.entries import AuditEntry, append
 from agent_fabric.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from agent_fabric.events.envelope import TaskEvent
+from agent_fabric.periodic import Periodic, until_short
 from agent_fabric.security.tokens import Principal
 from agent_fabric.settings import ApprovalSettings
 from agent_fabric.storage import approval_store as store
 from agent_fabric.storage.approval_store import ApprovalReader, ApprovalRecord
-from agent_fabric.storage.outbox import OutboxMessage, OutboxRelay, enqueue
+from agent_fabric.storage.outbox import OutboxMessage, enqueue
 from agent_fabric.storage.task_store import FinishHook, spec_hash, utcnow
-from agent_fabric.storage.task_transitions import conclude, park, release_for_run
+from agent_fabric.storage.task_transitions import end_unstarted, park, release_for_run
+from agent_fabric.tasks import TaskStatus
 from agent_fabric.telemetry.metrics import FabricMetrics
 from agent_fabric.tenants import TenantRegistry
 
@@ -92,7 +93,6 @@ class ApprovalDesk:
         self,
         engine: AsyncEngine,
         cfg: ApprovalSettings,
-        relay: OutboxRelay,
         tenants: TenantRegistry,
         metrics: FabricMetrics,
         finish_hooks: Sequence[FinishHook] = (),
@@ -100,13 +100,12 @@ class ApprovalDesk:
     ) -> None:
         self._engine = engine
         self._cfg = cfg
-        self._relay = relay
         self._tenants = tenants
         self._metrics = metrics
         self._finish_hooks = finish_hooks
         self._listeners = listeners
         self.reader = ApprovalReader(engine)
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweeper = Periodic("approval-sweep", cfg.sweep_seconds, until_short(self.sweep, SWEEP_BATCH))
 
     def _ttl(self, seconds: float | None) -> timedelta:
         return timedelta(seconds=min(seconds or self._cfg.default_ttl_seconds, self._cfg.max_ttl_seconds))
@@ -163,7 +162,6 @@ class ApprovalDesk:
         )
 
     def _opened(self) -> None:
-        self._relay.kick()
         self._metrics.approvals.labels("requested").inc()
 
     async def decide(
@@ -197,9 +195,26 @@ class ApprovalDesk:
             if current is not None and current.status == store.PENDING:
                 raise Conflict(f"approval {approval_id} expired at {current.expires_at}", code="approval_expired")
             raise Conflict(f"approval {approval_id} was decided meanwhile", code="approval_not_pending")
-        self._relay.kick()
         self._metrics.approvals.labels(status).inc()
         return decided
+
+    async def withdraw(self, conn: AsyncConnection, tenant_id: str, job_id: str, actor: str, reason: str) -> bool:
+        """In the transaction that cancelled a waiting task: its pending approval ends `rejected`
+        by the canceller with `reason`, announced and audited like any rejection, so nobody can
+        approve it later. Call it after the task left awaiting_approval (its conclusion is then
+        a no-op). Call withdrawn() after the commit when this returned True."""
+        pending = await store.approval_for_job(conn, tenant_id, job_id)
+        if pending is None or pending.status != store.PENDING:
+            return False
+        decided = await store.decide_pending(conn, pending.id, store.REJECTED, actor, reason, utcnow())
+        if decided is None:  # overdue: the sweeper expires it, and finds the task already ended
+            return False
+        await self._follow_up(conn, decided, actor)
+        return True
+
+    def withdrawn(self) -> None:
+        """After the commit of a withdraw() that returned True."""
+        self._metrics.approvals.labels(store.REJECTED).inc()
 
     async def _follow_up(self, conn: AsyncConnection, decided: ApprovalRecord, actor: str) -> None:
         """In the deciding transaction: move the task on, announce, audit."""
@@ -216,7 +231,16 @@ class ApprovalDesk:
                 if decided.status == store.REJECTED
                 else f"approval {decided.id} expired at {decided.expires_at.isoformat()} without a decision"
             )
-            task = await conclude(conn, decided.tenant_id, decided.job_id, code, message, utcnow())
+            task = await end_unstarted(
+                conn,
+                decided.tenant_id,
+                decided.job_id,
+                from_statuses=(TaskStatus.AWAITING_APPROVAL.value,),
+                status=TaskStatus.REJECTED,
+                code=code,
+                message=message,
+                now=utcnow(),
+            )
             if task is not None:
                 messages.append(events.result(task))
                 for hook in self._finish_hooks:
@@ -241,7 +265,6 @@ class ApprovalDesk:
             for record in expired:
                 await self._follow_up(conn, record, "system")
         if expired:
-            self._relay.kick()
             self._metrics.approvals.labels(store.EXPIRED).inc(len(expired))
         return len(expired)
 
@@ -262,24 +285,10 @@ class ApprovalDesk:
             delay = min(delay * 2, 1.0)
 
     def start(self) -> None:
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_loop(), name="approval-sweeper")
+        self._sweeper.start()
 
     async def shutdown(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._cfg.sweep_seconds)
-            try:
-                while await self.sweep() == SWEEP_BATCH:
-                    pass
-            except Exception as exc:
-                log.warning("approval sweep failed; retrying", extra={"error": str(exc)[:300]})
+        await self._sweeper.stop()
 
 
 def _authorize(record: ApprovalRecord, principal: Principal) -> None:

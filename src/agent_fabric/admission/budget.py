@@ -40,7 +40,6 @@ from agent_fabric.settings import BudgetSettings
 from agent_fabric.storage import budget_ledger as ledger
 from agent_fabric.storage import budget_store as bs
 from agent_fabric.storage.batcher import WriteBatcher
-from agent_fabric.storage.outbox import OutboxRelay
 from agent_fabric.storage.tables import budgets
 from agent_fabric.storage.task_store import TaskRecord, utcnow
 from agent_fabric.tasks import TaskSpec
@@ -67,7 +66,6 @@ class BudgetManager:
         cfg: BudgetSettings,
         tenants: TenantRegistry,
         audit: AuditWriter,
-        relay: OutboxRelay,
         metrics: FabricMetrics,
         announce: Announce,
     ) -> None:
@@ -77,10 +75,9 @@ class BudgetManager:
         self._cfg = cfg
         self._tenants = tenants
         self._audit = audit
-        self._relay = relay
         self._metrics = metrics
         self._limited: set[bs.Key] = set()
-        self.folder = BudgetFolder(batcher, cfg.fold_interval_seconds, tenants, relay, metrics)
+        self.folder = BudgetFolder(batcher, cfg.fold_interval_seconds, tenants, metrics)
 
     # -- what applies to a task (in memory) --
 

@@ -24,7 +24,7 @@ from agent_fabric.audit.entries import AuditEntry, append
 from agent_fabric.storage import budget_ledger as ledger
 from agent_fabric.storage import budget_store as bs
 from agent_fabric.storage.batcher import WriteBatcher
-from agent_fabric.storage.outbox import OutboxRelay, enqueue
+from agent_fabric.storage.outbox import enqueue
 from agent_fabric.storage.task_store import utcnow
 from agent_fabric.telemetry.metrics import FabricMetrics
 from agent_fabric.tenants import TenantRegistry
@@ -41,21 +41,17 @@ class BudgetFolder:
         batcher: WriteBatcher,
         interval: float,
         tenants: TenantRegistry,
-        relay: OutboxRelay,
         metrics: FabricMetrics,
     ) -> None:
         self._batcher = batcher
         self._interval = interval
         self._tenants = tenants
-        self._relay = relay
         self._metrics = metrics
         self._task: asyncio.Task[None] | None = None
 
     async def fold(self) -> int:
         """One fold; how many ledger rows it took."""
         folded: ledger.Folded = await self._batcher.submit(self._fold_op, utcnow())
-        if folded.alerts:
-            self._relay.kick()
         for (tenant_id, entity), state in folded.states.items():
             if state.limits.any:
                 self._metrics.budget_usage_ratio.labels(reports.metric_entity(tenant_id, entity)).set(

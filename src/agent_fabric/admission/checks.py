@@ -1,6 +1,6 @@
 """Admission: what a task must pass before it runs, in order, the same at both doors.
 
-1. RefuseDependencies: `depends_on` is not enforced yet, so such a task is refused (unsupported).
+1. RefuseSelfDependency: a task in its own `depends_on` is a cycle (`dependency_cycle`).
 2. The runtime's own checks (drivers/*: unknown task types, bad inputs; runtime_unavailable).
 3. ApplyPolicy: the action `task:<TYPE>` against the tenant's, workspace's and agent's policies;
    deny -> `policy_denied`; require_approval -> the task parks until approvers decide (a task
@@ -9,7 +9,12 @@
    hard limit -> `budget_exceeded`.
 Steps 1-3 decide in memory: the NATS door runs them as it takes a message, the HTTP door before
 it records anything. Parking and reserving touch the database; they run in a worker slot (NATS)
-or in the request (HTTP), before the task is claimed or queued.
+or in the request (HTTP), before the task is claimed or queued, in this order:
+a. AwaitDependencies (admission/dependencies.py): a task with `depends_on` waits (`waiting`) until
+   every dependency completed, or fails with `dependency_failed`; cycles -> `dependency_cycle`.
+   It comes first so approvers are asked, and budgets charged, only for a task that could run;
+   once released its CloudEvent comes back through the door and meets the gates below.
+b. The approval gate of step 3, then step 4.
 """
 
 from __future__ import annotations
@@ -20,10 +25,12 @@ from typing import Literal
 
 from agent_fabric.admission.approvals import ApprovalDesk
 from agent_fabric.admission.budget import BudgetManager
+from agent_fabric.admission.dependencies import Dependencies
+from agent_fabric.admission.dependency_graph import refuse_self_dependency
 from agent_fabric.admission.policy import PolicyEngine
 from agent_fabric.admission.policy_model import Action, Effect, PolicyContext, PolicyDecision
 from agent_fabric.drivers.factory import Drivers
-from agent_fabric.errors import InvalidTask, PolicyDenied
+from agent_fabric.errors import PolicyDenied
 from agent_fabric.events.envelope import TaskEvent
 from agent_fabric.storage.approval_store import ApprovalRecord
 from agent_fabric.tasks import TaskSpec
@@ -42,20 +49,9 @@ class Actor:
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    verdict: Literal["run", "parked", "settled"]
+    verdict: Literal["run", "parked", "waiting", "settled"]
     approval: ApprovalRecord | None = None
     created: bool = False
-
-
-def refuse_dependencies(spec: TaskSpec) -> None:
-    """Refuse `depends_on`: dependencies are not enforced yet, and running early would be wrong."""
-    if spec.depends_on:
-        raise InvalidTask(
-            "depends_on is not supported by this fabric yet; submit the task once its dependencies completed",
-            code="unsupported",
-            job_id=spec.job_id,
-            tenant_id=spec.tenant_id,
-        )
 
 
 def task_action(spec: TaskSpec) -> Action:
@@ -84,8 +80,10 @@ class Admission:
         policies: PolicyEngine | None = None,
         approvals: ApprovalDesk | None = None,
         budgets: BudgetManager | None = None,
+        dependencies: Dependencies | None = None,
     ) -> None:
-        self._checks: tuple[Check, ...] = (refuse_dependencies, drivers.check)
+        self._checks: tuple[Check, ...] = (refuse_self_dependency, drivers.check)
+        self._dependencies = dependencies
         self._policies = policies
         self._approvals = approvals
         self._budgets = budgets
@@ -105,7 +103,12 @@ class Admission:
         return decision
 
     async def admit(self, event: TaskEvent, decision: PolicyDecision | None, actor: Actor) -> Admitted:
-        """Steps 3 (approval) and 4. Raises BudgetExceeded."""
+        """Dependencies, then steps 3 (approval) and 4. Raises InvalidTask (a dependency cycle) and
+        BudgetExceeded."""
+        if event.spec.depends_on and self._dependencies is not None:
+            gate = await self._dependencies.admit(event)
+            if gate.verdict != "run":
+                return Admitted(gate.verdict, created=gate.created)
         approval = None
         if decision is not None and decision.effect == Effect.REQUIRE_APPROVAL and self._approvals is not None:
             hold = await self._approvals.hold(event, decision, actor.name)

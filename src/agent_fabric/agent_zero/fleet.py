@@ -25,6 +25,7 @@ from typing import Any
 from agent_fabric.agent_zero.a2a_client import AgentZeroA2AClient
 from agent_fabric.agent_zero.client import AgentZeroClient, AgentZeroError
 from agent_fabric.agent_zero.mcp_client import AgentZeroMcpClient
+from agent_fabric.periodic import Periodic
 from agent_fabric.settings import AgentZeroSettings, Mode
 
 LIVE_SET: Mode = "LIVE"
@@ -96,7 +97,7 @@ class Fleet:
         self._separate_sandbox = bool(cfg.sandbox_instances())
         self.instances = [self.make_instance(url, key, LIVE_SET) for url, key in cfg.instances()]
         self.instances += [self.make_instance(url, key, SANDBOX_SET) for url, key in cfg.sandbox_instances()]
-        self._checker: asyncio.Task[None] | None = None
+        self._checker = Periodic("agent-zero-health", self._interval, self.check_all)
         self._retired: list[Instance] = []  # removed, closed once their last call has returned
 
     def make_instance(
@@ -136,13 +137,10 @@ class Fleet:
 
     async def start(self) -> None:
         await self.check_all()
-        self._checker = asyncio.create_task(self._check_loop(), name="agent-zero-health")
+        self._checker.start()
 
     async def aclose(self) -> None:
-        if self._checker is not None:
-            self._checker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checker
+        await self._checker.stop()
         for instance in self.instances + self._retired:
             await _close(instance)
         self._retired = []
@@ -235,11 +233,6 @@ class Fleet:
         instance.checked_at = datetime.now(UTC)
         if was != instance.healthy:
             log.info("Agent Zero instance health changed", extra={"url": instance.url, "status": instance.status})
-
-    async def _check_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
-            await self.check_all()
 
 
 async def _close(instance: Instance) -> None:

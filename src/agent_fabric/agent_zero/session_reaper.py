@@ -9,8 +9,6 @@ event) and writes `session_terminated` to the audit trail. The session row stays
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 
@@ -22,6 +20,7 @@ from agent_fabric.agent_zero.session_events import SessionEvents
 from agent_fabric.audit.entries import AuditEntry
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.errors import Conflict
+from agent_fabric.periodic import Periodic
 from agent_fabric.settings import AgentZeroSettings
 from agent_fabric.storage import session_store as store
 from agent_fabric.storage.task_store import utcnow
@@ -49,19 +48,15 @@ class SessionReaper:
         self._tenants = tenants
         self._audit = audit
         self._cfg = cfg
-        self._sweeper: asyncio.Task[None] | None = None
+        # The next round retries a failed sweep; sessions only stay open a little longer.
+        self._sweeper = Periodic("agent-session-sweep", cfg.session_sweep_seconds, self.sweep)
 
     def start(self) -> None:
-        if self._sweeper is None:
-            self._sweeper = asyncio.create_task(self._sweep_loop(), name="agent-session-sweep")
+        self._sweeper.start()
 
     async def aclose(self) -> None:
         """Stop the sweep. Idempotent."""
-        task, self._sweeper = self._sweeper, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._sweeper.stop()
 
     async def terminate(self, session_id: str, actor: str, reason: str = "manual") -> store.SessionRecord:
         """End the session now; 409 if it already ended."""
@@ -99,14 +94,6 @@ class SessionReaper:
                 await self._clean_up(won, SYSTEM_ACTOR, "idle")
                 ended += 1
         return ended
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._cfg.session_sweep_seconds)
-            try:
-                await self.sweep()
-            except Exception as exc:  # the next round retries; sessions only stay open a little longer
-                log.warning("agent session sweep failed", extra={"error": str(exc)})
 
     async def _clean_up(self, session: store.SessionRecord, actor: str, reason: str) -> None:
         """After the winning terminate: delete the chat in Agent Zero and the event log; tell watchers."""

@@ -1,19 +1,28 @@
-"""The JetStream door: pull task messages, keep them alive, hand them to worker slots.
+"""The JetStream door: pull task messages, keep them alive, start them in a fair order.
 
-One durable pull consumer per priority class (`agent-executor-workers-<priority>`). The
-process fetches only as much as it has slots for (plus a small prefetch), so the backlog stays
-in JetStream, visible to KEDA and to other replicas. Fetched tasks wait in a local queue
-ordered by priority. Every held message gets `in_progress` at a third of the ack wait and the
-process renews its database leases at the same time, so only a dead process lets them lapse.
+One durable pull consumer per priority class (`agent-executor-workers-<priority>`), each with
+its own fetch loop and its own window: a process holds at most `SCHED_WINDOW_PER_PRIORITY`
+fetched-but-not-started tasks per class. A class with room keeps a long poll open, so a critical
+task published behind 10,000 low ones reaches this process within a round trip, whatever the low
+backlog: the low window filling up never blocks the critical fetch. Held tasks wait in the fair
+run queue (scheduling/queue.py) that picks the next task for each free worker slot: class with
+ageing, then tenant turn, then agent turn, within per-tenant and per-agent running caps.
+
+Held messages stay unacked, so JetStream's pending + ack-pending count (what KEDA reads) is the
+whole backlog. Every held message gets `in_progress` at a third of the ack wait and the process
+renews its database leases at the same time, so only a dead process lets them lapse.
+
+Every fetched task is recorded as queued (both doors share storage/queue_store.py): that is where
+queue-depth limits refuse with `queue_full`, and what status queries and list_pending read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
+from collections import Counter
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -25,20 +34,22 @@ from nats.js.errors import NotFoundError
 from agent_fabric import names
 from agent_fabric.admission.checks import Actor, Admission
 from agent_fabric.admission.policy_model import PolicyDecision
-from agent_fabric.errors import FabricError
+from agent_fabric.errors import FabricError, QueueFull
 from agent_fabric.events.envelope import TaskEvent, parse_task_event
 from agent_fabric.inbound.rejections import Rejector
+from agent_fabric.scheduling.queue import FairQueue, Picked
 from agent_fabric.scheduling.runner import TaskRunner
 from agent_fabric.settings import Settings
-from agent_fabric.storage.task_store import TaskStore, utcnow
+from agent_fabric.storage.queue_store import Enqueued, QueueStore
+from agent_fabric.storage.task_store import TaskStore, spec_hash, utcnow
 from agent_fabric.tasks import Priority
 from agent_fabric.telemetry.metrics import FabricMetrics
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
+RECORDS_IN_FLIGHT = 2  # fetched batches per class being recorded at once
 BUSY_POLL_SECONDS = 0.01
-_STOP = 99  # sorts after every priority rank: workers see it once the queue is empty
 
 
 def nats_actor(event: TaskEvent) -> Actor:
@@ -49,7 +60,7 @@ def nats_actor(event: TaskEvent) -> Actor:
 class JetStreamDelivery:
     """One held message. Ack, nak and term release its slot."""
 
-    __slots__ = ("_consumer", "_msg", "decision", "event", "num_delivered", "received_at")
+    __slots__ = ("_consumer", "_msg", "decision", "event", "num_delivered", "received_at", "settled")
 
     def __init__(self, consumer: TaskConsumer, msg: Any, event: TaskEvent, decision: PolicyDecision | None) -> None:
         self._consumer = consumer
@@ -58,16 +69,19 @@ class JetStreamDelivery:
         self.decision = decision
         self.num_delivered = int(msg.metadata.num_delivered)
         self.received_at = time.perf_counter()
+        self.settled = False
 
     @property
     def msg(self) -> Any:
         return self._msg
 
     async def ack(self) -> None:
+        self.settled = True
         self._consumer.release(self)
         await self._msg.ack()
 
     async def nak(self, delay: float | None = None) -> None:
+        self.settled = True
         self._consumer.release(self)
         await self._msg.nak(delay=delay)
 
@@ -84,6 +98,7 @@ class TaskConsumer:
         admission: Admission,
         rejector: Rejector,
         store: TaskStore,
+        queue_store: QueueStore,
         metrics: FabricMetrics,
     ) -> None:
         self._settings = settings
@@ -92,26 +107,34 @@ class TaskConsumer:
         self._admission = admission
         self._rejector = rejector
         self._store = store
+        self._queue_store = queue_store
         self._metrics = metrics
-        self._queue: asyncio.PriorityQueue[tuple[int, int, JetStreamDelivery | None]] = asyncio.PriorityQueue()
-        self._seq = itertools.count()
+        sched = settings.scheduler
+        self.queue: FairQueue[JetStreamDelivery] = FairQueue(
+            sched.ageing_seconds,
+            tenant_cap=lambda tenant: sched.tenant_caps.get(tenant, sched.tenant_max_running),
+            agent_cap=lambda agent: sched.agent_caps.get(agent, sched.agent_max_running),
+        )
+        self._window = sched.window_per_priority
         self._held: set[JetStreamDelivery] = set()
-        self._capacity = settings.worker.concurrency + settings.worker.prefetch
-        self._room = asyncio.Event()
-        self._room.set()
+        # Fetched and being recorded, per class: counts against the window like queued tasks.
+        self._arriving: Counter[str] = Counter()
+        self._room = {priority: asyncio.Event() for priority in names.PRIORITIES}
+        self._free_slots = settings.worker.concurrency
+        self._free_reserved = sched.reserved_critical_slots
+        self._slot_freed_at = 0.0
         self._stopping = False
         self._fetchers: list[asyncio.Task[None]] = []
-        self._workers: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Task[None]] = set()
         self._background: list[asyncio.Task[None]] = []
         self._intake: set[asyncio.Task[None]] = set()
+        self._recording: set[asyncio.Task[None]] = set()
+        self._recorders = {priority: asyncio.Semaphore(RECORDS_IN_FLIGHT) for priority in names.PRIORITIES}
 
     async def start(self) -> None:
         for priority in names.PRIORITIES:
             sub = await self._js.pull_subscribe_bind(names.consumer_name(priority), names.TASK_STREAM)
             self._fetchers.append(asyncio.create_task(self._fetch_loop(priority, sub), name=f"fetch-{priority}"))
-        self._workers = [
-            asyncio.create_task(self._worker(), name=f"worker-{i}") for i in range(self._settings.worker.concurrency)
-        ]
         self._background.append(asyncio.create_task(self._keepalive_loop(), name="keepalive"))
 
     @property
@@ -121,19 +144,22 @@ class TaskConsumer:
     def release(self, delivery: JetStreamDelivery) -> None:
         self._held.discard(delivery)
         self._metrics.tasks_held.set(len(self._held))
-        if len(self._held) < self._capacity:
-            self._room.set()
 
+    def _queued_in(self, priority: str) -> int:
+        return self.queue.held_by_rank.get(Priority(priority).rank, 0) + self._arriving[priority]
+
+    # -- fetching --
     async def _fetch_loop(self, priority: str, sub: Any) -> None:
         # nats-py's fetch(batch=n) returns at once with what is there, but when nothing is, its
         # lingering pull waits the whole timeout for n messages. So: idle, long-poll for one;
         # busy, ask for up to `room` with a short expiry; a result of none flips back to idle.
         idle = True
+        room_event = self._room[priority]
         while not self._stopping:
-            room = self._capacity - len(self._held)
+            room = self._window - self._queued_in(priority)
             if room <= 0:
-                self._room.clear()
-                await self._room.wait()
+                room_event.clear()
+                await room_event.wait()
                 continue
             batch, timeout = (
                 (1, IDLE_POLL_SECONDS) if idle else (min(room, self._settings.worker.fetch_batch), BUSY_POLL_SECONDS)
@@ -148,10 +174,60 @@ class TaskConsumer:
                 await asyncio.sleep(0.5)
                 continue
             idle = False
-            for msg in msgs:
-                self._take(priority, msg)
+            # Reading may run ahead of recording by a few batches, not more: a flood's records
+            # would otherwise crowd the event loop and the database ahead of everything else.
+            await self._recorders[priority].acquire()
+            self._take(priority, msgs)
 
-    def _take(self, priority: str, msg: Any) -> None:
+    def _take(self, priority: str, msgs: list[Any]) -> None:
+        """Parse and admit in memory, then record as queued in the background: the next fetch does
+        not wait for the database, so reading a backlog (and what is behind it) goes at NATS speed."""
+        fetched = time.perf_counter()
+        arrivals: list[JetStreamDelivery] = []
+        for msg in msgs:
+            delivery = self._parse(priority, msg)
+            if delivery is not None:
+                arrivals.append(delivery)
+                self._held.add(delivery)
+        self._metrics.tasks_held.set(len(self._held))
+        if not arrivals:
+            self._recorders[priority].release()
+            return
+        self._arriving[priority] += len(arrivals)
+        task = asyncio.create_task(self._record(priority, arrivals, fetched))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record(self, priority: str, arrivals: list[JetStreamDelivery], fetched: float) -> None:
+        """Record as queued (queue limits), then hand to the run queue."""
+        try:
+            recorded = await asyncio.gather(
+                *(self._queue_store.enqueue(d.event.spec, spec_hash(d.event.spec), d.event.id) for d in arrivals),
+                return_exceptions=True,
+            )
+        finally:
+            self._arriving[priority] -= len(arrivals)
+            self._recorders[priority].release()
+        for delivery, outcome in zip(arrivals, recorded, strict=True):
+            if isinstance(outcome, BaseException):
+                log.warning("could not record a task as queued; redelivering", extra={"error": str(outcome)})
+                await delivery.nak(delay=1.0)  # the database is away: the task waits in JetStream
+            elif outcome.full is not None:
+                self.release(delivery)
+                self._spawn_refusal(delivery.msg, _queue_full(delivery, outcome), delivery.event.id)
+            else:
+                delivery.received_at = time.perf_counter()
+                self.queue.push(
+                    delivery,
+                    rank=delivery.event.spec.priority.rank,
+                    tenant=delivery.event.spec.tenant_id,
+                    agent=delivery.event.spec.agent_definition.label,
+                )
+        self._metrics.intake_latency.labels(priority).observe(time.perf_counter() - fetched)
+        self._metrics.tasks_queued.labels(priority).set(self._queued_in(priority))
+        self._dispatch()
+
+    def _parse(self, priority: str, msg: Any) -> JetStreamDelivery | None:
         event: TaskEvent | None = None
         try:
             event = parse_task_event(msg.headers or {}, msg.data, max_bytes=self._settings.max_event_bytes)
@@ -162,14 +238,11 @@ class TaskConsumer:
             decision = self._admission.check(event.spec, nats_actor(event), door="nats")
         except FabricError as exc:
             self._spawn_refusal(msg, exc, event.id if event is not None else None)
-            return
+            return None
         except ValueError as exc:  # a subject outside the four priorities
             self._spawn_refusal(msg, FabricError(str(exc), code="invalid_subject"))
-            return
-        delivery = JetStreamDelivery(self, msg, event, decision)
-        self._held.add(delivery)
-        self._metrics.tasks_held.set(len(self._held))
-        self._queue.put_nowait((event.spec.priority.rank, next(self._seq), delivery))
+            return None
+        return JetStreamDelivery(self, msg, event, decision)
 
     def _spawn_refusal(self, msg: Any, exc: FabricError, event_id: str | None = None) -> None:
         task = asyncio.create_task(self._refuse(msg, exc, event_id))
@@ -199,21 +272,60 @@ class TaskConsumer:
             return
         await msg.term()
 
-    async def _worker(self) -> None:
-        while True:
-            _, _, delivery = await self._queue.get()
-            if delivery is None:
+    # -- dispatching --
+    def _dispatch(self) -> None:
+        """Start what the free slots may take, in the fair queue's order. Called right where a
+        task becomes ready or a slot frees, so a start never waits for another loop turn. The
+        reserved slots take only tasks of (effective) class critical, so critical work starts
+        even when long tasks hold every ordinary slot."""
+        while not self._stopping:
+            picked, reserved = self._next()
+            if picked is None:
                 return
-            self._metrics.scheduling_latency.observe(time.perf_counter() - delivery.received_at)
-            try:
-                if await self._admit(delivery):
-                    await self._runner.handle(delivery)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("task handling failed; handing it back", extra={"job_id": delivery.event.spec.job_id})
+            now = time.perf_counter()
+            delivery = picked.item
+            priority = delivery.event.spec.priority.value
+            self._metrics.scheduling_latency.observe(now - max(delivery.received_at, self._slot_freed_at))
+            self._metrics.queue_wait.labels(priority).observe(now - delivery.received_at)
+            self._metrics.tasks_queued.labels(priority).set(self._queued_in(priority))
+            self._room[priority].set()
+            task = asyncio.create_task(self._run(picked, reserved), name=f"task-{delivery.event.spec.job_id}")
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _next(self) -> tuple[Picked[JetStreamDelivery] | None, bool]:
+        if self._free_slots > 0:
+            picked = self.queue.pop()
+            if picked is not None:
+                self._free_slots -= 1
+            return picked, False
+        if self._free_reserved > 0:
+            picked = self.queue.pop(max_rank=Priority.CRITICAL.rank)
+            if picked is not None:
+                self._free_reserved -= 1
+            return picked, True
+        return None, False
+
+    async def _run(self, picked: Picked[JetStreamDelivery], reserved: bool) -> None:
+        delivery = picked.item
+        try:
+            if await self._admit(delivery):
+                await self._runner.handle(delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("task handling failed; handing it back", extra={"job_id": delivery.event.spec.job_id})
+            if not delivery.settled:
                 with contextlib.suppress(Exception):
                     await delivery.nak(delay=2.0)
+        finally:
+            self.queue.done(picked.tenant, picked.agent)
+            if reserved:
+                self._free_reserved += 1
+            else:
+                self._free_slots += 1
+            self._slot_freed_at = time.perf_counter()
+            self._dispatch()
 
     async def _admit(self, delivery: JetStreamDelivery) -> bool:
         """Approval gate and budget reservation; True to run it now. A parked or already-decided
@@ -229,19 +341,27 @@ class TaskConsumer:
         await delivery.ack()
         return False
 
+    # -- upkeep --
     async def _keepalive_loop(self) -> None:
         interval = self._settings.nats.ack_wait_seconds / 3
         while True:
             await asyncio.sleep(interval)
-            for delivery in list(self._held):
+            for n, delivery in enumerate(list(self._held), 1):
                 with contextlib.suppress(Exception):
                     await delivery.in_progress()
+                if n % 256 == 0:
+                    # A publish into the client's buffer does not suspend: with 20,000 held tasks
+                    # this loop would otherwise hold the event loop for a third of a second.
+                    await asyncio.sleep(0)
             try:
-                await self._store.renew_leases(
+                marked = await self._store.renew_leases(
                     self._runner.owner, utcnow() + timedelta(seconds=self._settings.nats.ack_wait_seconds)
                 )
             except Exception as exc:
                 log.warning("lease renewal failed", extra={"error": str(exc)})
+                marked = []
+            for tenant_id, job_id, message in marked:  # cancelled, and the broadcast missed us
+                self._runner.cancel_local(tenant_id, job_id, message)
             await self._observe_lag()
 
     async def _observe_lag(self) -> None:
@@ -256,23 +376,28 @@ class TaskConsumer:
         if self._stopping:
             return
         self._stopping = True
-        self._room.set()
+        for event in self._room.values():
+            event.set()
         await asyncio.gather(*self._fetchers, return_exceptions=True)
+        if self._recording:
+            await asyncio.gather(*self._recording, return_exceptions=True)
         if self._intake:
             await asyncio.gather(*self._intake, return_exceptions=True)
         # Not started yet: straight back to JetStream for another replica.
-        while not self._queue.empty():
-            _, _, delivery = self._queue.get_nowait()
-            if delivery is not None:
-                with contextlib.suppress(Exception):
-                    await delivery.nak(delay=0)
-        for _ in self._workers:
-            self._queue.put_nowait((_STOP, next(self._seq), None))
-        _, late = await asyncio.wait(self._workers, timeout=grace) if self._workers else (set(), set())
+        for delivery in self.queue.remove(lambda _: True):
+            with contextlib.suppress(Exception):
+                await delivery.nak(delay=0)
+        running = set(self._running)
+        _, late = await asyncio.wait(running, timeout=grace) if running else (set(), set())
         for task in late:
             task.cancel()
-        await asyncio.gather(*self._workers, return_exceptions=True)
+        await asyncio.gather(*running, return_exceptions=True)
         for task in self._background:
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
         log.info("consumer drained", extra={"handed_back_running": len(late)})
+
+
+def _queue_full(delivery: JetStreamDelivery, outcome: Enqueued) -> QueueFull:
+    spec = delivery.event.spec
+    return QueueFull(outcome.full or "queue full", job_id=spec.job_id, tenant_id=spec.tenant_id)

@@ -91,6 +91,22 @@ class _Run:
             self.runner.metrics.tokens_total.labels(self.spec.agent_definition.label, model or "unknown").inc(tokens)
 
 
+@dataclass
+class _Driving:
+    """A task this process holds, from its claim to its outcome: what a cancellation acts on."""
+
+    cancelled_by: str | None = None  # the message it ends with, once someone cancelled it
+    driver: asyncio.Task[Any] | None = None
+
+    def cancel(self, message: str) -> None:
+        # Once only: a second cancel() would interrupt the driver's own clean-up (a chat reset).
+        if self.cancelled_by is not None:
+            return
+        self.cancelled_by = message
+        if self.driver is not None:
+            self.driver.cancel()
+
+
 class TaskRunner:
     def __init__(
         self,
@@ -117,6 +133,7 @@ class TaskRunner:
         # Results this process published whose "published" flag is still on its way to the
         # database: a duplicate arriving in that window must not publish them again.
         self._publishing: set[tuple[str, str]] = set()
+        self._driving: dict[tuple[str, str], _Driving] = {}
 
     async def handle(self, delivery: Delivery) -> None:
         spec = delivery.event.spec
@@ -150,30 +167,44 @@ class TaskRunner:
         if not claim.claimed:
             await self._not_ours(delivery, claim.current)
             return
-        if claim.attempts > 1:
+        key = (spec.tenant_id, spec.job_id)
+        # A task taken over from a replica that died may have been cancelled meanwhile.
+        self._driving[key] = driving = _Driving(cancelled_by=claim.cancelled_by)
+        try:
+            await self._run_claimed(delivery, claim.attempts, driving)
+        finally:
+            self._driving.pop(key, None)
+
+    async def _run_claimed(self, delivery: Delivery, attempts: int, driving: _Driving) -> None:
+        spec = delivery.event.spec
+        if attempts > 1:
             self.metrics.redeliveries.inc()
-        if claim.attempts > self.settings.worker.max_attempts:
-            run = _Run(spec, claim.attempts, None, 0, self)
+        if driving.cancelled_by is not None:
+            run = _Run(spec, attempts, None, 0, self)
+            await self._conclude(delivery, run, TaskStatus.CANCELLED, None, "cancelled", driving.cancelled_by, 0.0)
+            return
+        if attempts > self.settings.worker.max_attempts:
+            run = _Run(spec, attempts, None, 0, self)
             await self._conclude(
                 delivery,
                 run,
                 TaskStatus.FAILED,
                 None,
                 "too_many_attempts",
-                f"gave up after {claim.attempts - 1} attempts died before finishing",
+                f"gave up after {attempts - 1} attempts died before finishing",
                 0.0,
             )
             return
-        saved = await self.store.latest_checkpoint(spec.tenant_id, spec.job_id) if claim.attempts > 1 else None
-        run = _Run(spec, claim.attempts, saved[1] if saved else None, saved[0] if saved else 0, self)
+        saved = await self.store.latest_checkpoint(spec.tenant_id, spec.job_id) if attempts > 1 else None
+        run = _Run(spec, attempts, saved[1] if saved else None, saved[0] if saved else 0, self)
         await self._publish_live(
             run, EventRow(run.attempt, 0, "state", TaskStatus.RUNNING.value, {"attempt": run.attempt})
         )
         if self.settings.publish_transitions:
             await self.results.publish_transition(spec.tenant_id, spec.job_id, TaskStatus.RUNNING, run.attempt)
-        await self._drive(delivery, run)
+        await self._drive(delivery, run, driving)
 
-    async def _drive(self, delivery: Delivery, run: _Run) -> None:
+    async def _drive(self, delivery: Delivery, run: _Run, driving: _Driving) -> None:
         spec = run.spec
         label = spec.agent_definition.label
         self._agent_started(label)
@@ -182,8 +213,12 @@ class TaskRunner:
         outcome: tuple[TaskStatus, Any, str | None, str | None]
         try:
             driver = self.drivers.for_task(spec)
+            if driving.cancelled_by is not None:  # cancelled between its claim and now
+                raise asyncio.CancelledError
+            # Its own asyncio task, so a cancellation stops the driver and not this worker.
+            driving.driver = asyncio.create_task(driver.run(run), name=f"drive {spec.job_id}")
             async with asyncio.timeout(timeout):
-                result = await driver.run(run)
+                result = await driving.driver
         except TimeoutError:
             outcome = (TaskStatus.TIMED_OUT, None, "timeout", f"the run exceeded its {timeout:g} s timeout")
         except TaskFailure as exc:
@@ -191,10 +226,13 @@ class TaskRunner:
         except InvalidTask as exc:
             outcome = (TaskStatus.REJECTED, None, exc.code, exc.message)
         except asyncio.CancelledError:
-            # Shutdown past the grace period: hand the task back so another replica resumes it
-            # from its last checkpoint right away, instead of after the lease lapses.
-            await asyncio.shield(self._hand_back(delivery, spec))
-            raise
+            if driving.cancelled_by is None or _stopping():
+                # Shutdown past the grace period: hand the task back so another replica resumes it
+                # from its last checkpoint right away, instead of after the lease lapses (and ends
+                # it as cancelled there, if that is what was asked meanwhile).
+                await asyncio.shield(self._hand_back(delivery, spec))
+                raise
+            outcome = (TaskStatus.CANCELLED, None, "cancelled", driving.cancelled_by)
         except Exception as exc:
             log.exception("driver crashed", extra={"job_id": spec.job_id, "runtime": spec.agent_definition.runtime})
             outcome = (TaskStatus.FAILED, None, "driver_error", f"{type(exc).__name__}: {exc}"[:1000])
@@ -202,6 +240,9 @@ class TaskRunner:
             outcome = (TaskStatus.COMPLETED, result, None, None)
         finally:
             self._agent_finished(label)
+        if driving.cancelled_by is not None and outcome[0] != TaskStatus.COMPLETED:
+            # A driver that turned the cancellation into a failure of its own still ends cancelled.
+            outcome = (TaskStatus.CANCELLED, None, "cancelled", driving.cancelled_by)
         elapsed = time.monotonic() - started
         self.metrics.task_duration.observe(elapsed)
         status, value, code, message = outcome
@@ -254,6 +295,14 @@ class TaskRunner:
             await self._publish_live(run, row)
         await self._publish_and_ack(delivery, record)
 
+    def cancel_local(self, tenant_id: str, job_id: str, message: str) -> bool:
+        """Stop a task this process holds; it ends `cancelled` with `message`. False if not held here."""
+        driving = self._driving.get((tenant_id, job_id))
+        if driving is None:
+            return False
+        driving.cancel(message)
+        return True
+
     async def _publish_and_ack(self, delivery: Delivery, record: TaskRecord) -> None:
         context = trace_attributes(trace.get_current_span())
         published, _ = await _retrying(
@@ -304,6 +353,10 @@ class TaskRunner:
             else:
                 await self._publish_and_ack(delivery, current)
             return
+        if current.status == TaskStatus.WAITING:
+            # Parked until its dependencies complete; their release puts it back on the stream.
+            await delivery.ack()
+            return
         if delivery.event.id == current.event_id:
             # This very message came back while a live owner still runs it (its in_progress was
             # lost): keep it, try again once the lease could have lapsed.
@@ -348,6 +401,12 @@ class TaskRunner:
             del self._active_agents[label]
         self.metrics.agents_active.set(len(self._active_agents))
         self.metrics.tasks_running.dec()
+
+
+def _stopping() -> bool:
+    """Whether the worker itself is being cancelled (shutdown), not only the driver's task."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _recently(moment: datetime | None, seconds: float) -> bool:

@@ -11,6 +11,8 @@ from typing import Final
 
 TASKS_SUBMIT: Final = "tasks:submit"
 TASKS_READ: Final = "tasks:read"
+# Cancelling: whoever may submit in a tenant may cancel its tasks (every role but viewer).
+TASKS_CANCEL: Final = "tasks:cancel"
 POLICIES_READ: Final = "policies:read"
 POLICIES_WRITE: Final = "policies:write"
 POLICIES_CHECK: Final = "policies:check"
@@ -30,7 +32,7 @@ POD_ADMIN: Final = "pod:admin"
 PUBLIC: Final = "public"
 
 _READ = frozenset({TASKS_READ, POLICIES_READ, APPROVALS_READ, BUDGETS_READ})
-_AGENT = _READ | {TASKS_SUBMIT, POLICIES_CHECK, APPROVALS_REQUEST}
+_AGENT = _READ | {TASKS_SUBMIT, TASKS_CANCEL, POLICIES_CHECK, APPROVALS_REQUEST}
 _POD_ADMIN = _AGENT | {
     POLICIES_WRITE,
     APPROVALS_DECIDE,
@@ -51,7 +53,7 @@ BUILTIN_ROLES: Final[dict[str, frozenset[str]]] = {
     "admin": frozenset(_ADMIN),
     # A POD's administrator: everything in its own tenant, including its agents' API keys.
     "pod_admin": frozenset(_POD_ADMIN),
-    # An agent or service acting for its tenant: submit, ask the policy, request approvals, read.
+    # An agent or service acting for its tenant: submit and cancel tasks, ask the policy, request approvals, read.
     "agent": frozenset(_AGENT),
     # Read-only, its own tenant (not the audit trail nor the configuration).
     "viewer": frozenset(_READ),

@@ -15,9 +15,10 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from nats.js import JetStreamContext
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, event, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric import names
@@ -26,6 +27,7 @@ from agent_fabric.storage.tables import outbox
 log = logging.getLogger(__name__)
 
 BATCH = 100
+_WRITTEN = "agent_fabric.outbox_written"  # connection info: outbox rows written in this transaction
 KEEP_SENT = timedelta(days=1)
 
 
@@ -37,17 +39,21 @@ class OutboxMessage:
 
 
 async def enqueue(conn: AsyncConnection, *messages: OutboxMessage) -> None:
-    """Store events in the caller's transaction; call OutboxRelay.kick() after the commit."""
+    """Store events in the caller's transaction. The connection is marked, and its return to the
+    pool, which follows the commit, wakes the relay: whoever owns the transaction (a batched
+    finish running hooks, an approval, a fold) need not know that events were written in it."""
     if messages:
         now = datetime.now(UTC)
         await conn.execute(
             insert(outbox),
             [{"subject": m.subject, "msg_id": m.msg_id, "body": m.body, "created_at": now} for m in messages],
         )
+        conn.info[_WRITTEN] = True
 
 
 class OutboxRelay:
     def __init__(self, engine: AsyncEngine, js: JetStreamContext, sweep_seconds: float) -> None:
+        event.listen(engine.sync_engine, "checkin", self._checked_in)
         self._engine = engine
         self._js = js
         self._sweep = sweep_seconds
@@ -57,6 +63,11 @@ class OutboxRelay:
 
     def kick(self) -> None:
         self._wake.set()
+
+    def _checked_in(self, _dbapi_connection: Any, record: Any) -> None:
+        # After a commit (or a rollback, when the wake-up finds nothing new to send).
+        if record is not None and record.info.pop(_WRITTEN, False):
+            self.kick()
 
     def start(self) -> None:
         if self._task is None:

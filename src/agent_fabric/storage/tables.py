@@ -52,8 +52,26 @@ tasks = Table(
     Column("started_at", Timestamp, nullable=True),
     Column("finished_at", Timestamp, nullable=True),
     Column("updated_at", Timestamp, nullable=False),
+    # Cancellation asked for while the task ran: the owner stops its driver; a later claim of the
+    # task (its owner died) concludes it as cancelled instead of running it.
+    Column("cancel_requested_at", Timestamp, nullable=True),
+    # A task waiting for dependencies that do not exist yet fails at this moment (dependency_missing).
+    Column("wait_until", Timestamp, nullable=True),
     Index("ix_tasks_status", "status"),
     Index("ix_tasks_tenant_created", "tenant_id", "created_at"),
+    # Queue depth per tenant and per agent (queue_full), and list_pending(agent_id).
+    Index("ix_tasks_tenant_status_agent", "tenant_id", "status", "agent_label"),
+)
+
+# `depends_on` edges: job_id waits for depends_on (same tenant). Looked up from the finished side
+# when a task ends, so its waiting dependents are released or failed in the same transaction.
+task_dependencies = Table(
+    "task_dependencies",
+    metadata,
+    Column("tenant_id", String(64), primary_key=True),
+    Column("job_id", String(128), primary_key=True),
+    Column("depends_on", String(128), primary_key=True),
+    Index("ix_task_dependencies_upstream", "tenant_id", "depends_on"),
 )
 
 # The job's event log: state transitions, driver progress and the end event, in order.

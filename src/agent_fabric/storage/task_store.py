@@ -110,6 +110,8 @@ class ClaimResult:
     claimed: bool
     attempts: int
     current: TaskRecord | None  # the row as it stands when the claim was refused
+    # Taken over a task someone asked to cancel (its owner died first): the message it ends with.
+    cancelled_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -227,11 +229,14 @@ async def _claim_op(conn: AsyncConnection, items: Sequence[Claim]) -> list[Claim
     ]
     # One statement shape for every batch: executemany with RETURNING is folded by SQLAlchemy into
     # multi-row INSERTs ("insertmanyvalues") without recompiling per batch size.
-    claimed = {
-        (r.tenant_id, r.job_id): int(r.attempts)
-        for r in await conn.execute(_claim_statement(conn), values)
-        if r.tenant_id is not None
-    }
+    claimed: dict[tuple[str, str], int] = {}
+    cancelled_by: dict[tuple[str, str], str] = {}
+    for r in await conn.execute(_claim_statement(conn), values):
+        if r.tenant_id is None:
+            continue
+        claimed[(r.tenant_id, r.job_id)] = int(r.attempts)
+        if r.cancel_requested_at is not None:  # a running task's mark: error_message holds the message
+            cancelled_by[(r.tenant_id, r.job_id)] = r.error_message or "cancelled"
     repeats = [(c.spec.tenant_id, c.spec.job_id) for c in items if firsts[(c.spec.tenant_id, c.spec.job_id)] is not c]
     refused = await _select_rows(conn, [k for k in firsts if k not in claimed] + repeats)
     now = items[0].now
@@ -252,7 +257,7 @@ async def _claim_op(conn: AsyncConnection, items: Sequence[Claim]) -> list[Claim
     for c in items:
         key = (c.spec.tenant_id, c.spec.job_id)
         if key in claimed and firsts[key] is c:
-            results.append(ClaimResult(claimed=True, attempts=claimed[key], current=None))
+            results.append(ClaimResult(True, claimed[key], None, cancelled_by.get(key)))
         else:
             current = refused.get(key)
             results.append(ClaimResult(claimed=False, attempts=current.attempts if current else 0, current=current))
@@ -276,13 +281,21 @@ def _claim_statement(conn: AsyncConnection) -> Any:
                 "started_at": func.coalesce(tasks.c.started_at, ins.excluded.started_at),
                 "updated_at": ins.excluded.updated_at,
             },
-            # Taken only if not finished and nobody holds a live lease (updated_at is the claim's now).
+            # Taken only if not finished, not waiting for dependencies (their release puts it back on
+            # the stream) and nobody holds a live lease (updated_at is the claim's now).
             # (Spelled as != chains: an IN list expands per call, which executemany cannot take.)
             where=and_(
-                *(tasks.c.status != value for value in TERMINAL_VALUES),
+                *(tasks.c.status != value for value in (*TERMINAL_VALUES, TaskStatus.WAITING.value)),
                 or_(tasks.c.owner.is_(None), tasks.c.lease_until < ins.excluded.updated_at),
             ),
-        ).returning(tasks.c.tenant_id, tasks.c.job_id, tasks.c.attempts, sort_by_parameter_order=True)
+        ).returning(
+            tasks.c.tenant_id,
+            tasks.c.job_id,
+            tasks.c.attempts,
+            tasks.c.cancel_requested_at,
+            tasks.c.error_message,
+            sort_by_parameter_order=True,
+        )
     return _CLAIM_STATEMENTS[dialect]
 
 
@@ -408,38 +421,6 @@ async def _finish_op(conn: AsyncConnection, items: Sequence[Outcome]) -> list[Ta
             event_rows.extend(_event_dict(o.tenant_id, o.job_id, ev) for ev in o.events)
     await _insert_events(conn, event_rows)
     return won
-
-
-async def _insert_queued_op(
-    conn: AsyncConnection, items: Sequence[tuple[TaskSpec, str, str | None, datetime]]
-) -> list[TaskRecord | None]:
-    """Record HTTP submissions as queued. Returns None when inserted, else the existing row."""
-    results: list[TaskRecord | None] = []
-    for spec, hash_, event_id, now in items:
-        stmt = (
-            _insert_for(conn)(tasks)
-            .values(_new_row(spec, hash_, event_id, now))
-            .on_conflict_do_nothing()
-            .returning(tasks.c.job_id)
-        )
-        inserted = (await conn.execute(stmt)).first() is not None
-        if inserted:
-            await _insert_events(
-                conn,
-                [
-                    _event_dict(
-                        spec.tenant_id,
-                        spec.job_id,
-                        EventRow(
-                            attempt=0, n=0, kind="state", status=TaskStatus.QUEUED.value, data=None, created_at=now
-                        ),
-                    )
-                ],
-            )
-            results.append(None)
-        else:
-            results.append((await _select_rows(conn, [(spec.tenant_id, spec.job_id)]))[(spec.tenant_id, spec.job_id)])
-    return results
 
 
 async def _reject_op(conn: AsyncConnection, items: Sequence[Rejection]) -> list[bool]:
@@ -569,6 +550,10 @@ class TaskStore:
         self._batcher = batcher
         self.finish_hooks: list[FinishHook] = list(finish_hooks)
 
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
     async def _finish_with_hooks(self, conn: AsyncConnection, items: Sequence[Outcome]) -> list[TaskRecord | None]:
         won = await _finish_op(conn, items)
         finished = [r for r in won if r is not None]
@@ -596,10 +581,6 @@ class TaskStore:
         another attempt took the task over."""
         record: TaskRecord | None = await self._batcher.submit(self._finish_with_hooks, outcome)
         return record
-
-    async def insert_queued(self, spec: TaskSpec, hash_: str, event_id: str | None) -> TaskRecord | None:
-        existing: TaskRecord | None = await self._batcher.submit(_insert_queued_op, (spec, hash_, event_id, utcnow()))
-        return existing
 
     async def reject(self, rejection: Rejection) -> bool:
         inserted: bool = await self._batcher.submit(self._reject_with_hooks, rejection)
@@ -636,14 +617,21 @@ class TaskStore:
                 task_events.delete().where(task_events.c.tenant_id == tenant_id, task_events.c.job_id == job_id)
             )
 
-    async def renew_leases(self, owner: str, until: datetime) -> int:
+    async def renew_leases(self, owner: str, until: datetime) -> list[tuple[str, str, str]]:
+        """Extend the leases of the tasks `owner` runs. Returns (tenant_id, job_id, message) of those
+        marked for cancellation, so a cancel broadcast this process missed still reaches it."""
         async with self._engine.begin() as conn:
-            res = await conn.execute(
+            rows = await conn.execute(
                 update(tasks)
                 .where(tasks.c.owner == owner, tasks.c.status == TaskStatus.RUNNING.value)
                 .values(lease_until=until)
+                .returning(tasks.c.tenant_id, tasks.c.job_id, tasks.c.cancel_requested_at, tasks.c.error_message)
             )
-            return int(res.rowcount or 0)
+            return [
+                (r.tenant_id, r.job_id, r.error_message or "cancelled")
+                for r in rows
+                if r.cancel_requested_at is not None
+            ]
 
     async def release(self, tenant_id: str, job_id: str, owner: str) -> None:
         """Hand a running task back (shutdown): the next delivery may claim it at once."""

@@ -1,4 +1,4 @@
-"""Task transitions around approvals, in the caller's transaction.
+"""Task transitions before a task runs, in the caller's transaction.
 
 queued (or new) -> awaiting_approval -> queued (approved; the task goes back on the stream)
                                      -> rejected (rejected, or the approval expired)
@@ -8,6 +8,7 @@ replicas race, and each appends to the job's event log (SSE shows the wait).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -55,7 +56,7 @@ async def park(
         )
         if moved.first() is None:
             return False
-    await _log(conn, spec.tenant_id, spec.job_id, TaskStatus.AWAITING_APPROVAL, data, now)
+    await log_transition(conn, spec.tenant_id, spec.job_id, TaskStatus.AWAITING_APPROVAL, data, now)
     return True
 
 
@@ -73,40 +74,48 @@ async def release_for_run(conn: AsyncConnection, tenant_id: str, job_id: str, no
     )
     if moved.first() is None:
         return False
-    await _log(conn, tenant_id, job_id, TaskStatus.QUEUED, {"approved": True}, now)
+    await log_transition(conn, tenant_id, job_id, TaskStatus.QUEUED, {"approved": True}, now)
     return True
 
 
-async def conclude(
-    conn: AsyncConnection, tenant_id: str, job_id: str, code: str, message: str, now: datetime
+async def end_unstarted(
+    conn: AsyncConnection,
+    tenant_id: str,
+    job_id: str,
+    *,
+    from_statuses: Sequence[str],
+    status: TaskStatus,
+    code: str,
+    message: str,
+    now: datetime,
+    **also: Any,
 ) -> TaskRecord | None:
-    """Rejected or expired: the waiting task ends as rejected with `code`. Its result counts as
-    published: the caller puts the result event in the outbox in this same transaction."""
+    """A task that never ran ends here (approval rejected or expired, a dependency failed, a
+    cancellation): conditional on its status still being one of `from_statuses`, with its state and
+    end events. Its result counts as published: the caller puts the result event in the outbox in
+    this same transaction. `also`: further columns to set."""
     res = await conn.execute(
         update(tasks)
-        .where(
-            tasks.c.tenant_id == tenant_id,
-            tasks.c.job_id == job_id,
-            tasks.c.status == TaskStatus.AWAITING_APPROVAL.value,
-        )
+        .where(tasks.c.tenant_id == tenant_id, tasks.c.job_id == job_id, tasks.c.status.in_(from_statuses))
         .values(
-            status=TaskStatus.REJECTED.value,
+            status=status.value,
             error_code=code,
             error_message=message,
             finished_at=now,
             updated_at=now,
             result_published=True,
+            **also,
         )
         .returning(*tasks.c)
     )
     row = res.first()
     if row is None:
         return None
-    await _log(conn, tenant_id, job_id, TaskStatus.REJECTED, {"code": code, "message": message}, now, end=True)
+    await log_transition(conn, tenant_id, job_id, status, {"code": code, "message": message}, now, end=True)
     return TaskRecord.from_row(row)
 
 
-async def _log(
+async def log_transition(
     conn: AsyncConnection,
     tenant_id: str,
     job_id: str,

@@ -34,10 +34,31 @@ class FabricMetrics:
         self.tasks_held = Gauge(
             "agent_fabric_tasks_held", "Messages fetched from JetStream and not yet acked.", registry=r
         )
+        self.intake_latency = Histogram(
+            "agent_fabric_intake_seconds",
+            "From fetch to ready in the run queue: parse, in-memory admission, the queued record.",
+            ["priority"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.scheduling_latency = Histogram(
             "agent_fabric_scheduling_latency_seconds",
-            "From fetch to dispatch onto a worker slot.",
+            "From ready in the run queue to dispatch onto a worker slot, for tasks that found a slot free "
+            "(the scheduling decision); waits for a slot are in agent_fabric_queue_wait_seconds.",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "agent_fabric_queue_wait_seconds",
+            "From ready in the run queue to dispatch, every task, by priority class.",
+            ["priority"],
+            buckets=(0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800),
+            registry=r,
+        )
+        self.tasks_queued = Gauge(
+            "agent_fabric_tasks_queued",
+            "Tasks held in this process's run queue (fetched, not started), by priority class.",
+            ["priority"],
             registry=r,
         )
         self.events_invalid = Counter(

@@ -100,7 +100,7 @@ async def submit_task(request: Request, pod: Pod) -> JSONResponse:
         raise Forbidden(f"this request acts in POD {pod.tenant_id!r}; the task names {named!r}")
     data.setdefault("agent_definition", dict(DEFAULT_AGENT))
     spec = validate_task(data)
-    submitted = await pod.fabric.submitter.submit(
+    submitted = await pod.fabric.scheduler.submit(
         spec, actor=Actor(pod.actor, pod.principal.role), trace=request.headers
     )
     record = await _task(pod, spec.job_id)

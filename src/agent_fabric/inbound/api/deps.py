@@ -21,6 +21,7 @@ def get_fabric(request: Request) -> Fabric:
 
 FabricDep = Annotated[Fabric, Depends(get_fabric)]
 Submitter = Annotated[Principal, Depends(require(roles.TASKS_SUBMIT))]
+TaskCanceller = Annotated[Principal, Depends(require(roles.TASKS_CANCEL))]
 Reader = Annotated[Principal, Depends(require(roles.TASKS_READ))]
 PolicyViewer = Annotated[Principal, Depends(require(roles.POLICIES_READ))]
 PolicyEditor = Annotated[Principal, Depends(require(roles.POLICIES_WRITE))]

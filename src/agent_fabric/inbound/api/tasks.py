@@ -7,16 +7,16 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agent_fabric.admission.checks import Actor
 from agent_fabric.errors import Conflict, InvalidTask, NotFound, field_errors
 from agent_fabric.fabric import Fabric
 from agent_fabric.inbound.api.body import read_limited
-from agent_fabric.inbound.api.deps import FabricDep, Offset, Reader, Submitter
+from agent_fabric.inbound.api.deps import FabricDep, Offset, Reader, Submitter, TaskCanceller
 from agent_fabric.inbound.api.presenters import task_view
 from agent_fabric.outbound.sse import job_event_stream
 from agent_fabric.security.deps import tenant_scope
@@ -25,6 +25,13 @@ from agent_fabric.storage.task_store import TaskRecord
 from agent_fabric.tasks import JOB_ID_PATTERN, TENANT_ID_PATTERN, TaskSpec, TaskStatus
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+
+
+class CancelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(None, max_length=1000, description="Why; part of the task's final message.")
+
 
 TenantQuery = Annotated[str | None, Query(pattern=TENANT_ID_PATTERN, description="Admins: which tenant.")]
 
@@ -67,7 +74,7 @@ async def submit_response(
     trace: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """Submit and answer 202; `trace`: the caller's W3C trace context (traceparent), continued."""
-    submitted = await fabric.submitter.submit(
+    submitted = await fabric.scheduler.submit(
         spec, event_id=event_id, actor=Actor(principal.subject, principal.role), trace=trace
     )
     body: dict[str, Any] = {
@@ -137,6 +144,41 @@ async def list_tasks(
         tenant_id=scope, status=status.value if status else None, limit=limit, offset=offset
     )
     return {"items": [task_view(r) for r in records], "limit": limit, "offset": offset}
+
+
+@router.post(
+    "/{job_id}/cancel", status_code=202, summary="Cancel a task: a waiting one at once, a running one's driver"
+)
+async def cancel_task(
+    job_id: str,
+    fabric: FabricDep,
+    principal: TaskCanceller,
+    tenant_id: TenantQuery = None,
+    request: Annotated[CancelRequest | None, Body()] = None,
+) -> JSONResponse:
+    """202 `cancelled` for a task that had not started; 202 `running` with `cancel_requested` for a
+    running one (it ends `cancelled` within moments, on whichever replica runs it); 200 with
+    `already: true` when it was cancelled before; 409 `task_finished` if it ended otherwise first."""
+    _check_job_id(job_id)
+    record = await find_task(fabric, principal, job_id, tenant_id)
+    reason = (request.reason.strip() or None) if request and request.reason else None
+    done = await fabric.scheduler.cancel_task(
+        record.job_id, tenant_id=record.tenant_id, actor=principal.subject, reason=reason
+    )
+    if done.outcome == "not_found":
+        raise NotFound(f"no task {job_id!r} in tenant {record.tenant_id!r}")
+    if done.outcome == "finished":
+        status = done.status.value if done.status else "unknown"
+        raise Conflict(f"task {job_id!r} already ended {status}", code="task_finished", task_status=status)
+    body = {
+        "job_id": done.job_id,
+        "tenant_id": done.tenant_id,
+        "status": done.status.value if done.status else None,
+        "cancel_requested": True,
+        "already": done.outcome in ("already_cancelled", "already_requested"),
+        "links": {"self": f"/api/v1/tasks/{job_id}?tenant_id={done.tenant_id}"},
+    }
+    return JSONResponse(body, status_code=200 if done.outcome == "already_cancelled" else 202)
 
 
 @router.get("/{job_id}/events", summary="Follow a task's events (SSE, resumable with Last-Event-ID)")
