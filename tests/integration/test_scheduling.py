@@ -18,8 +18,10 @@ from sqlalchemy import select
 
 from agent_fabric.errors import InvalidTask
 from agent_fabric.settings import SchedulerSettings, WorkerSettings
+from agent_fabric.storage.queue_store import QueueLimits, QueueStore
 from agent_fabric.storage.tables import tasks
-from agent_fabric.tasks import Priority, TaskBody, TaskStatus
+from agent_fabric.storage.task_store import spec_hash
+from agent_fabric.tasks import AgentDefinition, Priority, TaskBody, TaskSpec, TaskStatus
 from tests.conftest import RunningApp, make_settings, new_job_id, running_app
 from tests.integration.test_nats_door import collect, for_job, structured, task, until
 
@@ -225,6 +227,41 @@ async def test_queue_depth_limit_per_agent(
             response = await app.client.post("/api/v1/tasks", json=body, headers={"Authorization": f"Bearer {token}"})
             codes.append(response.status_code)
         assert codes == [202, 202, 429, 202]
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+async def test_a_task_recorded_already_does_not_take_a_second_place_in_the_queue(
+    backend: str, tmp_path: Path, nats_url: str, postgres_url: str
+) -> None:
+    """The HTTP door records a task, then the NATS door fetches it and records it again: when both
+    land in one batch with a new task, the new task must not be refused for the old one's place."""
+    tenant = new_job_id("again")
+    async with scheduling_app(backend, tmp_path, nats_url, postgres_url, concurrency=1) as app:
+        store = QueueStore(app.fabric.engine, QueueLimits(per_agent=2), linger_ms=300, max_items=50)
+        store.start()
+        try:
+
+            def spec(job: str) -> TaskSpec:
+                return TaskSpec(
+                    job_id=job,
+                    tenant_id=tenant,
+                    agent_definition=AgentDefinition(runtime="builtin", agent_id="a1"),
+                    task=TaskBody(type="echo"),
+                )
+
+            first, second, third = spec(new_job_id("one")), spec(new_job_id("two")), spec(new_job_id("three"))
+            assert (await store.enqueue(first, spec_hash(first), None)).inserted
+            # One batch (the writer lingers 300 ms): the first again, then two new tasks for one place.
+            again, fits, refused = await asyncio.gather(
+                store.enqueue(first, spec_hash(first), None),
+                store.enqueue(second, spec_hash(second), None),
+                store.enqueue(third, spec_hash(third), None),
+            )
+        finally:
+            await store.shutdown()
+    assert not again.inserted and again.full is None and again.existing is not None
+    assert fits.inserted
+    assert not refused.inserted and refused.full is not None and "limit 2" in refused.full
 
 
 @pytest.mark.parametrize("backend", ["postgres"])

@@ -76,16 +76,23 @@ async def _record(conn: AsyncConnection, items: Sequence[Enqueue], counts: Queue
     # Insert first and look rows up only for what did not go in (a redelivery, a task the HTTP
     # door recorded, a refusal): the common batch is one INSERT, with no read before it.
     limits = items[0].limits
-    by_tenant: Counter[str] = Counter()
-    by_agent: Counter[tuple[str, str]] = Counter()
+    verdicts: dict[tuple[str, str], str | None] = {item.key: None for item in items}
+    existing: dict[tuple[str, str], TaskRecord] = {}
     if limits.active:
         by_tenant, by_agent = await counts.current(conn, limits, items)
-    verdicts = _place(items, by_tenant, by_agent)
+        verdicts = _place(items, by_tenant.copy(), by_agent.copy())
+        if any(full is not None for full in verdicts.values()):
+            # Near a limit. A task that exists already (a redelivery, or a task the HTTP door
+            # recorded before publishing it) is in the count once; placing it again would
+            # refuse a new task in its stead. So here, and only here, read before inserting.
+            existing = await _select_rows(conn, list(verdicts))
+            verdicts = _place([i for i in items if i.key not in existing], by_tenant, by_agent)
+            verdicts.update(dict.fromkeys(existing))
     over = {key: full for key, full in verdicts.items() if full is not None}
     firsts: dict[tuple[str, str], Enqueue] = {}
     for item in items:
         firsts.setdefault(item.key, item)
-    new = [item for key, item in firsts.items() if key not in over]
+    new = [item for key, item in firsts.items() if key not in over and key not in existing]
     inserted: set[tuple[str, str]] = set()
     if new:
         stmt = _insert_for(conn)(tasks).on_conflict_do_nothing().returning(tasks.c.tenant_id, tasks.c.job_id)
@@ -100,8 +107,9 @@ async def _record(conn: AsyncConnection, items: Sequence[Enqueue], counts: Queue
             ],
         )
         counts.added([i for i in new if i.key in inserted])
-    lookup = [key for key in verdicts if key not in inserted]
-    existing = await _select_rows(conn, lookup) if lookup else {}
+    lookup = [key for key in verdicts if key not in inserted and key not in existing]
+    if lookup:
+        existing.update(await _select_rows(conn, lookup))
     results: list[Enqueued] = []
     first: set[tuple[str, str]] = set()
     for item in items:
