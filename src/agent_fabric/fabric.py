@@ -148,9 +148,16 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         batcher.start()
         stack.push_async_callback(batcher.shutdown)
         governance = await _open_governance(stack, settings, engine, batcher, nc, js, metrics)
+        # Postgres takes concurrent writers; SQLite has one, so there critical claims share the writer.
+        urgent = None
+        if engine.dialect.name != "sqlite":
+            urgent = WriteBatcher(engine, linger_ms=0, max_items=settings.database.batch_max, flushers=2)
+            urgent.start()
+            stack.push_async_callback(urgent.shutdown)
         store = TaskStore(
             engine,
             batcher,
+            urgent=urgent,
             finish_hooks=[
                 governance.budgets.settle_finished,
                 governance.decisions.task_finished,

@@ -132,6 +132,29 @@ async def test_critical_starts_before_any_further_low_task(
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_a_task_that_finds_a_free_slot_starts_without_a_queued_record(
+    backend: str, tmp_path: Path, nats_url: str, postgres_url: str, nc: Client
+) -> None:
+    """One write per task when it need not wait: its claim creates its row. Only a task that
+    waits for a slot is recorded as queued first (and counted by the queue limits)."""
+    tenant = new_job_id("free")
+    async with scheduling_app(
+        backend, tmp_path, nats_url, postgres_url, concurrency=1, reserved_critical_slots=0
+    ) as app:
+        first = new_job_id("first")
+        await publish(nc, "normal", first, tenant_id=tenant, **sleeper(1.0))
+        await wait_status(app, tenant, first, "running")
+        second = new_job_id("second")
+        await publish(nc, "normal", second, tenant_id=tenant)
+        await wait_status(app, tenant, second, "queued")
+        await wait_status(app, tenant, second, "completed")
+        logged = {job: await app.fabric.store.events_after(tenant, job, None) for job in (first, second)}
+    states = {job: [e["status"] for e in events if e["kind"] == "state"] for job, events in logged.items()}
+    assert states[first] == ["running", "completed"]
+    assert states[second] == ["queued", "running", "completed"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_a_reserved_slot_starts_critical_work_while_long_tasks_hold_every_ordinary_slot(
     backend: str, tmp_path: Path, nats_url: str, postgres_url: str, nc: Client
 ) -> None:

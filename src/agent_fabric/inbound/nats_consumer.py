@@ -12,8 +12,10 @@ Held messages stay unacked, so JetStream's pending + ack-pending count (what KED
 whole backlog. Every held message gets `in_progress` at a third of the ack wait and the process
 renews its database leases at the same time, so only a dead process lets them lapse.
 
-Every fetched task is recorded as queued (both doors share storage/queue_store.py): that is where
-queue-depth limits refuse with `queue_full`, and what status queries and list_pending read.
+Every fetched task that has to wait for a slot is recorded as queued (both doors share
+storage/queue_store.py): that is where queue-depth limits refuse with `queue_full`, and what status
+queries and list_pending read. One that finds a slot on arrival starts at once and its claim writes
+its row (see `_take`).
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def nats_actor(event: TaskEvent) -> Actor:
 class JetStreamDelivery:
     """One held message. Ack, nak and term release its slot."""
 
-    __slots__ = ("_consumer", "_msg", "decision", "event", "num_delivered", "received_at", "settled")
+    __slots__ = ("_consumer", "_msg", "decision", "dispatched", "event", "num_delivered", "received_at", "settled")
 
     def __init__(self, consumer: TaskConsumer, msg: Any, event: TaskEvent, decision: PolicyDecision | None) -> None:
         self._consumer = consumer
@@ -69,6 +71,7 @@ class JetStreamDelivery:
         self.decision = decision
         self.num_delivered = int(msg.metadata.num_delivered)
         self.received_at = time.perf_counter()
+        self.dispatched = False
         self.settled = False
 
     @property
@@ -117,7 +120,8 @@ class TaskConsumer:
         )
         self._window = sched.window_per_priority
         self._held: set[JetStreamDelivery] = set()
-        # Fetched and being recorded, per class: counts against the window like queued tasks.
+        # Fetched and being recorded before they may run (tasks with dependencies), per class:
+        # counts against the window like queued tasks.
         self._arriving: Counter[str] = Counter()
         self._room = {priority: asyncio.Event() for priority in names.PRIORITIES}
         self._free_slots = settings.worker.concurrency
@@ -180,52 +184,82 @@ class TaskConsumer:
             self._take(priority, msgs)
 
     def _take(self, priority: str, msgs: list[Any]) -> None:
-        """Parse and admit in memory, then record as queued in the background: the next fetch does
-        not wait for the database, so reading a backlog (and what is behind it) goes at NATS speed."""
+        """Parse and admit in memory; what finds a free slot starts now. The rest is recorded as
+        queued in the background (queue limits), so the next fetch does not wait for the database
+        and reading a backlog (and what is behind it) goes at NATS speed.
+
+        A task that starts on arrival is never recorded as queued: its claim writes its row, one
+        write instead of two, and a critical task reaches its driver without a database round trip
+        in between. It was never queued, so the queue limits neither count nor refuse it. A task
+        with dependencies is the exception: the gate may park it `waiting`, which the limits count,
+        so it is recorded (and checked) before it may be dispatched."""
         fetched = time.perf_counter()
-        arrivals: list[JetStreamDelivery] = []
+        ready: list[JetStreamDelivery] = []
+        gated: list[JetStreamDelivery] = []
         for msg in msgs:
             delivery = self._parse(priority, msg)
             if delivery is not None:
-                arrivals.append(delivery)
                 self._held.add(delivery)
+                (gated if delivery.event.spec.depends_on else ready).append(delivery)
         self._metrics.tasks_held.set(len(self._held))
-        if not arrivals:
+        if ready:
+            for delivery in ready:
+                self._push(delivery)
+            self._dispatch()
+            self._metrics.intake_latency.labels(priority).observe(time.perf_counter() - fetched)
+        to_record = [d for d in ready if not d.dispatched] + gated
+        if not to_record:
             self._recorders[priority].release()
             return
-        self._arriving[priority] += len(arrivals)
-        task = asyncio.create_task(self._record(priority, arrivals, fetched))
+        self._arriving[priority] += len(gated)
+        task = asyncio.create_task(self._record(priority, to_record, len(gated), fetched))
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
 
-    async def _record(self, priority: str, arrivals: list[JetStreamDelivery], fetched: float) -> None:
-        """Record as queued (queue limits), then hand to the run queue."""
+    def _push(self, delivery: JetStreamDelivery) -> None:
+        delivery.received_at = time.perf_counter()
+        spec = delivery.event.spec
+        self.queue.push(delivery, rank=spec.priority.rank, tenant=spec.tenant_id, agent=spec.agent_definition.label)
+
+    async def _record(self, priority: str, waiting: list[JetStreamDelivery], gated: int, fetched: float) -> None:
+        """Record as queued (queue limits). A task already in the run queue leaves it if refused;
+        a gated task enters it once recorded."""
         try:
             recorded = await asyncio.gather(
-                *(self._queue_store.enqueue(d.event.spec, spec_hash(d.event.spec), d.event.id) for d in arrivals),
+                *(self._queue_store.enqueue(d.event.spec, spec_hash(d.event.spec), d.event.id) for d in waiting),
                 return_exceptions=True,
             )
         finally:
-            self._arriving[priority] -= len(arrivals)
+            self._arriving[priority] -= gated
             self._recorders[priority].release()
-        for delivery, outcome in zip(arrivals, recorded, strict=True):
+        # Decide everything before the first await, so no refused task is dispatched meanwhile.
+        redeliver: list[JetStreamDelivery] = []
+        refuse: list[tuple[JetStreamDelivery, Enqueued]] = []
+        pushed = False
+        for delivery, outcome in zip(waiting, recorded, strict=True):
+            held_in_queue = not delivery.event.spec.depends_on
+            if delivery.dispatched:
+                continue  # it found a slot while being recorded: it runs, it is no longer queued
             if isinstance(outcome, BaseException):
                 log.warning("could not record a task as queued; redelivering", extra={"error": str(outcome)})
-                await delivery.nak(delay=1.0)  # the database is away: the task waits in JetStream
+                redeliver.append(delivery)
             elif outcome.full is not None:
-                self.release(delivery)
-                self._spawn_refusal(delivery.msg, _queue_full(delivery, outcome), delivery.event.id)
-            else:
-                delivery.received_at = time.perf_counter()
-                self.queue.push(
-                    delivery,
-                    rank=delivery.event.spec.priority.rank,
-                    tenant=delivery.event.spec.tenant_id,
-                    agent=delivery.event.spec.agent_definition.label,
-                )
-        self._metrics.intake_latency.labels(priority).observe(time.perf_counter() - fetched)
+                refuse.append((delivery, outcome))
+            elif not held_in_queue:
+                self._push(delivery)
+                pushed = True
+        gone = {id(d) for d in redeliver} | {id(d) for d, _ in refuse}
+        if gone:
+            self.queue.remove(lambda d: id(d) in gone)
+        for delivery, outcome in refuse:
+            self.release(delivery)
+            self._spawn_refusal(delivery.msg, _queue_full(delivery, outcome), delivery.event.id)
+        if pushed:
+            self._metrics.intake_latency.labels(priority).observe(time.perf_counter() - fetched)
         self._metrics.tasks_queued.labels(priority).set(self._queued_in(priority))
         self._dispatch()
+        for delivery in redeliver:
+            await delivery.nak(delay=1.0)  # the database is away: the task waits in JetStream
 
     def _parse(self, priority: str, msg: Any) -> JetStreamDelivery | None:
         event: TaskEvent | None = None
@@ -284,6 +318,7 @@ class TaskConsumer:
                 return
             now = time.perf_counter()
             delivery = picked.item
+            delivery.dispatched = True
             priority = delivery.event.spec.priority.value
             self._metrics.scheduling_latency.observe(now - max(delivery.received_at, self._slot_freed_at))
             self._metrics.queue_wait.labels(priority).observe(now - delivery.received_at)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from agent_fabric.storage.batcher import WriteBatcher
 from agent_fabric.storage.tables import Timestamp, checkpoints, task_events, tasks
 from agent_fabric.storage.timestamps import aware, aware_or_none
-from agent_fabric.tasks import TERMINAL_STATUSES, TaskSpec, TaskStatus
+from agent_fabric.tasks import TERMINAL_STATUSES, Priority, TaskSpec, TaskStatus
 
 TERMINAL_VALUES = [s.value for s in TERMINAL_STATUSES]
 
@@ -545,9 +545,21 @@ FinishHook = Callable[[AsyncConnection, Sequence[TaskRecord]], Awaitable[None]]
 
 
 class TaskStore:
-    def __init__(self, engine: AsyncEngine, batcher: WriteBatcher, finish_hooks: Sequence[FinishHook] = ()) -> None:
+    """`urgent`: the writer for claims of critical tasks. A claim in the shared writer waits behind
+    every batch of outcomes, events and checkpoints in flight, tens of milliseconds at saturation;
+    its own writer lets a critical task's single write go straight to the database."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        batcher: WriteBatcher,
+        finish_hooks: Sequence[FinishHook] = (),
+        *,
+        urgent: WriteBatcher | None = None,
+    ) -> None:
         self._engine = engine
         self._batcher = batcher
+        self._urgent = urgent or batcher
         self.finish_hooks: list[FinishHook] = list(finish_hooks)
 
     @property
@@ -573,7 +585,8 @@ class TaskStore:
 
     # -- writes (batched) --
     async def claim(self, claim: Claim) -> ClaimResult:
-        result: ClaimResult = await self._batcher.submit(_claim_op, claim)
+        writer = self._urgent if claim.spec.priority is Priority.CRITICAL else self._batcher
+        result: ClaimResult = await writer.submit(_claim_op, claim)
         return result
 
     async def finish(self, outcome: Outcome) -> TaskRecord | None:

@@ -36,7 +36,8 @@ class FabricMetrics:
         )
         self.intake_latency = Histogram(
             "agent_fabric_intake_seconds",
-            "From fetch to ready in the run queue: parse, in-memory admission, the queued record.",
+            "From fetch to ready in the run queue: parse and in-memory admission (and, for a task with "
+            "dependencies, its queued record).",
             ["priority"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
