@@ -262,7 +262,7 @@ def main() -> None:
     i50, i99, inn = result["intake"]
     print(f"| scheduling decision (ready -> dispatch, slot free), {dn} tasks | {d50} | {d99} | |")
     print(
-        f"| intake of a low batch (fetch -> ready: parse, admission, queued record), {inn} batches | {i50} | {i99} | |"
+        f"| intake of a low batch (fetch -> ready: parse, admission), {inn} batches | {i50} | {i99} | |"
     )
     c50, c99, cn = result["intake_critical"]
     print(f"| intake of a critical task, {cn} | {c50} | {c99} | |")
