@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
 RECORDS_IN_FLIGHT = 2  # fetched batches per class being recorded at once
 BUSY_POLL_SECONDS = 0.01
+STOP_SECONDS = 2.0  # how long a cancelled loop may take to end at shutdown
 
 
 def nats_actor(event: TaskEvent) -> Actor:
@@ -379,7 +381,7 @@ class TaskConsumer:
     # -- upkeep --
     async def _keepalive_loop(self) -> None:
         interval = self._settings.nats.ack_wait_seconds / 3
-        while True:
+        while not self._stopping:
             await asyncio.sleep(interval)
             for n, delivery in enumerate(list(self._held), 1):
                 with contextlib.suppress(Exception):
@@ -413,11 +415,10 @@ class TaskConsumer:
         self._stopping = True
         for event in self._room.values():
             event.set()
-        await asyncio.gather(*self._fetchers, return_exceptions=True)
-        if self._recording:
-            await asyncio.gather(*self._recording, return_exceptions=True)
-        if self._intake:
-            await asyncio.gather(*self._intake, return_exceptions=True)
+        # A fetch loop sees the flag within one poll; then the recording and refusals in flight.
+        await _stop(self._fetchers, "fetch loops", wait=3 * IDLE_POLL_SECONDS)
+        await _stop(self._recording, "queued records", wait=grace)
+        await _stop(self._intake, "refusals", wait=grace)
         # Not started yet: straight back to JetStream for another replica.
         for delivery in self.queue.remove(lambda _: True):
             with contextlib.suppress(Exception):
@@ -427,10 +428,28 @@ class TaskConsumer:
         for task in late:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-        for task in self._background:
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await _stop(self._background, "keepalive", wait=0)
         log.info("consumer drained", extra={"handed_back_running": len(late)})
+
+
+async def _stop(tasks: Collection[asyncio.Task[Any]], what: str, *, wait: float) -> None:
+    """Let `tasks` end within `wait` seconds, then cancel them. One that ignores its cancellation
+    too is logged and left behind: a stuck loop must not hold the process past its grace period
+    (and the orchestrator's kill), and the log says which one it was."""
+    tasks = list(tasks)  # the live sets shrink as their tasks end
+    pending = {t for t in tasks if not t.done()}
+    if pending and wait > 0:
+        _, pending = await asyncio.wait(pending, timeout=wait)
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, stuck = await asyncio.wait(pending, timeout=STOP_SECONDS)
+        if stuck:
+            names_ = sorted(t.get_name() for t in stuck)
+            log.error("tasks did not stop; leaving them", extra={"what": what, "tasks": names_})
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            log.warning("task ended with an error", extra={"what": what, "error": str(task.exception())})
 
 
 def _queue_full(delivery: JetStreamDelivery, outcome: Enqueued) -> QueueFull:
