@@ -214,7 +214,7 @@ class TaskConsumer:
             self._recorders[priority].release()
             return
         self._arriving[priority] += len(gated)
-        task = asyncio.create_task(self._record(priority, to_record, len(gated), fetched))
+        task = asyncio.create_task(self._record(priority, to_record, fetched))
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
 
@@ -223,9 +223,10 @@ class TaskConsumer:
         spec = delivery.event.spec
         self.queue.push(delivery, rank=spec.priority.rank, tenant=spec.tenant_id, agent=spec.agent_definition.label)
 
-    async def _record(self, priority: str, waiting: list[JetStreamDelivery], gated: int, fetched: float) -> None:
+    async def _record(self, priority: str, waiting: list[JetStreamDelivery], fetched: float) -> None:
         """Record as queued (queue limits). A task already in the run queue leaves it if refused;
-        a gated task enters it once recorded."""
+        a gated task (one with dependencies) enters it once recorded."""
+        gated = sum(1 for d in waiting if d.event.spec.depends_on)
         try:
             recorded = await asyncio.gather(
                 *(self._queue_store.enqueue(d.event.spec, spec_hash(d.event.spec), d.event.id) for d in waiting),
@@ -239,7 +240,6 @@ class TaskConsumer:
         refuse: list[tuple[JetStreamDelivery, Enqueued]] = []
         pushed = False
         for delivery, outcome in zip(waiting, recorded, strict=True):
-            held_in_queue = not delivery.event.spec.depends_on
             if delivery.dispatched:
                 continue  # it found a slot while being recorded: it runs, it is no longer queued
             if isinstance(outcome, BaseException):
@@ -247,7 +247,7 @@ class TaskConsumer:
                 redeliver.append(delivery)
             elif outcome.full is not None:
                 refuse.append((delivery, outcome))
-            elif not held_in_queue:
+            elif delivery.event.spec.depends_on:  # gated: its turn in the run queue starts now
                 self._push(delivery)
                 pushed = True
         gone = {id(d) for d in redeliver} | {id(d) for d, _ in refuse}
@@ -409,33 +409,37 @@ class TaskConsumer:
                 self._metrics.consumer_pending.labels(name).set(info.num_pending + info.num_ack_pending)
 
     async def shutdown(self, grace: float) -> None:
-        """Stop fetching, hand back what has not started, give running tasks `grace` seconds."""
+        """Stop fetching, hand back what has not started, give running tasks what is left of
+        `grace` seconds, then cancel them (they hand themselves back). Every stage shares the one
+        deadline, so the whole drain fits the pod's termination grace (deploy/README.md)."""
         if self._stopping:
             return
         self._stopping = True
+        deadline = time.monotonic() + grace
+
+        def left(at_most: float = grace) -> float:
+            return max(0.0, min(at_most, deadline - time.monotonic()))
+
         for event in self._room.values():
             event.set()
         # A fetch loop sees the flag within one poll; then the recording and refusals in flight.
-        await _stop(self._fetchers, "fetch loops", wait=3 * IDLE_POLL_SECONDS)
-        await _stop(self._recording, "queued records", wait=grace)
-        await _stop(self._intake, "refusals", wait=grace)
+        await _stop(self._fetchers, "fetch loops", wait=left(3 * IDLE_POLL_SECONDS))
+        await _stop(self._recording, "queued records", wait=left())
+        await _stop(self._intake, "refusals", wait=left())
         # Not started yet: straight back to JetStream for another replica.
         for delivery in self.queue.remove(lambda _: True):
             with contextlib.suppress(Exception):
                 await delivery.nak(delay=0)
-        running = set(self._running)
-        _, late = await asyncio.wait(running, timeout=grace) if running else (set(), set())
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        late = await _stop(self._running, "running tasks", wait=left())
         await _stop(self._background, "keepalive", wait=0)
-        log.info("consumer drained", extra={"handed_back_running": len(late)})
+        log.info("consumer drained", extra={"handed_back_running": late})
 
 
-async def _stop(tasks: Collection[asyncio.Task[Any]], what: str, *, wait: float) -> None:
-    """Let `tasks` end within `wait` seconds, then cancel them. One that ignores its cancellation
-    too is logged and left behind: a stuck loop must not hold the process past its grace period
-    (and the orchestrator's kill), and the log says which one it was."""
+async def _stop(tasks: Collection[asyncio.Task[Any]], what: str, *, wait: float) -> int:
+    """Let `tasks` end within `wait` seconds, then cancel them; how many had to be cancelled. One
+    that ignores its cancellation for STOP_SECONDS too is logged and left behind: a stuck loop must
+    not hold the process past its grace period (and the orchestrator's kill), and the log says
+    which one it was."""
     tasks = list(tasks)  # the live sets shrink as their tasks end
     pending = {t for t in tasks if not t.done()}
     if pending and wait > 0:
@@ -450,6 +454,7 @@ async def _stop(tasks: Collection[asyncio.Task[Any]], what: str, *, wait: float)
     for task in tasks:
         if task.done() and not task.cancelled() and task.exception() is not None:
             log.warning("task ended with an error", extra={"what": what, "error": str(task.exception())})
+    return len(pending)
 
 
 def _queue_full(delivery: JetStreamDelivery, outcome: Enqueued) -> QueueFull:
