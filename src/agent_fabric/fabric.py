@@ -148,12 +148,8 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         batcher.start()
         stack.push_async_callback(batcher.shutdown)
         governance = await _open_governance(stack, settings, engine, batcher, nc, js, metrics)
-        # Postgres takes concurrent writers; SQLite has one, so there critical claims share the writer.
-        urgent = None
-        if engine.dialect.name != "sqlite":
-            urgent = WriteBatcher(engine, linger_ms=0, max_items=settings.database.batch_max, flushers=2)
-            urgent.start()
-            stack.push_async_callback(urgent.shutdown)
+        # Critical claims: no linger, and no waiting behind the shared writer's batches.
+        urgent = _side_writer(stack, engine, batcher, linger_ms=0, max_items=settings.database.batch_max, flushers=2)
         store = TaskStore(
             engine,
             batcher,
@@ -278,6 +274,25 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 
 
+def _side_writer(
+    stack: contextlib.AsyncExitStack,
+    engine: AsyncEngine,
+    shared: WriteBatcher,
+    *,
+    linger_ms: float,
+    max_items: int,
+    flushers: int = 1,
+) -> WriteBatcher:
+    """A writer beside the shared one on Postgres. SQLite allows one writer at a time (and budget
+    rows are read, then written, never beside another write), so there it is the shared one."""
+    if engine.dialect.name == "sqlite":
+        return shared
+    writer = WriteBatcher(engine, linger_ms=linger_ms, max_items=max_items, flushers=flushers)
+    writer.start()
+    stack.push_async_callback(writer.shutdown)
+    return writer
+
+
 async def _open_governance(
     stack: contextlib.AsyncExitStack,
     settings: Settings,
@@ -295,13 +310,8 @@ async def _open_governance(
     relay = OutboxRelay(engine, js, settings.approval.sweep_seconds)
     relay.start()
     stack.push_async_callback(relay.shutdown)
-    if engine.dialect.name == "sqlite":
-        budget_batcher = batcher  # one writer: budget rows are read-then-written, never beside another write
-    else:
-        # Budget transactions lock budget rows; on their own batcher they never hold task writes.
-        budget_batcher = WriteBatcher(engine, linger_ms=settings.database.batch_linger_ms, max_items=512, flushers=1)
-        budget_batcher.start()
-        stack.push_async_callback(budget_batcher.shutdown)
+    # Budget transactions lock budget rows; on a writer of their own they never hold task writes.
+    budget_batcher = _side_writer(stack, engine, batcher, linger_ms=settings.database.batch_linger_ms, max_items=512)
     docs = DocumentStore(engine)
     tenants = TenantRegistry(docs, settings.mode)
     control = ControlChannel(nc, settings.policy.reload_seconds)

@@ -545,9 +545,10 @@ FinishHook = Callable[[AsyncConnection, Sequence[TaskRecord]], Awaitable[None]]
 
 
 class TaskStore:
-    """`urgent`: the writer for claims of critical tasks. A claim in the shared writer waits behind
-    every batch of outcomes, events and checkpoints in flight, tens of milliseconds at saturation;
-    its own writer lets a critical task's single write go straight to the database."""
+    """`urgent`: the writer for claims of critical tasks (the shared one on SQLite). A claim in the
+    shared writer waits behind every batch of outcomes, events and checkpoints in flight, tens of
+    milliseconds at saturation; its own writer lets a critical task's single write go straight to
+    the database."""
 
     def __init__(
         self,
@@ -555,11 +556,11 @@ class TaskStore:
         batcher: WriteBatcher,
         finish_hooks: Sequence[FinishHook] = (),
         *,
-        urgent: WriteBatcher | None = None,
+        urgent: WriteBatcher,
     ) -> None:
         self._engine = engine
         self._batcher = batcher
-        self._urgent = urgent or batcher
+        self._urgent = urgent
         self.finish_hooks: list[FinishHook] = list(finish_hooks)
 
     @property
