@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent_fabric.admission.policy_model import Action
+from agent_fabric.events.json_limits import DEFAULT_MAX_JSON_DEPTH
 
 Mode = Literal["SANDBOX", "LIVE"]
 
@@ -375,6 +376,12 @@ class Settings(BaseSettings):
     log_json: bool = Field(True, description="Log one JSON object per line.")
     max_event_bytes: int = Field(
         1_048_576, ge=1024, description="Largest task event accepted (HTTP 413, NATS dead-letter)."
+    )
+    max_json_depth: int = Field(
+        DEFAULT_MAX_JSON_DEPTH,
+        ge=4,
+        le=512,
+        description="Deepest nesting accepted in incoming JSON on every door (HTTP 400, NATS dead-letter).",
     )
     shutdown_grace_seconds: float = Field(
         25.0,

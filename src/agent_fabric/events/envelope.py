@@ -21,6 +21,7 @@ from pydantic import ValidationError
 
 from agent_fabric import names
 from agent_fabric.errors import InvalidEvent, InvalidTask, PayloadTooLarge, field_errors
+from agent_fabric.events.json_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
 from agent_fabric.tasks import DEFAULT_TENANT, JOB_ID_PATTERN, TENANT_ID_PATTERN, TaskSpec
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
@@ -39,9 +40,17 @@ class TaskEvent:
 
 
 def parse_task_event(
-    headers: Mapping[str, str], body: bytes, *, max_bytes: int, default_tenant: str | None = None
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    max_bytes: int,
+    default_tenant: str | None = None,
+    max_depth: int = DEFAULT_MAX_JSON_DEPTH,
 ) -> TaskEvent:
     """Parse and validate one task event; raise InvalidEvent, InvalidTask or PayloadTooLarge.
+
+    Nothing else escapes: JSON nested deeper than `max_depth` is refused before any parser
+    recurses into it, and a parser failure of any other kind is reported as InvalidEvent.
 
     InvalidTask carries the job_id and tenant_id whenever they could be read, so the caller
     can answer with a failure event instead of a dead-letter record.
@@ -54,10 +63,17 @@ def parse_task_event(
             job_id=job_id,
             tenant_id=tenant_id,
         )
+    try:
+        check_json_depth(body, max_depth)
+    except InvalidEvent as exc:
+        job_id, tenant_id = _peek_ids(body)  # orjson stops at its own depth limit, never recurses
+        if job_id is not None:
+            raise InvalidTask(exc.message, code=exc.code, job_id=job_id, tenant_id=tenant_id) from None
+        raise
     lowered = {k.lower(): v for k, v in headers.items()}
     try:
         event = from_http_event(HTTPMessage(headers=lowered, body=body))
-    except (ValueError, BaseCloudEventException, AttributeError, TypeError) as exc:
+    except (ValueError, BaseCloudEventException, AttributeError, TypeError, RecursionError) as exc:
         job_id, tenant_id = _peek_ids(body)
         message = f"not a CloudEvent: {_first_line(exc)}"
         if job_id is not None:

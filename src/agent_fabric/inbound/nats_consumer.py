@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -40,6 +41,7 @@ from agent_fabric.admission.policy_model import PolicyDecision
 from agent_fabric.errors import FabricError, QueueFull
 from agent_fabric.events.envelope import TaskEvent, parse_task_event
 from agent_fabric.inbound.rejections import Rejector
+from agent_fabric.inbound.supervision import SupervisedLoop
 from agent_fabric.scheduling.queue import FairQueue, Picked
 from agent_fabric.scheduling.runner import TaskRunner
 from agent_fabric.settings import Settings
@@ -136,12 +138,24 @@ class TaskConsumer:
         self._intake: set[asyncio.Task[None]] = set()
         self._recording: set[asyncio.Task[None]] = set()
         self._recorders = {priority: asyncio.Semaphore(RECORDS_IN_FLIGHT) for priority in names.PRIORITIES}
+        self._loops: list[SupervisedLoop] = []
 
     async def start(self) -> None:
         for priority in names.PRIORITIES:
             sub = await self._js.pull_subscribe_bind(names.consumer_name(priority), names.TASK_STREAM)
-            self._fetchers.append(asyncio.create_task(self._fetch_loop(priority, sub), name=f"fetch-{priority}"))
-        self._background.append(asyncio.create_task(self._keepalive_loop(), name="keepalive"))
+            loop = self._supervised(f"fetch-{priority}", functools.partial(self._fetch_loop, priority, sub))
+            self._fetchers.append(loop.start())
+        self._background.append(self._supervised("keepalive", self._keepalive_loop).start())
+
+    def _supervised(self, name: str, body: Callable[[], Awaitable[None]]) -> SupervisedLoop:
+        restarts = self._metrics.loop_restarts.labels(name)
+        loop = SupervisedLoop(name, body, stopping=lambda: self._stopping, on_crash=restarts.inc)
+        self._loops.append(loop)
+        return loop
+
+    def dead_loops(self) -> list[str]:
+        """Names of the consumer's loops that are not running now (crashed, waiting to restart)."""
+        return [loop.name for loop in self._loops if not loop.alive]
 
     @property
     def held(self) -> int:
@@ -183,7 +197,13 @@ class TaskConsumer:
             # Reading may run ahead of recording by a few batches, not more: a flood's records
             # would otherwise crowd the event loop and the database ahead of everything else.
             await self._recorders[priority].acquire()
-            self._take(priority, msgs)
+            try:
+                self._take(priority, msgs)
+            except BaseException:
+                # _take hands the recorder slot on only as its very last step; failing before that
+                # it still holds it. (The loop's supervisor restarts the loop.)
+                self._recorders[priority].release()
+                raise
 
     def _take(self, priority: str, msgs: list[Any]) -> None:
         """Parse and admit in memory; what finds a free slot starts now. The rest is recorded as
@@ -200,9 +220,10 @@ class TaskConsumer:
         gated: list[JetStreamDelivery] = []
         for msg in msgs:
             delivery = self._parse(priority, msg)
-            if delivery is not None:
-                self._held.add(delivery)
-                (gated if delivery.event.spec.depends_on else ready).append(delivery)
+            if delivery is None:
+                continue
+            self._held.add(delivery)
+            (gated if delivery.event.spec.depends_on else ready).append(delivery)
         self._metrics.tasks_held.set(len(self._held))
         if ready:
             for delivery in ready:
@@ -264,9 +285,17 @@ class TaskConsumer:
             await delivery.nak(delay=1.0)  # the database is away: the task waits in JetStream
 
     def _parse(self, priority: str, msg: Any) -> JetStreamDelivery | None:
+        """The message as a delivery to run, or None when it was refused. Whatever goes wrong in
+        reading or admitting one message is that message's problem: it is refused (dead letter or
+        failure event, with the reason) and terminated, and the fetch loop goes on."""
         event: TaskEvent | None = None
         try:
-            event = parse_task_event(msg.headers or {}, msg.data, max_bytes=self._settings.max_event_bytes)
+            event = parse_task_event(
+                msg.headers or {},
+                msg.data,
+                max_bytes=self._settings.max_event_bytes,
+                max_depth=self._settings.max_json_depth,
+            )
             # For NATS publishers the subject decides the priority (ARCHITECTURE.md).
             subject_priority = Priority(msg.subject.rsplit(".", 1)[-1]) if msg.subject else Priority(priority)
             if event.spec.priority != subject_priority:
@@ -277,6 +306,11 @@ class TaskConsumer:
             return None
         except ValueError as exc:  # a subject outside the four priorities
             self._spawn_refusal(msg, FabricError(str(exc), code="invalid_subject"))
+            return None
+        except Exception as exc:
+            log.exception("could not read or admit an event; refusing it", extra={"subject": msg.subject})
+            reason = f"the fabric could not read this event: {type(exc).__name__}: {exc}"[:500]
+            self._spawn_refusal(msg, FabricError(reason, code="unreadable_event"), event.id if event else None)
             return None
         return JetStreamDelivery(self, msg, event, decision)
 

@@ -107,6 +107,12 @@ class FabricMetrics:
             "Batched audit writes that failed and will be retried.",
             registry=r,
         )
+        self.loop_restarts = Counter(
+            "agent_fabric_loop_restarts_total",
+            "Consumer loops (fetch-<priority>, keepalive) that crashed and were restarted.",
+            ["loop"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

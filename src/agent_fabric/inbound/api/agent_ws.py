@@ -25,6 +25,7 @@ from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
 
 from agent_fabric.audit.entries import AuditEntry, Caller
 from agent_fabric.errors import FabricError, InvalidRequest, NotFound
+from agent_fabric.events.json_limits import DEFAULT_MAX_JSON_DEPTH, json_depth
 from agent_fabric.fabric import Fabric
 from agent_fabric.inbound.api.agent_sessions import MAX_MESSAGE_CHARS
 from agent_fabric.inbound.api.deps import pod_tenant
@@ -167,6 +168,8 @@ class Relay:
 
 
 def _message_of(frame: str) -> str:
+    if json_depth(frame, stop_after=DEFAULT_MAX_JSON_DEPTH) > DEFAULT_MAX_JSON_DEPTH:
+        raise InvalidRequest(f"frames nest at most {DEFAULT_MAX_JSON_DEPTH} levels deep")
     try:
         body = orjson.loads(frame)
     except orjson.JSONDecodeError:

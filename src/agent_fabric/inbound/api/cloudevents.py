@@ -28,7 +28,11 @@ async def receive_event(
 ) -> Response:
     body = await read_limited(request, fabric.settings.max_event_bytes)
     event = parse_task_event(
-        dict(request.headers), body, max_bytes=fabric.settings.max_event_bytes, default_tenant=principal.tenant_id
+        dict(request.headers),
+        body,
+        max_bytes=fabric.settings.max_event_bytes,
+        default_tenant=principal.tenant_id,
+        max_depth=fabric.settings.max_json_depth,
     )
     spec = event.spec
     tenant_scope(principal, spec.tenant_id)

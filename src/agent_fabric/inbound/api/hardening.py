@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from agent_fabric.inbound.api.json_depth import JsonDepthLimit
 from agent_fabric.inbound.api.problems import problem
 from agent_fabric.settings import Settings
 
@@ -89,6 +90,8 @@ def install_hardening(app: FastAPI, settings: Settings) -> None:
             response.headers["Cache-Control"] = "no-store"
         return response
 
+    # Inside the size limit (added later, so it runs first): a body is capped before it is buffered.
+    app.add_middleware(JsonDepthLimit, limit=settings.max_json_depth)
     # Task events have their own limit (MAX_EVENT_BYTES); nothing else the API takes is larger.
     app.add_middleware(BodySizeLimit, limit=settings.max_event_bytes + 64 * 1024)
 

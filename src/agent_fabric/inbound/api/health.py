@@ -29,6 +29,7 @@ async def ready(fabric: FabricDep) -> JSONResponse:
         "nats": _check_nats(fabric),
         "database": ping(fabric.engine),
         "progress": fabric.bus.ping(),
+        "consumer": _check_consumer(fabric),
     }
     results: dict[str, str] = {}
     for name, probe in checks.items():
@@ -36,7 +37,8 @@ async def ready(fabric: FabricDep) -> JSONResponse:
             await asyncio.wait_for(probe, timeout=CHECK_TIMEOUT_SECONDS)
             results[name] = "ok"
         except Exception as exc:
-            results[name] = f"failing: {type(exc).__name__}"
+            detail = f" ({exc})" if isinstance(exc, LoopsDown) else ""  # other errors may carry hosts/URLs
+            results[name] = f"failing: {type(exc).__name__}{detail}"
     failing = [name for name, state in results.items() if state != "ok"]
     status = 503 if failing else 200
     return JSONResponse(
@@ -48,6 +50,16 @@ async def _check_nats(fabric: FabricDep) -> None:
     if not fabric.nc.is_connected:
         raise ConnectionError("not connected")
     await fabric.nc.flush(timeout=int(CHECK_TIMEOUT_SECONDS))
+
+
+class LoopsDown(Exception):
+    """Consumer loops that crashed and wait to be restarted: their classes fetch nothing."""
+
+
+async def _check_consumer(fabric: FabricDep) -> None:
+    dead = fabric.consumer.dead_loops()
+    if dead:
+        raise LoopsDown(", ".join(dead))
 
 
 @router.get("/metrics")
