@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from agent_fabric.outbound.progress import ProgressBus
+from agent_fabric.storage.column_bounds import MAX_INT
 from agent_fabric.storage.task_store import TaskStore
 
 HEARTBEAT_SECONDS = 15.0
@@ -24,6 +25,8 @@ def parse_event_id(value: str | None) -> tuple[int, int] | None:
         return None
     attempt, _, n = value.strip().partition("-")
     if not (attempt.isdigit() and n.isdigit()):
+        return None
+    if int(attempt) > MAX_INT or int(n) > MAX_INT:  # no real event has it; never send it to the database
         return None
     return int(attempt), int(n)
 

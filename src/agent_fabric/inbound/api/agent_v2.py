@@ -20,6 +20,7 @@ from agent_fabric.audit.store import AuditQuery
 from agent_fabric.inbound.api.audit import audit_page
 from agent_fabric.inbound.api.config import config_view
 from agent_fabric.inbound.api.pod import Pod, PodCall
+from agent_fabric.storage.column_bounds import MAX_BIGINT
 
 router = APIRouter(prefix="/api/v2/agent", tags=["agent-v2"])
 
@@ -81,7 +82,7 @@ async def get_audit(
     since: Annotated[datetime | None, Query()] = None,
     until: Annotated[datetime | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[int | None, Query(ge=1)] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_BIGINT)] = None,
 ) -> JSONResponse:
     page: dict[str, Any] = await audit_page(
         pod.fabric,

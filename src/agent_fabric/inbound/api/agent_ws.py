@@ -32,6 +32,7 @@ from agent_fabric.inbound.api.deps import pod_tenant
 from agent_fabric.security import roles
 from agent_fabric.security.ws_auth import WsAuth, close_code, close_reason, require_ws
 from agent_fabric.storage import session_store as store
+from agent_fabric.storage.column_bounds import MAX_BIGINT
 from agent_fabric.tasks import TENANT_ID_PATTERN
 
 router = APIRouter(tags=["agent-v2"])
@@ -46,7 +47,7 @@ async def agent_ws(
     websocket: WebSocket,
     session_id: str,
     auth: WsPodAdmin,
-    last_event_id: Annotated[int, Query(ge=0)] = 0,
+    last_event_id: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
     tenant_id: Annotated[str | None, Query(pattern=TENANT_ID_PATTERN)] = None,
 ) -> None:
     fabric: Fabric = websocket.app.state.fabric

@@ -11,6 +11,7 @@ from agent_fabric.audit.store import AuditQuery
 from agent_fabric.fabric import Fabric
 from agent_fabric.inbound.api.deps import AuditViewer, FabricDep
 from agent_fabric.security.deps import tenant_scope
+from agent_fabric.storage.column_bounds import MAX_BIGINT
 from agent_fabric.tasks import TENANT_ID_PATTERN
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
@@ -32,7 +33,7 @@ async def query_audit(
     since: Annotated[datetime | None, Query(description="From this time (inclusive, ISO 8601).")] = None,
     until: Annotated[datetime | None, Query(description="Before this time (ISO 8601).")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    cursor: Annotated[int | None, Query(ge=1, description="`next` from the previous page.")] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_BIGINT, description="`next` from the previous page.")] = None,
 ) -> dict[str, Any]:
     query = AuditQuery(
         tenant_id=tenant_scope(principal, tenant_id),
