@@ -115,7 +115,7 @@ def setup_streams() -> None:
 
         from agent_fabric.jetstream import ensure_topology
 
-        nc = await nats.connect(nats_url, connect_timeout=10)
+        nc = await nats.connect(settings.nats.servers, connect_timeout=10)
         try:
             topology = await ensure_topology(nc.jetstream(), settings.nats, settings.max_event_bytes)
         finally:

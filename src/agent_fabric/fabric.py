@@ -45,7 +45,7 @@ from agent_fabric.security.jwks import JwksKeys
 from agent_fabric.security.rate_limit import RateLimiter
 from agent_fabric.security.sealing import sealer_for
 from agent_fabric.security.tokens import TokenService
-from agent_fabric.settings import Settings
+from agent_fabric.settings import Settings, nats_servers
 from agent_fabric.storage.batcher import WriteBatcher
 from agent_fabric.storage.dead_letters import DeadLetterStore
 from agent_fabric.storage.documents import DocumentStore
@@ -123,7 +123,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             stack.push_async_callback(embedded.stop)
 
         nc = await nats.connect(
-            nats_url,
+            nats_servers(nats_url),  # a cluster's servers: the client fails over between them
             name="agent-fabric",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,

@@ -47,6 +47,23 @@ class NatsSettings(BaseSettings):
         7 * 24 * 3600.0, gt=0, description="How long results stay in the AGENT_STATUS stream."
     )
 
+    @property
+    def servers(self) -> list[str]:
+        """`url` as the list nats-py wants: a comma-separated string is one URL to it."""
+        return nats_servers(self.url or "")
+
+    @field_validator("url")
+    @classmethod
+    def _urls_listed(cls, value: str | None) -> str | None:
+        if value is not None and not nats_servers(value):
+            raise ValueError("AGENT_FABRIC_NATS_URL names no server; unset it to use the bundled one")
+        return value
+
+
+def nats_servers(urls: str) -> list[str]:
+    """`nats://a:4222, nats://b:4222` -> one entry per server (blanks dropped)."""
+    return [url.strip() for url in urls.split(",") if url.strip()]
+
 
 class DatabaseSettings(BaseSettings):
     model_config = _section("AGENT_FABRIC_DATABASE_")

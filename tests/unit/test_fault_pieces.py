@@ -1,0 +1,43 @@
+"""Pure pieces behind issue 11: the JSON depth scan and the NATS server list."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from agent_fabric.errors import InvalidEvent
+from agent_fabric.events.json_limits import check_json_depth, json_depth
+from agent_fabric.settings import NatsSettings, nats_servers
+
+
+@pytest.mark.parametrize(
+    "raw, depth",
+    [
+        (b"1", 0),
+        (b"[]", 1),
+        (b'{"a": [1, {"b": []}]}', 3),
+        (b'{"a": "[[[[[[ not nesting ]"}', 1),
+        (b'["escaped \\" [[[ quote", [2]]', 2),
+        (b"[" * 5000, 5000),  # not JSON at all: still measured, never parsed
+    ],
+)
+def test_json_depth_counts_brackets_outside_strings(raw: bytes, depth: int) -> None:
+    assert json_depth(raw) == depth
+
+
+def test_depth_check_refuses_past_the_limit_only() -> None:
+    check_json_depth(b"[" * 8 + b"]" * 8, 8)
+    with pytest.raises(InvalidEvent) as refused:
+        check_json_depth(b"[" * 9 + b"]" * 9, 8)
+    assert refused.value.code == "json_too_deep" and "8 levels" in refused.value.message
+
+
+def test_nats_url_list_is_split_for_the_client() -> None:
+    assert nats_servers("nats://a:4222, nats://b:4222 ,nats://c:4222") == [
+        "nats://a:4222",
+        "nats://b:4222",
+        "nats://c:4222",
+    ]
+    assert NatsSettings(url="nats://a:4222").servers == ["nats://a:4222"]
+    with pytest.raises(ValidationError):
+        NatsSettings(url=" , ")
