@@ -15,7 +15,7 @@ from agent_fabric.settings import NatsSettings, nats_servers
     [
         (b"1", 0),
         (b"[]", 1),
-        (b'{"a": [1, {"b": []}]}', 3),
+        (b'{"a": [1, {"b": []}]}', 4),
         (b'{"a": "[[[[[[ not nesting ]"}', 1),
         (b'["escaped \\" [[[ quote", [2]]', 2),
         (b"[" * 5000, 5000),  # not JSON at all: still measured, never parsed
