@@ -41,3 +41,18 @@ def test_nats_url_list_is_split_for_the_client() -> None:
     assert NatsSettings(url="nats://a:4222").servers == ["nats://a:4222"]
     with pytest.raises(ValidationError):
         NatsSettings(url=" , ")
+
+
+def test_unreachable_database_is_told_apart_from_a_wrong_write() -> None:
+    from sqlalchemy import exc as sa_exc
+
+    from agent_fabric.storage.outage import is_unreachable
+
+    refused = sa_exc.OperationalError("connect", {}, ConnectionRefusedError(111, "refused"))
+    assert is_unreachable(refused)
+    assert is_unreachable(sa_exc.InterfaceError("select", {}, Exception("connection is closed")))
+    wrapped = RuntimeError("flush failed")
+    wrapped.__cause__ = ConnectionResetError()
+    assert is_unreachable(wrapped)
+    assert not is_unreachable(sa_exc.StatementError("bad state", "insert", {}, TypeError("not JSON")))
+    assert not is_unreachable(sa_exc.IntegrityError("insert", {}, Exception("duplicate key")))

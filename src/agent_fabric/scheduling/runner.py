@@ -27,6 +27,7 @@ from agent_fabric.events.envelope import TaskEvent
 from agent_fabric.outbound.progress import ProgressBus
 from agent_fabric.outbound.results import ResultPublisher
 from agent_fabric.settings import Settings
+from agent_fabric.storage.outage import write_through_outage
 from agent_fabric.storage.task_store import (
     Claim,
     EventRow,
@@ -79,7 +80,13 @@ class _Run:
 
     async def save_checkpoint(self, state: Any) -> None:
         self.step += 1
-        await self.runner.store.save_checkpoint(self.spec.tenant_id, self.spec.job_id, self.step, self.attempt, state)
+        spec, step = self.spec, self.step
+        # The database being away is not the agent's failure: wait for it (within the run's deadline).
+        await write_through_outage(
+            lambda: self.runner.store.save_checkpoint(spec.tenant_id, spec.job_id, step, self.attempt, state),
+            what="checkpoint",
+            job_id=spec.job_id,
+        )
 
     def add_usage(
         self, *, tokens: int = 0, compute_seconds: float = 0.0, cost_usd: float = 0.0, model: str | None = None
@@ -374,7 +381,10 @@ class TaskRunner:
             await delivery.nak(delay=0)
 
     async def emit(self, run: _Run, row: EventRow) -> None:
-        await self.store.add_event(run.spec.tenant_id, run.spec.job_id, row)
+        spec = run.spec
+        await write_through_outage(
+            lambda: self.store.add_event(spec.tenant_id, spec.job_id, row), what="progress", job_id=spec.job_id
+        )
         await self._publish_live(run, row)
 
     async def _publish_live(self, run: _Run, row: EventRow) -> None:

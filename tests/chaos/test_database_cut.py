@@ -1,0 +1,59 @@
+"""Issue 11, item 4: Postgres unreachable for a few seconds while `sleep` tasks checkpoint. The
+database is taken away by a TCP proxy between the fabric and Postgres (the server itself stays
+up): every task completes, none fails with driver_error, and /ready is 503 during the cut and
+200 after."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from nats.aio.client import Client
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from tests.chaos.support import publish_through, statuses, task_event, until_all_completed
+from tests.conftest import make_settings, new_job_id, running_app
+from tests.support.tcp_proxy import proxy_to
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
+
+
+@pytest.mark.parametrize("cut_seconds", [3.0, 8.0])
+async def test_tasks_checkpointing_through_a_database_cut_all_complete(
+    tmp_path: Path, nats_url: str, nc: Client, postgres_url: str, redis_url: str, cut_seconds: float
+) -> None:
+    target = urlsplit(postgres_url)
+    async with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        settings = make_settings(tmp_path, nats_url, database_url=proxy.url_for(postgres_url), redis_url=redis_url)
+        direct = create_async_engine(postgres_url)  # the test's own view, around the proxy
+        try:
+            async with running_app(settings) as app:
+                jobs = [new_job_id("cut") for _ in range(30)]
+                for job in jobs:
+                    # Checkpoints every second: with 30 running, writes are in flight all through the cut.
+                    await publish_through(nc, "agent.execute.normal", *task_event(job, "sleep", {"seconds": 4}))
+
+                async def running() -> None:
+                    while (await statuses(direct, jobs)).get("running", 0) < len(jobs) // 2:
+                        await asyncio.sleep(0.1)
+
+                await asyncio.wait_for(running(), timeout=60)
+                await asyncio.sleep(1.2)  # at least one checkpoint each behind them
+                await proxy.cut()
+                during = await app.client.get("/ready")
+                await asyncio.sleep(cut_seconds)
+                await proxy.restore()
+
+                assert during.status_code == 503, during.text
+                assert "database" in during.json()["failing"]
+                await until_all_completed(direct, jobs, timeout=120)
+
+                async def ready_again() -> None:
+                    while (await app.client.get("/ready")).status_code != 200:
+                        await asyncio.sleep(0.2)
+
+                await asyncio.wait_for(ready_again(), timeout=30)
+        finally:
+            await direct.dispose()
