@@ -8,15 +8,19 @@ recognisable to any subscriber as the same event.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
+from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
 from agent_fabric import names
 from agent_fabric.events.envelope import fabric_event
+from agent_fabric.outbound.result_lookup import result_stored
 from agent_fabric.storage.task_store import TaskRecord
 from agent_fabric.tasks import TaskStatus
 
@@ -26,6 +30,10 @@ _RESULT_SUBJECT_STATUS = {
     TaskStatus.COMPLETED: "completed",
     TaskStatus.CANCELLED: "cancelled",
 }
+
+
+ACK_POLL_SECONDS = 0.2
+ACK_PATIENCE_SECONDS = 5.0
 
 
 def result_subject_status(status: TaskStatus) -> str:
@@ -74,9 +82,35 @@ class ResultPublisher:
         self._nc = nc
         self._js = js
 
-    async def publish_result(self, record: TaskRecord, trace: Mapping[str, str] | None = None) -> None:
+    async def publish_result(
+        self, record: TaskRecord, trace: Mapping[str, str] | None = None, *, again: bool = False
+    ) -> None:
+        """Publish the result and wait for the stream's ack. `again`: an earlier publish of it may
+        have landed (a retry, or a task found finished by another delivery), so look in the stream
+        first and publish only if it is not there: every publish reaches core subscribers."""
         subject, body, event_id = result_event(record, trace)
-        await self._js.publish(subject, body, timeout=5, headers={names.MSG_ID_HEADER: event_id})
+        if again and await result_stored(self._js, subject, event_id, record.finished_at):
+            return
+        ack = await self._js.publish_async(subject, body, headers={names.MSG_ID_HEADER: event_id})
+        await self._acked(ack, event_id)
+
+    async def _acked(self, ack: asyncio.Future[PubAck], event_id: str) -> None:
+        """Wait for the stream's ack. While the client is reconnecting the message waits in its
+        buffer and goes out on reconnect, so that time does not count: a retry then would be a
+        second copy. Only connected and unanswered for ACK_PATIENCE_SECONDS is it given up."""
+        unanswered = 0.0
+        while True:
+            done, _ = await asyncio.wait({ack}, timeout=ACK_POLL_SECONDS)
+            if done:
+                ack.result()  # raises the stream's refusal, if that is the answer
+                return
+            if self._nc.is_closed:
+                ack.cancel()
+                raise ConnectionClosedError
+            unanswered = unanswered + ACK_POLL_SECONDS if self._nc.is_connected else 0.0
+            if unanswered >= ACK_PATIENCE_SECONDS:
+                ack.cancel()
+                raise TimeoutError(f"no ack from {names.STATUS_STREAM} for result {event_id}")
 
     async def publish_transition(self, tenant_id: str, job_id: str, status: TaskStatus, attempt: int) -> None:
         """A non-final transition: fire and forget on agent.status.<status>."""

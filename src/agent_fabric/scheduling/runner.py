@@ -310,11 +310,18 @@ class TaskRunner:
         driving.cancel(message)
         return True
 
-    async def _publish_and_ack(self, delivery: Delivery, record: TaskRecord) -> None:
+    async def _publish_and_ack(self, delivery: Delivery, record: TaskRecord, *, again: bool = False) -> None:
+        """`again`: the result may already be in the stream (this is a later delivery of a finished
+        task). Every retry is treated so too: its first copy may have landed without an ack."""
         context = trace_attributes(trace.get_current_span())
-        published, _ = await _retrying(
-            lambda: self.results.publish_result(record, context), what="publish result", job_id=record.job_id
-        )
+        attempts = 0
+
+        async def publish() -> None:
+            nonlocal attempts
+            attempts += 1
+            await self.results.publish_result(record, context, again=again or attempts > 1)
+
+        published, _ = await _retrying(publish, what="publish result", job_id=record.job_id)
         if not published:
             await delivery.nak(delay=1.0)  # redelivery finds the outcome and publishes it then
             return
@@ -358,7 +365,7 @@ class TaskRunner:
                 # after the grace period, and publish then only if the note never came.
                 await delivery.nak(delay=RESULT_MARK_GRACE_SECONDS)
             else:
-                await self._publish_and_ack(delivery, current)
+                await self._publish_and_ack(delivery, current, again=True)
             return
         if current.status == TaskStatus.WAITING:
             # Parked until its dependencies complete; their release puts it back on the stream.
