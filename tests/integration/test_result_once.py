@@ -53,8 +53,9 @@ async def test_a_later_delivery_of_a_finished_task_does_not_publish_its_result_a
         await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
         event_id = result_event_id("default", job)
         await until(lambda: seen[event_id] == 1)
-        record = await fabric_app.fabric.store.get("default", job)
-        assert record is not None and record.result_published
+        async with asyncio.timeout(30):  # the mark is written just after the ack
+            while not (r := await fabric_app.fabric.store.get("default", job)) or not r.result_published:
+                await asyncio.sleep(0.05)
         async with fabric_app.fabric.engine.begin() as conn:
             await conn.execute(
                 update(tasks)
