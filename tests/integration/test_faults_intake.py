@@ -174,3 +174,30 @@ async def _until_async(predicate: Callable[[], Any], timeout: float = 15) -> Non
     async with asyncio.timeout(timeout):
         while not await predicate():
             await asyncio.sleep(0.05)
+
+
+async def test_a_batch_half_taken_when_the_loop_crashed_is_handed_back(
+    tmp_path: Path, nats_url: str, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crash comes after the message was held: it must go back to JetStream at once, not stay
+    held and kept alive (in_progress) by a loop that lost track of it. The ack wait is long
+    (60 s), so only the hand-back can bring the task back within the test's 30 s."""
+    settings = make_settings(tmp_path, nats_url, nats={"ack_wait_seconds": 60.0})
+    async with running_app(settings) as app:
+        consumer = app.fabric.consumer
+        original = consumer._push
+        failures = {"left": 1}
+
+        def push(delivery: Any) -> None:
+            if failures["left"]:
+                failures["left"] -= 1
+                raise RuntimeError("injected failure after the message was held")
+            original(delivery)
+
+        monkeypatch.setattr(consumer, "_push", push)
+        job = new_job_id("halfway")
+        async with collect(nc, "agent.status.completed") as completed:
+            await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+            await until(lambda: for_job(completed, job), timeout=30)
+        assert failures["left"] == 0
+        await until(lambda: consumer.held == 0)

@@ -203,6 +203,7 @@ class TaskConsumer:
                 # _take hands the recorder slot on only as its very last step; failing before that
                 # it still holds it. (The loop's supervisor restarts the loop.)
                 self._recorders[priority].release()
+                self._hand_back_batch(msgs)
                 raise
 
     def _take(self, priority: str, msgs: list[Any]) -> None:
@@ -238,6 +239,18 @@ class TaskConsumer:
         task = asyncio.create_task(self._record(priority, to_record, fetched))
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
+
+    def _hand_back_batch(self, msgs: list[Any]) -> None:
+        """After _take failed half-way: what it held from `msgs` and did not start goes back to
+        JetStream now, instead of being kept alive (in_progress) by a loop that no longer owns it."""
+        batch = {id(msg) for msg in msgs}
+        stranded = [d for d in self._held if id(d.msg) in batch and not d.dispatched]
+        gone = {id(d) for d in stranded}
+        self.queue.remove(lambda d: id(d) in gone)
+        for delivery in stranded:
+            task = asyncio.create_task(delivery.nak(delay=1.0))
+            self._intake.add(task)
+            task.add_done_callback(self._intake.discard)
 
     def _push(self, delivery: JetStreamDelivery) -> None:
         delivery.received_at = time.perf_counter()
