@@ -15,10 +15,12 @@ import orjson
 import pytest
 from nats.aio.client import Client
 from sqlalchemy import select
+from websockets.asyncio.client import connect
 
 from agent_fabric import names
 from agent_fabric.storage.tables import dead_letters
 from tests.conftest import RunningApp, make_settings, new_job_id, running_app
+from tests.integration.test_agent_sessions import az_app, frames_until, message, ws_base  # noqa: F401 (a fixture)
 from tests.integration.test_nats_door import collect, for_job, structured, task, until
 from tests.support.asgi_server import serving
 
@@ -201,3 +203,23 @@ async def test_a_batch_half_taken_when_the_loop_crashed_is_handed_back(
             await until(lambda: for_job(completed, job), timeout=30)
         assert failures["left"] == 0
         await until(lambda: consumer.held == 0)
+
+
+async def test_the_websocket_answers_deep_and_oversized_frames_with_an_error_frame(az_app: RunningApp) -> None:  # noqa: F811
+    pod = f"pod-{uuid.uuid4().hex[:8]}"
+    token = az_app.fabric.tokens.issue(role="pod_admin", subject="ws", tenant_id=pod)
+    opened = (await message(az_app, {"Authorization": f"Bearer {token}"}, "open")).json()
+    seen_up_to = opened["session"]["last_event_id"]
+    async with serving(az_app.app) as base:
+        url = f"{ws_base(base)}/ws/agent/{opened['session_id']}/?token={token}&last_event_id={seen_up_to}"
+        async with connect(url, max_size=None) as ws:
+            assert orjson.loads(await ws.recv())["type"] == "session"
+            too_long = '{"type":"message","message":"' + "x" * 700_000 + '"}'
+            for frame, says in (
+                (DEEP_ARRAY.decode(), "levels deep"),
+                (too_long, "characters"),
+                (DEEP_OBJECT.decode(), "levels deep"),
+            ):
+                await ws.send(frame)
+                error = (await frames_until(ws, lambda f: f.get("type") == "error"))[-1]
+                assert error["code"] == "invalid_request" and says in error["detail"], error

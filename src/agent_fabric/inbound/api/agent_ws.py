@@ -168,7 +168,12 @@ class Relay:
         await self._ws.send_text(orjson.dumps(frame).decode())
 
 
+MAX_FRAME_CHARS = 6 * MAX_MESSAGE_CHARS + 1024  # the message, every character escaped as \uXXXX, and the rest
+
+
 def _message_of(frame: str) -> str:
+    if len(frame) > MAX_FRAME_CHARS:
+        raise InvalidRequest(f"frames are at most {MAX_FRAME_CHARS} characters")
     if json_depth(frame, stop_after=DEFAULT_MAX_JSON_DEPTH) > DEFAULT_MAX_JSON_DEPTH:
         raise InvalidRequest(f"frames nest at most {DEFAULT_MAX_JSON_DEPTH} levels deep")
     try:
