@@ -223,3 +223,30 @@ async def test_the_websocket_answers_deep_and_oversized_frames_with_an_error_fra
                 await ws.send(frame)
                 error = (await frames_until(ws, lambda f: f.get("type") == "error"))[-1]
                 assert error["code"] == "invalid_request" and says in error["detail"], error
+
+
+async def test_an_admission_bug_refuses_that_task_and_no_other(
+    tmp_path: Path, nats_url: str, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error while admitting one task (injected into the fabric's own admission
+    step) dead-letters that task with the reason; before, it was handed back to fail again forever."""
+    async with running_app(make_settings(tmp_path, nats_url)) as app:
+        admission = app.fabric.consumer._admission
+        original = admission.admit
+        doomed = new_job_id("doomed")
+
+        async def admit(event: Any, *args: Any) -> Any:
+            if event.spec.job_id == doomed:
+                raise KeyError("injected admission bug")
+            return await original(event, *args)
+
+        monkeypatch.setattr(admission, "admit", admit)
+        fine = new_job_id("fine")
+        async with collect(nc, names.DEADLETTER_SUBJECT) as letters, collect(nc, "agent.status.*") as results:
+            await nc.jetstream().publish("agent.execute.normal", structured(task(doomed)))
+            await nc.jetstream().publish("agent.execute.normal", structured(task(fine)))
+            await until(lambda: finished(results, fine) and letters, timeout=30)
+        letter = letters[0]["data"]
+        assert letter["code"] == "admission_failed" and "KeyError" in letter["reason"]
+        await until(lambda: app.fabric.consumer.held == 0)
+        assert (await nc.jetstream().stream_info(names.TASK_STREAM)).state.messages == 0

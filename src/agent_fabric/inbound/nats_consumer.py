@@ -45,6 +45,7 @@ from agent_fabric.inbound.supervision import SupervisedLoop
 from agent_fabric.scheduling.queue import FairQueue, Picked
 from agent_fabric.scheduling.runner import TaskRunner
 from agent_fabric.settings import Settings
+from agent_fabric.storage.outage import is_unreachable
 from agent_fabric.storage.queue_store import Enqueued, QueueStore
 from agent_fabric.storage.task_store import TaskStore, spec_hash, utcnow
 from agent_fabric.tasks import Priority
@@ -419,6 +420,16 @@ class TaskConsumer:
         except FabricError as exc:
             self.release(delivery)
             await self._refuse(delivery.msg, exc, delivery.event.id)
+            return False
+        except Exception as exc:
+            if is_unreachable(exc):
+                raise  # the database is away: the task is handed back and comes again
+            # Anything else is about this task (a bug its data tripped): refuse it with the reason
+            # instead of handing it back to fail the same way forever.
+            log.exception("admission failed; refusing the task", extra={"job_id": delivery.event.spec.job_id})
+            self.release(delivery)
+            reason = f"the fabric could not admit this task: {type(exc).__name__}: {exc}"[:500]
+            await self._refuse(delivery.msg, FabricError(reason, code="admission_failed"), delivery.event.id)
             return False
         if admitted.verdict == "run":
             return True
