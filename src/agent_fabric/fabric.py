@@ -31,6 +31,7 @@ from agent_fabric.drivers.factory import Drivers, build_drivers
 from agent_fabric.embedded_nats import EmbeddedNats
 from agent_fabric.inbound.control import ControlChannel
 from agent_fabric.inbound.nats_consumer import TaskConsumer
+from agent_fabric.inbound.nats_credentials import NatsCredentials
 from agent_fabric.inbound.rejections import Rejector
 from agent_fabric.inbound.submission import Submitter
 from agent_fabric.jetstream import ensure_topology
@@ -41,6 +42,7 @@ from agent_fabric.scheduling.runner import TaskRunner
 from agent_fabric.scheduling.scheduler import AgentScheduler
 from agent_fabric.security.access_state import AccessState
 from agent_fabric.security.credentials import CredentialService
+from agent_fabric.security.internal_seal import internal_seal_for
 from agent_fabric.security.jwks import JwksKeys
 from agent_fabric.security.rate_limit import RateLimiter
 from agent_fabric.security.sealing import sealer_for
@@ -219,7 +221,16 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         admission = Admission(
             drivers, governance.policies, governance.approvals, governance.budgets, governance.dependencies
         )
-        consumer = TaskConsumer(settings, js, runner, admission, rejector, store, queue_store, metrics)
+        door = NatsCredentials(
+            settings.nats_door,
+            tokens,
+            credentials,
+            access.is_revoked,
+            access.permissions_for,
+            internal_seal_for(settings),
+            governance.tenants.mode_for,
+        )
+        consumer = TaskConsumer(settings, js, runner, admission, rejector, store, queue_store, metrics, door)
         canceller = Canceller(
             engine,
             nc,
@@ -244,7 +255,13 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             },
         )
         submitter = Submitter(
-            js, store, queue_store, admission, tracing.tracer, settings.scheduler.queue_full_http_status
+            js,
+            store,
+            queue_store,
+            admission,
+            tracing.tracer,
+            settings.scheduler.queue_full_http_status,
+            seal=internal_seal_for(settings),
         )
         yield Fabric(
             settings=settings,
@@ -307,7 +324,7 @@ async def _open_governance(
     audit = AuditWriter(engine, settings.audit, settings.state_dir / "audit-spool", metrics)
     audit.start()
     stack.push_async_callback(audit.shutdown)
-    relay = OutboxRelay(engine, js, settings.approval.sweep_seconds)
+    relay = OutboxRelay(engine, js, settings.approval.sweep_seconds, seal=internal_seal_for(settings))
     relay.start()
     stack.push_async_callback(relay.shutdown)
     # Budget transactions lock budget rows; on a writer of their own they never hold task writes.

@@ -53,6 +53,21 @@ class TokenPair:
         }
 
 
+@dataclass(frozen=True)
+class KeyHolder:
+    """An API key's identity, as a token exchanged for it would carry."""
+
+    key_id: str
+    name: str
+    role: str
+    tenant_id: str | None
+    expires_at: datetime | None
+
+    @property
+    def subject(self) -> str:
+        return f"key:{self.name}"
+
+
 class CredentialService:
     def __init__(self, engine: AsyncEngine, tokens: TokenService, access: AccessState, cfg: SecuritySettings) -> None:
         self._engine = engine
@@ -158,6 +173,15 @@ class CredentialService:
         if row is None or not _usable(row, now):
             raise Unauthenticated("the API key behind this refresh token is revoked or expired")
         return await self._pair_for(row)
+
+    async def key_holder(self, presented: str) -> KeyHolder:
+        """Who an API key presented as is (the NATS door's `Authorization: Bearer af_...`) stands for.
+        Refuses a key that is unknown, revoked or expired, as the exchange does."""
+        row = await self._usable_key(presented)
+        expires = row.expires_at
+        if expires is not None and expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        return KeyHolder(row.id, row.name, row.role, row.tenant_id, expires)
 
     async def _usable_key(self, presented: str) -> Any:
         prefix, secret = _split(presented)
