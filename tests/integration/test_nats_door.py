@@ -88,7 +88,9 @@ async def test_binary_mode_over_nats_headers(fabric_app: RunningApp, nc: Client)
         )
     )
     async with collect(nc, "agent.status.completed") as completed:
-        await nc.jetstream().publish("agent.execute.high", message.body, headers={**message.headers, **fabric_app.auth()})
+        await nc.jetstream().publish(
+            "agent.execute.high", message.body, headers={**message.headers, **fabric_app.auth()}
+        )
         await until(lambda: for_job(completed, job))
 
 
