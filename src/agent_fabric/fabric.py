@@ -173,7 +173,8 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         queue_store.start()
         stack.push_async_callback(queue_store.shutdown)
 
-        access = AccessState(engine, nc)
+        seal = internal_seal_for(settings)
+        access = AccessState(engine, nc, seal)
         await access.start()
         stack.push_async_callback(access.aclose)
         jwks = None
@@ -227,7 +228,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             credentials,
             access.is_revoked,
             access.permissions_for,
-            internal_seal_for(settings),
+            seal,
             governance.tenants.mode_for,
         )
         consumer = TaskConsumer(settings, js, runner, admission, rejector, store, queue_store, metrics, door)
@@ -238,6 +239,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             runner,
             governance.approvals,
             governance.tenants,
+            seal,
         )
         await canceller.start()
         stack.push_async_callback(canceller.shutdown)
@@ -261,7 +263,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             admission,
             tracing.tracer,
             settings.scheduler.queue_full_http_status,
-            seal=internal_seal_for(settings),
+            seal=seal,
         )
         yield Fabric(
             settings=settings,

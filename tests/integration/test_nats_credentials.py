@@ -210,3 +210,36 @@ async def test_anonymous_tasks_only_where_the_operator_allows_them(tmp_path: Pat
         seq = await publish(nc, task(live_job, tenant_id=live_pod), None)
         assert (await dead_letter(app, seq, live_job)).reason_code == "unauthenticated"
         await assert_not_recorded(app, live_job, live_pod)
+
+
+async def test_forged_replica_broadcasts_are_ignored(fabric_app: RunningApp, nc: Client) -> None:
+    """Revocations, custom roles and cancellations travel between replicas on NATS core subjects:
+    only sealed ones (a replica's) count, so a NATS client cannot grant permissions or stop tasks."""
+    await nc.publish(
+        names.AUTH_CONTROL_SUBJECT, orjson.dumps({"kind": "role", "name": "sneaky", "permissions": ["roles:manage"]})
+    )
+    pod, job = new_pod(), new_job_id("uncancelled")
+    response = await fabric_app.client.post(
+        "/api/v1/tasks", json=task(job, "sleep", {"seconds": 1.0}), headers=fabric_app.auth("agent", pod)
+    )
+    assert response.status_code == 202, response.text
+    async with asyncio.timeout(15):
+        while (record := await fabric_app.fabric.store.get(pod, job)) is None or record.status.value != "running":
+            await asyncio.sleep(0.02)
+    await nc.publish(names.CANCEL_SUBJECT, orjson.dumps({"tenant_id": pod, "job_id": job, "message": "forged"}))
+    await nc.flush()
+    async with asyncio.timeout(15):
+        while not (record := await fabric_app.fabric.store.get(pod, job)) or not record.status.is_terminal:
+            await asyncio.sleep(0.05)
+    assert record.status.value == "completed"
+    assert fabric_app.fabric.access.permissions_for("sneaky") is None
+    # The real thing still works: a cancellation through the API reaches the running task.
+    other = new_job_id("cancelled")
+    await fabric_app.client.post(
+        "/api/v1/tasks", json=task(other, "sleep", {"seconds": 10}), headers=fabric_app.auth("agent", pod)
+    )
+    async with asyncio.timeout(15):
+        while (record := await fabric_app.fabric.store.get(pod, other)) is None or record.status.value != "running":
+            await asyncio.sleep(0.02)
+    cancelled = await fabric_app.client.post(f"/api/v1/tasks/{other}/cancel?tenant_id={pod}", headers=fabric_app.auth())
+    assert cancelled.status_code == 202, cancelled.text
