@@ -182,7 +182,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             jwks = JwksKeys(settings.jwt.jwks_url)
             await jwks.load()
         tokens = TokenService(settings, access, jwks)
-        credentials = CredentialService(engine, tokens, access, settings.jwt)
+        credentials = CredentialService(engine, tokens, access, settings.jwt, governance.tenants.mode_for)
 
         bus = await open_progress_bus(settings.redis_url, nc)
         stack.push_async_callback(bus.aclose)

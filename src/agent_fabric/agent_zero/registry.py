@@ -25,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.agent_zero.fleet import Fleet, Instance
+from agent_fabric.audit.entries import Caller, append
 from agent_fabric.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from agent_fabric.security.sealing import SealedSecretError, Sealer
 from agent_fabric.settings import Mode
@@ -82,8 +83,10 @@ class InstanceRegistry:
         self._removed: set[str] = set()
 
     async def register(
-        self, *, url: str, api_key: str, mode_set: Mode, tenant_id: str | None, actor: str
+        self, *, url: str, api_key: str, mode_set: Mode, tenant_id: str | None, caller: Caller
     ) -> InstanceRecord:
+        """Store and apply a registration; its audit entry commits with it (never the key)."""
+        actor = caller.actor
         url = checked_url(url)
         if self._fleet.by_url(url) is not None:
             raise Conflict(f"an Agent Zero instance at {url} is already in the fleet", code="instance_exists")
@@ -101,14 +104,18 @@ class InstanceRegistry:
                         registered_at=record.registered_at,
                     )
                 )
+                asked = {"url": url, "mode_set": mode_set, "shared": tenant_id is None}
+                await append(conn, caller.entry("agent.instance.register", request=asked, response={"id": record.id}))
         except IntegrityError:  # another replica registered the URL a moment ago
             raise Conflict(f"an Agent Zero instance at {url} is already registered", code="instance_exists") from None
         await self._apply(record, api_key)
         await self._announce(TOPIC)
         return record
 
-    async def remove(self, instance_id: str, *, tenant_id: str, admin: bool) -> InstanceRecord:
-        """Unregister: a POD administrator its own POD's instances, an admin those and shared ones."""
+    async def remove(self, instance_id: str, *, caller: Caller, admin: bool) -> InstanceRecord:
+        """Unregister: a POD administrator its own POD's instances, an admin those and shared ones.
+        Its audit entry commits with the removal."""
+        tenant_id = caller.tenant_id
         record = self._visible(instance_id, tenant_id)
         if record.tenant_id is None and not admin:
             raise Forbidden("a shared Agent Zero instance is removed by an admin", code="shared_instance")
@@ -116,6 +123,8 @@ class InstanceRegistry:
             await conn.execute(
                 update(t).where(t.c.id == instance_id, t.c.removed_at.is_(None)).values(removed_at=datetime.now(UTC))
             )
+            entry = caller.entry("agent.instance.remove", request={"id": instance_id}, response={"url": record.url})
+            await append(conn, entry)
         self._removed.add(instance_id)
         self._records.pop(instance_id, None)
         await self._fleet.remove(instance_id)
