@@ -44,6 +44,7 @@ from agent_fabric.security.access_state import AccessState
 from agent_fabric.security.credentials import CredentialService
 from agent_fabric.security.internal_seal import internal_seal_for
 from agent_fabric.security.jwks import JwksKeys
+from agent_fabric.security.outbound_urls import OutboundGuard
 from agent_fabric.security.rate_limit import RateLimiter
 from agent_fabric.security.sealing import sealer_for
 from agent_fabric.security.tokens import TokenService
@@ -190,7 +191,13 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         stack.push_async_callback(fleet.aclose)
         await fleet.start()
         fleet_manager = await open_fleet_manager(
-            settings.agent_zero, engine, fleet, governance.tenants, governance.control, sealer_for(settings)
+            settings.agent_zero,
+            engine,
+            fleet,
+            governance.tenants,
+            governance.control,
+            sealer_for(settings),
+            OutboundGuard(settings.outbound),
         )
         sessions = SessionManager(
             engine,

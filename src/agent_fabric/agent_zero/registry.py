@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from agent_fabric.agent_zero.fleet import Fleet, Instance
 from agent_fabric.audit.entries import Caller, append
 from agent_fabric.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from agent_fabric.security.outbound_urls import OutboundGuard
 from agent_fabric.security.sealing import SealedSecretError, Sealer
 from agent_fabric.settings import Mode
 from agent_fabric.storage.tables import agent_zero_instances as t
@@ -73,8 +74,14 @@ def checked_url(raw: str) -> str:
 
 class InstanceRegistry:
     def __init__(
-        self, engine: AsyncEngine, fleet: Fleet, announce: Callable[[str], Awaitable[None]], sealer: Sealer
+        self,
+        engine: AsyncEngine,
+        fleet: Fleet,
+        announce: Callable[[str], Awaitable[None]],
+        sealer: Sealer,
+        guard: OutboundGuard,
     ) -> None:
+        self._guard = guard  # a tenant chose the URL: no SSRF (security/outbound_urls.py)
         self._engine = engine
         self._sealer = sealer  # keys are sealed in the table, opened only to build the instance's clients
         self._fleet = fleet
@@ -88,6 +95,7 @@ class InstanceRegistry:
         """Store and apply a registration; its audit entry commits with it (never the key)."""
         actor = caller.actor
         url = checked_url(url)
+        await self._guard.check(url)
         if self._fleet.by_url(url) is not None:
             raise Conflict(f"an Agent Zero instance at {url} is already in the fleet", code="instance_exists")
         record = InstanceRecord(secrets.token_hex(8), tenant_id, url, mode_set, actor, datetime.now(UTC))
@@ -171,7 +179,12 @@ class InstanceRegistry:
 
     async def _apply(self, record: InstanceRecord, api_key: str) -> None:
         instance = self._fleet.make_instance(
-            record.url, api_key, record.mode_set, tenant_id=record.tenant_id, instance_id=record.id
+            record.url,
+            api_key,
+            record.mode_set,
+            tenant_id=record.tenant_id,
+            instance_id=record.id,
+            on_request=[self._guard.on_request],
         )
         self._records[record.id] = record
         await self._fleet.add(instance)

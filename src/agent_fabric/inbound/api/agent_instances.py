@@ -86,4 +86,3 @@ def _view(pod: PodCall, instance_id: str) -> dict[str, Any]:
         return {"id": record.id, "url": record.url, "mode_set": record.mode_set, "tenant_id": record.tenant_id}
     serving = any(c is instance for c in pod.fabric.fleet_manager.fleet.candidates(pod.tenant_id))
     return {**registry.view(instance), "serving": serving}
-
