@@ -200,7 +200,7 @@ class NatsCredentials:
             raise CredentialRefused(
                 "no credential: send the header `Authorization: Bearer <JWT or API key>`", code="unauthenticated"
             )
-        scheme, _, value = authorization.partition(" ")
+        scheme, _, value = authorization.strip().partition(" ")  # CLIs may keep the space after "K:"
         value = value.strip()
         if scheme.lower() != "bearer" or not value:
             raise CredentialRefused(
