@@ -4,6 +4,7 @@ SQLite and Postgres. Refused messages are dead-lettered (without their token) an
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
@@ -193,11 +194,15 @@ async def test_rate_limited_tasks_wait_in_jetstream_and_all_run(tmp_path: Path, 
             assert (await conn.execute(select(dead_letters))).first() is None
 
 
-async def test_anonymous_tasks_only_where_the_operator_allows_them(tmp_path: Path, nats_url: str, nc: Client) -> None:
+async def test_anonymous_tasks_only_where_the_operator_allows_them(
+    tmp_path: Path, nats_url: str, nc: Client, caplog: pytest.LogCaptureFixture
+) -> None:
     with pytest.raises(ValueError, match="ALLOW_ANONYMOUS"):
         Settings(mode="LIVE", jwt={"secret": JWT_SECRET}, nats_door=NatsDoorSettings(allow_anonymous=True))
     settings = make_settings(tmp_path, nats_url, nats_door=NatsDoorSettings(allow_anonymous=True))
+    caplog.set_level(logging.WARNING, logger="agent_fabric.inbound.nats_credentials")
     async with running_app(settings) as app:
+        assert any("without a credential are accepted" in r.getMessage() for r in caplog.records)
         pod, live_pod = new_pod(), new_pod()
         put = await app.client.put(f"/api/v1/config/{live_pod}", json={"mode": "LIVE"}, headers=app.auth())
         assert put.status_code == 200, put.text
