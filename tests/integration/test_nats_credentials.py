@@ -248,3 +248,18 @@ async def test_forged_replica_broadcasts_are_ignored(fabric_app: RunningApp, nc:
             await asyncio.sleep(0.02)
     cancelled = await fabric_app.client.post(f"/api/v1/tasks/{other}/cancel?tenant_id={pod}", headers=fabric_app.auth())
     assert cancelled.status_code == 202, cancelled.text
+
+
+async def test_a_token_revoked_after_use_stops_working_at_once(fabric_app: RunningApp, nc: Client) -> None:
+    """The door remembers a checked signature, never a revocation: the next message is refused."""
+    pod, first, second = new_pod(), new_job_id("before"), new_job_id("after")
+    token = fabric_app.fabric.tokens.issue(role="agent", subject="rotating", tenant_id=pod)
+    async with collect(nc, "agent.status.completed") as completed:
+        await publish(nc, task(first), bearer(token))
+        await until(lambda: for_job(completed, first))
+    jti = jwt.get_unverified_claims(token)["jti"]
+    response = await fabric_app.client.post("/api/v1/auth/revocations", json={"jti": jti}, headers=fabric_app.auth())
+    assert response.status_code == 204
+    seq = await publish(nc, task(second), bearer(token))
+    assert (await dead_letter(fabric_app, seq, second)).reason_code == "unauthenticated"
+    await assert_not_recorded(fabric_app, second, pod)

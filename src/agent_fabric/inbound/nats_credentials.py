@@ -26,7 +26,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from agent_fabric import names
@@ -43,6 +43,7 @@ from agent_fabric.settings import Mode, NatsDoorSettings
 log = logging.getLogger(__name__)
 
 MAX_CACHED_KEYS = 10_000
+MAX_CACHED_TOKENS = 10_000
 _HIDDEN_HEADERS = frozenset({names.AUTHORIZATION_HEADER.lower(), names.SEAL_HEADER.lower()})
 
 
@@ -153,6 +154,7 @@ class NatsCredentials:
         self._mode_for = mode_for
         self._limiter = RateLimiter(cfg.rate_limit_per_second, cfg.rate_limit_burst)
         self._keys: OrderedDict[str, tuple[KeyHolder, float]] = OrderedDict()
+        self._tokens_seen: OrderedDict[str, Principal] = OrderedDict()
         self._fabric = NatsCaller("fabric", mode_for)
         self._anonymous = NatsCaller("anonymous", mode_for)
         if cfg.allow_anonymous:
@@ -211,10 +213,30 @@ class NatsCredentials:
             if value.startswith(KEY_PREFIX):
                 principal = await self._key_principal(value, published)
             else:
-                principal = await self._tokens.verify(value, at=published)
+                principal = await self._token_principal(value, published)
         except Unauthenticated as exc:
             raise CredentialRefused(exc.message, code="unauthenticated") from None
         return NatsCaller("credential", self._mode_for, principal)
+
+    async def _token_principal(self, token: str, published: float) -> Principal:
+        """A JWT's principal. A publisher sends the same token with many tasks: its signature is
+        checked once (about 0.3 ms here), then its expiry, revocation and role on every message."""
+        known = self._tokens_seen.get(token)
+        if known is None:
+            known = await self._tokens.verify(token, at=published)
+            self._tokens_seen[token] = known
+            while len(self._tokens_seen) > MAX_CACHED_TOKENS:
+                self._tokens_seen.popitem(last=False)
+            return known
+        self._tokens_seen.move_to_end(token)
+        if known.token_expires is None or known.token_expires <= published:
+            raise Unauthenticated("invalid token: it had expired when the message was published")
+        if self._is_revoked("token", known.token_id) or self._is_revoked("key", known.key_id):
+            raise Unauthenticated("token has been revoked")
+        permissions = self._permissions_for(known.role)  # a custom role may have changed or gone
+        if permissions is None:
+            raise Unauthenticated(f"token carries no known role (got {known.role!r})")
+        return replace(known, permissions=permissions)
 
     async def _key_principal(self, presented: str, published: float) -> Principal:
         digest = hashlib.sha256(presented.encode()).hexdigest()
