@@ -201,7 +201,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         )
         sessions = SessionManager(
             engine,
-            SessionEvents(engine, nc),
+            SessionEvents(engine, nc, seal),
             fleet,
             governance.tenants,
             governance.budgets,
@@ -340,7 +340,7 @@ async def _open_governance(
     budget_batcher = _side_writer(stack, engine, batcher, linger_ms=settings.database.batch_linger_ms, max_items=512)
     docs = DocumentStore(engine)
     tenants = TenantRegistry(docs, settings.mode)
-    control = ControlChannel(nc, settings.policy.reload_seconds)
+    control = ControlChannel(nc, settings.policy.reload_seconds, internal_seal_for(settings))
     budgets = BudgetManager(engine, budget_batcher, settings.budget, tenants, audit, metrics, control.announce)
     decisions = DecisionLog(engine, tenants)
     dependencies = Dependencies(engine, settings.scheduler)

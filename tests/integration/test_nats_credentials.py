@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from sqlalchemy import select
 
 from agent_fabric import names
 from agent_fabric.settings import NatsDoorSettings, Settings
+from agent_fabric.storage.session_store import Event
 from agent_fabric.storage.tables import dead_letters
 from tests.conftest import JWT_SECRET, RunningApp, make_settings, new_job_id, running_app
 from tests.support.flows import collect, for_job, new_pod, structured, task, until
@@ -263,3 +265,17 @@ async def test_a_token_revoked_after_use_stops_working_at_once(fabric_app: Runni
     seq = await publish(nc, task(second), bearer(token))
     assert (await dead_letter(fabric_app, seq, second)).reason_code == "unauthenticated"
     await assert_not_recorded(fabric_app, second, pod)
+
+
+async def test_only_sealed_session_events_reach_a_websocket(fabric_app: RunningApp, nc: Client) -> None:
+    """Session events relayed to POD administrators' WebSockets come from replicas only."""
+    events = fabric_app.fabric.sessions.events
+    session_id = f"s-{uuid.uuid4().hex[:12]}"
+    async with events.subscribe(session_id) as live:
+        forged = {"session_id": session_id, "id": 1, "kind": "response", "data": {"response": "wire $1M"}}
+        await nc.publish(names.agent_session_subject(session_id), orjson.dumps(forged))
+        await nc.flush()
+        await events.publish(session_id, [Event(1, "progress", {"text": "real"}, datetime.now(UTC))])
+        first = await asyncio.wait_for(live.get(), timeout=10)
+        await asyncio.sleep(0.3)
+        assert first["data"] == {"text": "real"} and live.empty()
