@@ -123,7 +123,8 @@ def http_server(host: str, location: str | None) -> Iterator[tuple[str, _Hits]]:
 
 async def test_a_redirect_to_another_host_is_not_followed(fabric_app: RunningApp) -> None:
     with http_server("127.0.0.2", None) as (target, reached), http_server("127.0.0.1", target) as (url, asked):
-        status, body = await register(fabric_app, new_pod(), url)
+        pod = new_pod()
+        status, body = await register(fabric_app, pod, url)
         assert status == 201, body  # registered; its health check met the redirect and stopped there
         assert asked.paths and all(p.startswith("/api/") for p in asked.paths)
         client = AgentZeroClient(url, KEY, retries=0)
@@ -133,3 +134,7 @@ async def test_a_redirect_to_another_host_is_not_followed(fabric_app: RunningApp
         finally:
             await client.aclose()
         assert reached.paths == []  # the other host never heard from the fabric
+        removed = await fabric_app.client.delete(
+            f"/api/v2/agent/instances/{body['id']}", headers=auth_as(fabric_app, "alice", "pod_admin", pod)
+        )
+        assert removed.status_code == 200
