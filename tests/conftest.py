@@ -17,7 +17,14 @@ from fastapi import FastAPI
 
 from agent_fabric.app import create_app
 from agent_fabric.fabric import Fabric
-from agent_fabric.settings import DatabaseSettings, NatsSettings, RedisSettings, SecuritySettings, Settings
+from agent_fabric.settings import (
+    DatabaseSettings,
+    NatsSettings,
+    OutboundSettings,
+    RedisSettings,
+    SecuritySettings,
+    Settings,
+)
 from agent_fabric.storage.engine import migrate_async
 from tests.support import services
 from tests.support.nats_server import running_nats_server
@@ -74,6 +81,9 @@ def make_settings(
         redis=RedisSettings(url=redis_url),
         jwt=SecuritySettings(secret=JWT_SECRET),
         shutdown_grace_seconds=5,
+        # Agent Zero stand-ins listen on 127.0.0.1: the operator setting that opens loopback to
+        # tenant-registered URLs (the default refuses it; tests/integration/test_outbound_urls.py).
+        outbound=OutboundSettings(allowed_ranges="127.0.0.0/8,::1/128"),
     )
     if worker is not None:
         kwargs["worker"] = worker

@@ -37,7 +37,13 @@ import orjson
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench.throughput import drop_database, make_database, percentile, serve_env  # noqa: E402
+from scripts.bench.throughput import (  # noqa: E402
+    drop_database,
+    make_database,
+    percentile,
+    publisher_headers,
+    serve_env,
+)
 from tests.support.nats_server import running_nats_server  # noqa: E402
 from tests.support.serve import ServeProcess  # noqa: E402
 
@@ -58,6 +64,9 @@ def bench_pick(backlog: int) -> dict[str, float]:
         costs.append(time.perf_counter() - began)
         q.done(picked.tenant, picked.agent)
     return {"p50": percentile(costs, 0.5) * 1e6, "p99": percentile(costs, 0.99) * 1e6, "lanes": q.groups}
+
+
+PUBLISHER = publisher_headers()
 
 
 def event(job: str, tenant: str, priority: str) -> bytes:
@@ -84,7 +93,9 @@ async def flood(js: Any, n: int, tenant: str, priority: str) -> None:
     async def one(i: int) -> None:
         async with window:
             await js.publish(
-                f"agent.execute.{priority}", event(f"{tenant}-{i}-{uuid.uuid4().hex[:6]}", tenant, priority)
+                f"agent.execute.{priority}",
+                event(f"{tenant}-{i}-{uuid.uuid4().hex[:6]}", tenant, priority),
+                headers=PUBLISHER,
             )
 
     await asyncio.gather(*(one(i) for i in range(n)))
@@ -149,7 +160,7 @@ async def trials(
         lags.append(await waiting(js, flood_prio))
         job = f"probe-{probe_prio}-{i}-{uuid.uuid4().hex[:6]}"
         sent[job] = time.perf_counter()
-        await js.publish(f"agent.execute.{probe_prio}", event(job, f"probe-{i % 3}", probe_prio))
+        await js.publish(f"agent.execute.{probe_prio}", event(job, f"probe-{i % 3}", probe_prio), headers=PUBLISHER)
         await asyncio.sleep(0.1)
     await asyncio.wait_for(got.wait(), timeout=120)
     await sub.unsubscribe()

@@ -37,8 +37,18 @@ sys.path.insert(0, str(ROOT))
 from tests.support.nats_server import running_nats_server  # noqa: E402
 from tests.support.serve import JWT_SECRET, ServeProcess  # noqa: E402
 
+from agent_fabric.security.tokens import TokenService  # noqa: E402
+from agent_fabric.settings import SecuritySettings, Settings  # noqa: E402
+
 PG_DSN = os.environ.get("AGENT_FABRIC_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("AGENT_FABRIC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def publisher_headers() -> dict[str, str]:
+    """The credential a NATS publisher sends with its tasks (an admin JWT for the benchmarked fabric)."""
+    settings = Settings(jwt=SecuritySettings(secret=JWT_SECRET))
+    token = TokenService(settings).issue(role="admin", subject="bench", tenant_id=None)
+    return {"Authorization": f"Bearer {token}"}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -128,6 +138,7 @@ async def raw_round_trip(url: str, n: int, inflight: int) -> dict[str, float]:
 async def fabric_round_trip(url: str, n: int, inflight: int) -> dict[str, float]:
     nc = await nats.connect(url)
     js = nc.jetstream()
+    headers = publisher_headers()
 
     async def publish(job: str) -> None:
         event = {
@@ -141,7 +152,7 @@ async def fabric_round_trip(url: str, n: int, inflight: int) -> dict[str, float]
                 "task": {"type": "echo", "input": {"i": job}},
             },
         }
-        await js.publish("agent.execute.normal", orjson.dumps(event))
+        await js.publish("agent.execute.normal", orjson.dumps(event), headers=headers)
 
     try:
         await drive(nc, min(2000, n), inflight, publish, "agent.status.completed")  # warm-up
@@ -158,6 +169,9 @@ def serve_env(nats_url: str, database_url: str, **settings: str) -> dict[str, st
         "AGENT_FABRIC_REDIS_URL": REDIS_URL,
         "AGENT_FABRIC_JWT_SECRET": JWT_SECRET,
         "AGENT_FABRIC_LOG_LEVEL": "WARNING",
+        # One credential publishes everything here: its NATS rate limit would be what is measured.
+        "AGENT_FABRIC_NATS_DOOR_RATE_LIMIT_PER_SECOND": "1000000",
+        "AGENT_FABRIC_NATS_DOOR_RATE_LIMIT_BURST": "1000000",
         **settings,
     }
 

@@ -42,9 +42,16 @@ def serve(
     import uvicorn
 
     from agent_fabric.app import create_app
+    from agent_fabric.errors import ConfigurationError
+    from agent_fabric.security.https import uvicorn_tls
     from agent_fabric.telemetry.logging import configure_logging
 
     settings = _settings()
+    try:
+        tls = uvicorn_tls(settings.tls)  # HTTPS when AGENT_FABRIC_TLS_CERT_FILE/KEY_FILE are set
+    except ConfigurationError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(2) from None
     configure_logging(settings.log_level, json=settings.log_json)
     app = create_app(settings)
     loop = "uvloop" if sys.platform != "win32" else "asyncio"
@@ -56,6 +63,7 @@ def serve(
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 2,
+        **tls,
     )
 
 

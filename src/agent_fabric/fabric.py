@@ -31,6 +31,7 @@ from agent_fabric.drivers.factory import Drivers, build_drivers
 from agent_fabric.embedded_nats import EmbeddedNats
 from agent_fabric.inbound.control import ControlChannel
 from agent_fabric.inbound.nats_consumer import TaskConsumer
+from agent_fabric.inbound.nats_credentials import NatsCredentials
 from agent_fabric.inbound.rejections import Rejector
 from agent_fabric.inbound.submission import Submitter
 from agent_fabric.jetstream import ensure_topology
@@ -41,7 +42,9 @@ from agent_fabric.scheduling.runner import TaskRunner
 from agent_fabric.scheduling.scheduler import AgentScheduler
 from agent_fabric.security.access_state import AccessState
 from agent_fabric.security.credentials import CredentialService
+from agent_fabric.security.internal_seal import internal_seal_for
 from agent_fabric.security.jwks import JwksKeys
+from agent_fabric.security.outbound_urls import OutboundGuard
 from agent_fabric.security.rate_limit import RateLimiter
 from agent_fabric.security.sealing import sealer_for
 from agent_fabric.security.tokens import TokenService
@@ -171,7 +174,8 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         queue_store.start()
         stack.push_async_callback(queue_store.shutdown)
 
-        access = AccessState(engine, nc)
+        seal = internal_seal_for(settings)
+        access = AccessState(engine, nc, seal)
         await access.start()
         stack.push_async_callback(access.aclose)
         jwks = None
@@ -179,7 +183,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             jwks = JwksKeys(settings.jwt.jwks_url)
             await jwks.load()
         tokens = TokenService(settings, access, jwks)
-        credentials = CredentialService(engine, tokens, access, settings.jwt)
+        credentials = CredentialService(engine, tokens, access, settings.jwt, governance.tenants.mode_for)
 
         bus = await open_progress_bus(settings.redis_url, nc)
         stack.push_async_callback(bus.aclose)
@@ -187,11 +191,17 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         stack.push_async_callback(fleet.aclose)
         await fleet.start()
         fleet_manager = await open_fleet_manager(
-            settings.agent_zero, engine, fleet, governance.tenants, governance.control, sealer_for(settings)
+            settings.agent_zero,
+            engine,
+            fleet,
+            governance.tenants,
+            governance.control,
+            sealer_for(settings),
+            OutboundGuard(settings.outbound),
         )
         sessions = SessionManager(
             engine,
-            SessionEvents(engine, nc),
+            SessionEvents(engine, nc, seal),
             fleet,
             governance.tenants,
             governance.budgets,
@@ -219,7 +229,16 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         admission = Admission(
             drivers, governance.policies, governance.approvals, governance.budgets, governance.dependencies
         )
-        consumer = TaskConsumer(settings, js, runner, admission, rejector, store, queue_store, metrics)
+        door = NatsCredentials(
+            settings.nats_door,
+            tokens,
+            credentials,
+            access.is_revoked,
+            access.permissions_for,
+            seal,
+            governance.tenants.mode_for,
+        )
+        consumer = TaskConsumer(settings, js, runner, admission, rejector, store, queue_store, metrics, door)
         canceller = Canceller(
             engine,
             nc,
@@ -227,6 +246,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             runner,
             governance.approvals,
             governance.tenants,
+            seal,
         )
         await canceller.start()
         stack.push_async_callback(canceller.shutdown)
@@ -244,7 +264,13 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             },
         )
         submitter = Submitter(
-            js, store, queue_store, admission, tracing.tracer, settings.scheduler.queue_full_http_status
+            js,
+            store,
+            queue_store,
+            admission,
+            tracing.tracer,
+            settings.scheduler.queue_full_http_status,
+            seal=seal,
         )
         yield Fabric(
             settings=settings,
@@ -307,14 +333,14 @@ async def _open_governance(
     audit = AuditWriter(engine, settings.audit, settings.state_dir / "audit-spool", metrics)
     audit.start()
     stack.push_async_callback(audit.shutdown)
-    relay = OutboxRelay(engine, js, settings.approval.sweep_seconds)
+    relay = OutboxRelay(engine, js, settings.approval.sweep_seconds, seal=internal_seal_for(settings))
     relay.start()
     stack.push_async_callback(relay.shutdown)
     # Budget transactions lock budget rows; on a writer of their own they never hold task writes.
     budget_batcher = _side_writer(stack, engine, batcher, linger_ms=settings.database.batch_linger_ms, max_items=512)
     docs = DocumentStore(engine)
     tenants = TenantRegistry(docs, settings.mode)
-    control = ControlChannel(nc, settings.policy.reload_seconds)
+    control = ControlChannel(nc, settings.policy.reload_seconds, internal_seal_for(settings))
     budgets = BudgetManager(engine, budget_batcher, settings.budget, tenants, audit, metrics, control.announce)
     decisions = DecisionLog(engine, tenants)
     dependencies = Dependencies(engine, settings.scheduler)

@@ -120,3 +120,10 @@ AGENT_SESSION_SUBJECT_PREFIX: Final = "agent.sessions"
 
 def agent_session_subject(session_id: str) -> str:
     return f"{AGENT_SESSION_SUBJECT_PREFIX}.{_token(session_id)}"
+
+
+# NATS message headers of the task door (issue 15): the publisher's credential, as over HTTP
+# (`Bearer <JWT>` or `Bearer af_...`, an API key), and the seal the fabric puts on what it
+# publishes itself (HTTP submissions, approved and released tasks, replica broadcasts).
+AUTHORIZATION_HEADER: Final = "Authorization"
+SEAL_HEADER: Final = "Agent-Fabric-Seal"

@@ -380,6 +380,69 @@ class TelemetrySettings(BaseSettings):
     )
 
 
+# -- issue 15: the NATS task door, outbound URL checks, HTTPS --
+
+
+class NatsDoorSettings(BaseSettings):
+    """Who may put tasks on agent.execute.* (inbound/nats_credentials.py)."""
+
+    model_config = _section("AGENT_FABRIC_NATS_DOOR_")
+
+    allow_anonymous: bool = Field(
+        False,
+        description="Run NATS tasks that carry no Authorization header, as the payload says (tenant, "
+        "metadata.user). Only for a trusted network; logged as a warning at start-up; refused in MODE=LIVE. "
+        "A task that does carry a credential is still checked.",
+    )
+    rate_limit_per_second: float = Field(
+        500.0,
+        gt=0,
+        description="Sustained NATS tasks per second per credential (token bucket, per replica). "
+        "Past it, messages wait in JetStream (redelivered after the bucket refills), they are not refused.",
+    )
+    rate_limit_burst: int = Field(1000, ge=1, description="NATS tasks a credential may publish at once.")
+    key_cache_seconds: float = Field(
+        30.0, ge=0, description="How long a verified API key is remembered (revocations apply at once anyway)."
+    )
+
+
+class OutboundSettings(BaseSettings):
+    """Which URLs a tenant may make the fabric call (security/outbound_urls.py)."""
+
+    model_config = _section("AGENT_FABRIC_OUTBOUND_")
+
+    allowlist: str = Field(
+        "",
+        description="Comma-separated host names (`a0.example.com`, `*.svc.cluster.local`) and CIDRs "
+        "(`203.0.113.0/24`) that registered URLs may point at. Empty: any host whose addresses are all public.",
+    )
+    allowed_ranges: str = Field(
+        "",
+        description="Comma-separated CIDRs opened inside the ranges refused by default (loopback, private, "
+        "link-local, cloud metadata, ...), e.g. `10.0.0.0/8` for in-cluster Agent Zero, `127.0.0.0/8` for tests.",
+    )
+
+    @property
+    def allowlist_items(self) -> list[str]:
+        return [item.strip().lower() for item in self.allowlist.split(",") if item.strip()]
+
+    @property
+    def allowed_range_items(self) -> list[str]:
+        return [item.strip() for item in self.allowed_ranges.split(",") if item.strip()]
+
+
+class TlsSettings(BaseSettings):
+    """HTTPS served directly by `agent-fabric serve` (uvicorn); behind an ingress, terminate TLS there."""
+
+    model_config = _section("AGENT_FABRIC_TLS_")
+
+    cert_file: Path | None = Field(None, description="PEM certificate (chain) for HTTPS. Unset: plain HTTP.")
+    key_file: Path | None = Field(None, description="PEM private key of the certificate.")
+    client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)."
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it once in `cli.py` or a test and pass it down."""
 
@@ -428,6 +491,9 @@ class Settings(BaseSettings):
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    nats_door: NatsDoorSettings = Field(default_factory=NatsDoorSettings)
+    outbound: OutboundSettings = Field(default_factory=OutboundSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -446,6 +512,18 @@ class Settings(BaseSettings):
             raise ValueError(
                 "MODE=LIVE refuses a generated JWT key: set AGENT_FABRIC_JWT_SECRET or AGENT_FABRIC_JWT_PUBLIC_KEY"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_anonymous_nats_in_live(self) -> Settings:
+        if self.mode == "LIVE" and self.nats_door.allow_anonymous:
+            raise ValueError(
+                "MODE=LIVE refuses AGENT_FABRIC_NATS_DOOR_ALLOW_ANONYMOUS: NATS tasks must carry a credential"
+            )
+        if (self.tls.cert_file is None) != (self.tls.key_file is None):
+            raise ValueError("HTTPS needs both AGENT_FABRIC_TLS_CERT_FILE and AGENT_FABRIC_TLS_KEY_FILE")
+        if self.tls.client_ca_file is not None and self.tls.cert_file is None:
+            raise ValueError("AGENT_FABRIC_TLS_CLIENT_CA_FILE needs HTTPS on (TLS_CERT_FILE and TLS_KEY_FILE)")
         return self
 
     @property

@@ -77,6 +77,12 @@ def app_sources(app: dict[str, Any]) -> list[dict[str, Any]]:
     return list(spec.get("sources") or [spec["source"]])
 
 
+def chart_source(app: dict[str, Any]) -> dict[str, Any]:
+    """The Helm chart source of an Application that installs an upstream chart."""
+    [chart] = [s for s in app_sources(app) if "chart" in s]
+    return chart
+
+
 def files_of_source(source: dict[str, Any]) -> set[Path]:
     """Files Argo CD reads for a plain-directory source of this repository."""
     directory = source.get("directory", {})
@@ -111,7 +117,7 @@ def nats_app(applications: dict[str, Manifest]) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def nats_addresses(nats_app: dict[str, Any]) -> dict[str, str]:
-    source = nats_app["spec"]["source"]
+    source = chart_source(nats_app)
     release = source["helm"].get("releaseName", nats_app["metadata"]["name"])
     namespace = nats_app["spec"]["destination"]["namespace"]
     config = source["helm"]["valuesObject"]["config"]
@@ -143,7 +149,12 @@ def test_namespace_follows_the_naming_convention(only: Only, applications: dict[
 def test_every_namespaced_object_of_the_service_is_in_its_namespace(
     manifests: list[Manifest], composed: dict[str, dict[str, Any]]
 ) -> None:
-    namespaced = [m.doc for m in manifests if m.kind in {"ExternalSecret", "Job", "AgentExecutor"}]
+    # The NATS server's own Secrets live with it (test_nats_requires_tls_and_a_login).
+    namespaced = [
+        m.doc
+        for m in manifests
+        if m.kind in {"ExternalSecret", "Job", "AgentExecutor"} and m.rel.startswith("deploy/platform")
+    ]
     for doc in [*namespaced, *composed.values()]:
         assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]
 
@@ -175,8 +186,8 @@ def test_standard_labels_everywhere(manifests: list[Manifest], rendered: list[rd
 
 def expected_version(m: Manifest) -> str:
     doc = m.doc
-    if m.kind == "Application" and "chart" in doc["spec"].get("source", {}):
-        return str(doc["spec"]["source"]["targetRevision"])
+    if m.kind == "Application" and any("chart" in s for s in app_sources(doc)):
+        return str(chart_source(doc)["targetRevision"])
     if m.kind in {"Function", "Provider"}:
         return image_tag(doc["spec"]["package"])
     if m.kind == "Job":
@@ -263,12 +274,38 @@ def test_scaled_object_reads_the_consumers_the_service_creates(
 
 
 def test_nats_chart_has_jetstream_and_monitoring(nats_app: dict[str, Any]) -> None:
-    values = nats_app["spec"]["source"]["helm"]["valuesObject"]
+    values = chart_source(nats_app)["helm"]["valuesObject"]
     assert values["config"]["jetstream"]["enabled"] is True
     assert values["config"]["jetstream"]["fileStore"]["enabled"] is True
     assert values["config"]["monitor"]["enabled"] is True
     assert nats_app["spec"]["destination"]["namespace"] == "nats"
-    assert nats_app["spec"]["source"]["chart"] == "nats"
+    assert chart_source(nats_app)["chart"] == "nats"
+
+
+def test_nats_requires_tls_and_a_login(
+    nats_app: dict[str, Any], manifests: list[Manifest], app_files: dict[str, set[Path]]
+) -> None:
+    """Issue 15: the broker is not open. TLS on the client port with a certificate from an
+    ExternalSecret, and a user whose password the server reads from another one."""
+    values = chart_source(nats_app)["helm"]["valuesObject"]
+    tls = values["config"]["nats"]["tls"]
+    assert tls["enabled"] is True
+    [user] = values["config"]["merge"]["authorization"]["users"]
+    variable = re.fullmatch(r"<< \$(\w+) >>", user["password"])
+    assert variable, "the password is an environment reference, never a value in git"
+    secret_ref = values["container"]["env"][variable.group(1)]["valueFrom"]["secretKeyRef"]
+    server_secrets = {m.doc["spec"]["target"]["name"]: m for m in manifests if m.path in app_files["nats"]}
+    assert set(server_secrets) == {tls["secretName"], secret_ref["name"]}
+    for es in server_secrets.values():
+        assert es.kind == "ExternalSecret" and es.doc["metadata"]["namespace"] == "nats"
+        assert "SkipDryRunOnMissingResource=true" in es.annotations["argocd.argoproj.io/sync-options"]
+    assert secret_ref["key"] in server_secrets[secret_ref["name"]].doc["spec"]["target"]["template"]["data"]
+    tls_secret = server_secrets[tls["secretName"]].doc["spec"]["target"]["template"]
+    assert tls_secret["type"] == "kubernetes.io/tls" and {"tls.crt", "tls.key", "ca.crt"} <= set(tls_secret["data"])
+    # The executor logs in with the same parameter the server checks.
+    [client] = [m for m in manifests if m.kind == "ExternalSecret" and m.name == "agent-executor-nats"]
+    password_param = {d["remoteRef"]["key"] for d in server_secrets[secret_ref["name"]].doc["spec"]["data"]}
+    assert password_param == {d["remoteRef"]["key"] for d in client.doc["spec"]["data"]}
 
 
 def test_nats_url_is_the_same_everywhere(
@@ -299,6 +336,10 @@ SECRET_CONTRACT = {
         {"AGENT_FABRIC_DATABASE_URL": "postgresql+asyncpg://"},
     ),
     "dragonflyConnectionSecret": ("agent-executor-dragonfly-es.yaml", {"AGENT_FABRIC_REDIS_URL": "redis://"}),
+    "natsCredentialsSecret": (
+        "agent-executor-nats-es.yaml",
+        {"AGENT_FABRIC_NATS_USER": "", "AGENT_FABRIC_NATS_PASSWORD": ""},
+    ),
     "llmKeysSecret": (
         "agent-executor-llm-keys-es.yaml",
         {"AGENT_FABRIC_JWT_SECRET": "", "AGENT_FABRIC_AGENT_ZERO_URL": "", "AGENT_FABRIC_AGENT_ZERO_API_KEY": ""},
@@ -341,7 +382,10 @@ def test_cluster_secret_store_is_ssm_parameter_store(only: Only) -> None:
 
 def test_secrets_reach_the_pod_only_as_env(composed: dict[str, dict[str, Any]]) -> None:
     pod = composed["Deployment"]["spec"]["template"]["spec"]
-    assert all("secret" not in v for v in pod.get("volumes", [])), "no Secret volumes: env only"
+    # The one exception: the NATS CA certificate (public, no key) is read from a file.
+    mounted = [v["secret"] for v in pod.get("volumes", []) if "secret" in v]
+    assert all(m["items"] == [{"key": "ca.crt", "path": "ca.crt"}] for m in mounted), "no Secret volumes: env only"
+    assert [m["secretName"] for m in mounted] == ["agent-executor-nats-ca"]
     assert pod["automountServiceAccountToken"] is False
 
 
@@ -364,8 +408,11 @@ def test_environment_names_are_settings_the_service_reads(
         "Deployment": set(env_of(container(composed["Deployment"]))),
         "stream Job": set(env_of(only("Job").doc["spec"]["template"]["spec"]["containers"][0])),
     }
+    as_env = set(secret_refs(container(composed["Deployment"]))) | set(
+        secret_refs(only("Job").doc["spec"]["template"]["spec"]["containers"][0])
+    )
     for m in manifests:
-        if m.kind == "ExternalSecret":
+        if m.kind == "ExternalSecret" and m.doc["spec"]["target"]["name"] in as_env:
             used[m.name] = set(m.doc["spec"]["target"]["template"]["data"])
     unknown = {where: sorted(n - known) for where, n in used.items() if n - known}
     assert not unknown, f"environment variables agent_fabric.settings does not define: {unknown}"
@@ -664,7 +711,12 @@ def test_claim_release_fields(claim: dict[str, Any], only: Only) -> None:
         m.doc["spec"]["target"]["name"]
         for m in [
             only("ExternalSecret", n)
-            for n in ("agent-executor-postgres", "agent-executor-dragonfly", "agent-executor-llm-keys")
+            for n in (
+                "agent-executor-postgres",
+                "agent-executor-dragonfly",
+                "agent-executor-llm-keys",
+                "agent-executor-nats",
+            )
         ]
     }
     assert {claim["spec"][f] for f in SECRET_CONTRACT} == targets

@@ -227,7 +227,8 @@ def test_nats_publisher_gets_result_from_running_process(
                     "task": {"type": "echo", "input": {"from": "nats"}},
                 },
             }
-            await nc.jetstream().publish("agent.execute.normal", orjson.dumps(event))
+            publisher = {"Authorization": f"Bearer {token(replica_env)}"}  # as over HTTP (issue 15)
+            await nc.jetstream().publish("agent.execute.normal", orjson.dumps(event), headers=publisher)
             async with asyncio.timeout(20):
                 while True:
                     msg = await sub.next_msg(timeout=20)

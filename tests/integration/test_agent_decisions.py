@@ -315,7 +315,14 @@ async def test_a_deploy_published_on_nats_is_a_decision_too(app: RunningApp, nc:
     pod = Pod(app)
     job = new_job_id("deploy")
     data = {**gpu_task(job, "DEPLOY_GPU"), "tenant_id": pod.id, "agent_definition": {"runtime": "agent-zero"}}
-    await nc.publish("agent.execute.normal", structured({**data, "metadata": {"user": "planner-bot"}}))
+    await nc.publish(
+        "agent.execute.normal",
+        structured({**data, "metadata": {"user": "planner-bot"}}),
+        # Who proposed it comes from the credential (issue 15), not from the payload's metadata.user.
+        headers={
+            "Authorization": f"Bearer {app.fabric.tokens.issue(role='agent', subject='planner-bot', tenant_id=pod.id)}"
+        },
+    )
     async with asyncio.timeout(15):
         while not (items := (await pod.get("/decisions")).json()["items"]):
             await asyncio.sleep(0.05)

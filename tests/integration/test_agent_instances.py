@@ -45,7 +45,9 @@ async def test_register_list_and_remove_an_instance(fabric_app: RunningApp) -> N
         assert body["registered_by"] == "alice"
         instance_id = body["id"]
         async with fabric_app.fabric.engine.connect() as conn:
-            stored = (await conn.execute(select(agent_zero_instances.c.api_key))).scalar_one()
+            # The Postgres database is shared by the session: other tests' instances are there too.
+            mine = agent_zero_instances.c.id == instance_id
+            stored = (await conn.execute(select(agent_zero_instances.c.api_key).where(mine))).scalar_one()
         assert stored.startswith("sealed:v1:") and POD_KEY not in stored  # sealed at rest
         after = (await fabric_app.client.get("/api/v2/agent/health", headers=alice)).json()
         assert after["cached"] is False and after["status"] == "up"  # a new instance set: a new report

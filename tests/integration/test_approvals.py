@@ -130,7 +130,9 @@ async def test_nats_task_parks_and_runs_once_approved(fabric_app: RunningApp, nc
     job = new_job_id("nats-gate")
     async with collect(nc, "agent.approvals.requested") as requested, collect(nc, "agent.status.completed") as done:
         await nc.jetstream().publish(
-            "agent.execute.high", structured(task(job, tenant_id=pod, metadata={"user": "svc"}))
+            "agent.execute.high",
+            structured(task(job, tenant_id=pod, metadata={"user": "svc"})),
+            headers=auth_as(fabric_app, "svc", "agent", pod),
         )
         await until(lambda: requested, what="approval request")
         approval_id = requested[0]["data"]["approval_id"]

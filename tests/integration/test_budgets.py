@@ -101,7 +101,9 @@ async def test_nats_door_refuses_with_a_failure_event(fabric_app: RunningApp, nc
     job = new_job_id("nats-budget")
     async with collect(nc, "agent.status.failed") as failed:
         await nc.jetstream().publish(
-            "agent.execute.normal", structured(task(job, tenant_id=pod, metadata={"user": "svc"}))
+            "agent.execute.normal",
+            structured(task(job, tenant_id=pod, metadata={"user": "svc"})),
+            headers=fabric_app.auth("agent", pod),
         )
         await until(lambda: for_job(failed, job), what="budget refusal")
     error = for_job(failed, job)[0]["data"]["error"]

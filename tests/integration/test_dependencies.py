@@ -119,10 +119,10 @@ async def test_cycles_are_refused_at_both_doors(app: RunningApp, nc: Client) -> 
     x, y, z = new_job_id("x"), new_job_id("y"), new_job_id("z")
     js = nc.jetstream()
     async with collect(nc, "agent.status.failed") as failed:
-        await js.publish("agent.execute.normal", structured(task(x, tenant_id=pod, depends_on=[z])))
-        await js.publish("agent.execute.normal", structured(task(y, tenant_id=pod, depends_on=[x])))
+        await js.publish("agent.execute.normal", structured(task(x, tenant_id=pod, depends_on=[z])), headers=app.auth())
+        await js.publish("agent.execute.normal", structured(task(y, tenant_id=pod, depends_on=[x])), headers=app.auth())
         await task_status(app, y, {"waiting"}, pod)
-        await js.publish("agent.execute.normal", structured(task(z, tenant_id=pod, depends_on=[y])))
+        await js.publish("agent.execute.normal", structured(task(z, tenant_id=pod, depends_on=[y])), headers=app.auth())
         await until(lambda: for_job(failed, z) and for_job(failed, x) and for_job(failed, y), what="refusal")
     refused = for_job(failed, z)[0]["data"]
     assert refused["status"] == "rejected" and refused["error"]["code"] == "dependency_cycle"
@@ -153,9 +153,17 @@ async def test_a_dependency_submitted_later_is_waited_for(app: RunningApp, nc: C
     a, b = new_job_id("a"), new_job_id("b")
     js = nc.jetstream()
     async with collect(nc, "agent.status.>") as results:
-        await js.publish("agent.execute.high", structured(task(b, "echo", {"n": 1}, tenant_id=pod, depends_on=[a])))
+        await js.publish(
+            "agent.execute.high",
+            structured(task(b, "echo", {"n": 1}, tenant_id=pod, depends_on=[a])),
+            headers=app.auth(),
+        )
         await task_status(app, b, {"waiting"}, pod)
-        await js.publish("agent.execute.high", structured(task(b, "echo", {"n": 1}, tenant_id=pod, depends_on=[a])))
+        await js.publish(
+            "agent.execute.high",
+            structured(task(b, "echo", {"n": 1}, tenant_id=pod, depends_on=[a])),
+            headers=app.auth(),
+        )
         await submit(app, pod, task(a, "sleep", {"seconds": 2.5}))
         await task_status(app, a, {"running"}, pod)
         assert (await task_status(app, b, {"waiting"}, pod))["attempts"] == 0

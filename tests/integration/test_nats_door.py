@@ -66,7 +66,7 @@ def for_job(events: list[dict[str, Any]], job_id: str) -> list[dict[str, Any]]:
 async def test_published_task_completes_with_result_event(fabric_app: RunningApp, nc: Client) -> None:
     job = new_job_id("nats")
     async with collect(nc, "agent.status.completed") as completed:
-        await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+        await nc.jetstream().publish("agent.execute.normal", structured(task(job)), headers=fabric_app.auth())
         await until(lambda: for_job(completed, job))
     event = for_job(completed, job)[0]
     assert event["type"] == "agent.status.completed" and event["specversion"] == "1.0"
@@ -88,7 +88,9 @@ async def test_binary_mode_over_nats_headers(fabric_app: RunningApp, nc: Client)
         )
     )
     async with collect(nc, "agent.status.completed") as completed:
-        await nc.jetstream().publish("agent.execute.high", message.body, headers=message.headers)
+        await nc.jetstream().publish(
+            "agent.execute.high", message.body, headers={**message.headers, **fabric_app.auth()}
+        )
         await until(lambda: for_job(completed, job))
 
 
@@ -96,7 +98,9 @@ async def test_failing_task_gives_failed_event_with_code_and_message(fabric_app:
     job = new_job_id("fail")
     async with collect(nc, "agent.status.failed") as failed:
         await nc.jetstream().publish(
-            "agent.execute.low", structured(task(job, "fail", {"code": "nope", "message": "it broke"}))
+            "agent.execute.low",
+            structured(task(job, "fail", {"code": "nope", "message": "it broke"})),
+            headers=fabric_app.auth(),
         )
         await until(lambda: for_job(failed, job))
     error = for_job(failed, job)[0]["data"]["error"]
@@ -119,7 +123,7 @@ async def test_bad_task_with_readable_job_id_gets_a_failure_event(
 ) -> None:
     job = new_job_id("bad")
     async with collect(nc, "agent.status.failed") as failed:
-        await nc.jetstream().publish("agent.execute.normal", make_body(job))
+        await nc.jetstream().publish("agent.execute.normal", make_body(job), headers=fabric_app.auth())
         await until(lambda: for_job(failed, job))
     data = for_job(failed, job)[0]["data"]
     assert data["status"] == "rejected" and data["error"]["code"] == code and data["error"]["message"]
@@ -152,7 +156,7 @@ async def test_unreadable_event_becomes_a_dead_letter(
 ) -> None:
     started = datetime.now(UTC)
     async with collect(nc, names.DEADLETTER_SUBJECT) as letters:
-        ack = await nc.jetstream().publish("agent.execute.normal", body)
+        ack = await nc.jetstream().publish("agent.execute.normal", body, headers=fabric_app.auth())
         await until(lambda: any(e["data"]["stream_seq"] == ack.seq for e in letters))
     letter = next(e for e in letters if e["data"]["stream_seq"] == ack.seq)
     assert letter["type"] == "agent.deadletter" and letter["data"]["code"] == code and letter["data"]["reason"]
@@ -185,15 +189,19 @@ async def test_duplicate_cloudevent_id_runs_once(fabric_app: RunningApp, nc: Cli
     async with collect(nc, "agent.status.completed") as completed:
         js = nc.jetstream()
         first = await js.publish(
-            "agent.execute.normal", structured(task(job), event_id=event_id), headers={names.MSG_ID_HEADER: event_id}
+            "agent.execute.normal",
+            structured(task(job), event_id=event_id),
+            headers={names.MSG_ID_HEADER: event_id, **fabric_app.auth()},
         )
         second = await js.publish(
-            "agent.execute.normal", structured(task(job), event_id=event_id), headers={names.MSG_ID_HEADER: event_id}
+            "agent.execute.normal",
+            structured(task(job), event_id=event_id),
+            headers={names.MSG_ID_HEADER: event_id, **fabric_app.auth()},
         )
         assert second.duplicate and not first.duplicate
         # Another submission of the same job under a new event id: recognised by job_id.
         await until(lambda: for_job(completed, job))
-        await js.publish("agent.execute.normal", structured(task(job)))
+        await js.publish("agent.execute.normal", structured(task(job)), headers=fabric_app.auth())
         await asyncio.sleep(1.0)
     assert len(for_job(completed, job)) == 1
     record = await fabric_app.fabric.store.get("default", job)
@@ -210,7 +218,7 @@ async def test_duplicate_of_unmarked_result_is_not_published_again(
     see it once (issue 11)."""
     job = new_job_id("mark")
     async with collect(nc, "agent.status.completed") as completed:
-        await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+        await nc.jetstream().publish("agent.execute.normal", structured(task(job)), headers=fabric_app.auth())
         await until(lambda: for_job(completed, job))
         await until_marked(fabric_app, job)
         finished_at = datetime.now(UTC) - timedelta(seconds=finished_ago_s)
@@ -220,7 +228,7 @@ async def test_duplicate_of_unmarked_result_is_not_published_again(
                 .where(tasks.c.tenant_id == "default", tasks.c.job_id == job)
                 .values(result_published=False, finished_at=finished_at)
             )
-        await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+        await nc.jetstream().publish("agent.execute.normal", structured(task(job)), headers=fabric_app.auth())
         await until_marked(fabric_app, job)
         await asyncio.sleep(0.5)
     assert [e["id"] for e in for_job(completed, job)] == [f"default/{job}/result"]
@@ -238,7 +246,9 @@ async def until_marked(app: RunningApp, job: str) -> None:
 async def test_subject_priority_wins_over_data(fabric_app: RunningApp, nc: Client) -> None:
     job = new_job_id("prio")
     async with collect(nc, "agent.status.completed") as completed:
-        await nc.jetstream().publish("agent.execute.critical", structured(task(job, priority="low")))
+        await nc.jetstream().publish(
+            "agent.execute.critical", structured(task(job, priority="low")), headers=fabric_app.auth()
+        )
         await until(lambda: for_job(completed, job))
     record = await fabric_app.fabric.store.get("default", job)
     assert record is not None and record.priority == "critical"
@@ -247,5 +257,5 @@ async def test_subject_priority_wins_over_data(fabric_app: RunningApp, nc: Clien
 async def _consumer_still_works(app: RunningApp, nc: Client) -> None:
     job = new_job_id("after")
     async with collect(nc, "agent.status.completed") as completed:
-        await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+        await nc.jetstream().publish("agent.execute.normal", structured(task(job)), headers=app.auth())
         await until(lambda: for_job(completed, job))

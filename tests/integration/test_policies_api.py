@@ -103,7 +103,9 @@ async def test_denied_task_is_403_over_http_and_a_failure_event_over_nats(fabric
     assert missing.status_code == 404
     nats_job = new_job_id("denied-nats")
     async with collect(nc, "agent.status.failed") as failed:
-        await nc.jetstream().publish("agent.execute.normal", structured(task(nats_job, "fail", tenant_id=pod)))
+        await nc.jetstream().publish(
+            "agent.execute.normal", structured(task(nats_job, "fail", tenant_id=pod)), headers=fabric_app.auth()
+        )
         await until(lambda: for_job(failed, nats_job), what="failure event")
     data = for_job(failed, nats_job)[0]["data"]
     assert data["status"] == "rejected" and data["error"]["code"] == "policy_denied"
@@ -174,7 +176,9 @@ async def test_a_policy_changed_after_the_http_door_is_applied_at_the_nats_door(
     await put_policy(fabric_app, f"{pod}-late", DENY_FAIL, pod)
     async with collect(nc, "agent.status.failed") as failed:
         await nc.jetstream().publish(
-            "agent.execute.normal", structured(task(job, "fail", tenant_id=pod), event_id=event_id)
+            "agent.execute.normal",
+            structured(task(job, "fail", tenant_id=pod), event_id=event_id),
+            headers=fabric_app.auth(),
         )
         await until(lambda: for_job(failed, job), what="failure event")
     record = await fabric_app.fabric.store.get(pod, job)

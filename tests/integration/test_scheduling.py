@@ -24,6 +24,9 @@ from agent_fabric.storage.task_store import spec_hash
 from agent_fabric.tasks import AgentDefinition, Priority, TaskBody, TaskSpec, TaskStatus
 from tests.conftest import RunningApp, make_settings, new_job_id, running_app
 from tests.integration.test_nats_door import collect, for_job, structured, task, until
+from tests.support.flows import publisher_auth
+
+PUBLISHER = publisher_auth()
 
 
 @asynccontextmanager
@@ -48,7 +51,7 @@ async def scheduling_app(
 
 
 async def publish(nc: Client, priority: str, job: str, **extra: Any) -> None:
-    await nc.jetstream().publish(f"agent.execute.{priority}", structured(task(job, **extra)))
+    await nc.jetstream().publish(f"agent.execute.{priority}", structured(task(job, **extra)), headers=PUBLISHER)
 
 
 def sleeper(seconds: float) -> dict[str, Any]:
@@ -326,6 +329,7 @@ async def test_two_hundred_agents_run_at_once(
                             "task": {"type": "sleep", "input": {"seconds": 3}},
                         }
                     ),
+                    headers=PUBLISHER,
                 )
                 for i, job in enumerate(jobs)
             )

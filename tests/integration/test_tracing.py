@@ -49,14 +49,14 @@ async def test_nats_publisher_trace_reaches_the_result_event(tmp_path: Path, nat
     failing = new_job_id("traced-fail")
     with running_otlp_receiver() as receiver:
         settings = make_settings(tmp_path, nats_url, telemetry=TelemetrySettings(otlp_endpoint=receiver.url))
-        async with running_app(settings):
+        async with running_app(settings) as app:
             async with collect(nc, "agent.status.>") as results:
                 event = orjson.loads(structured(task(job)))
                 event["traceparent"] = header  # the CloudEvents Distributed Tracing extension
-                await nc.jetstream().publish("agent.execute.high", orjson.dumps(event))
+                await nc.jetstream().publish("agent.execute.high", orjson.dumps(event), headers=app.auth())
                 failed = orjson.loads(structured(task(failing, "fail", {"code": "boom", "message": "as asked"})))
                 failed["traceparent"] = header
-                await nc.jetstream().publish("agent.execute.normal", orjson.dumps(failed))
+                await nc.jetstream().publish("agent.execute.normal", orjson.dumps(failed), headers=app.auth())
                 await until(lambda: any(e["type"] == "agent.status.completed" for e in for_job(results, job)))
                 await until(lambda: any(e["type"] == "agent.status.failed" for e in for_job(results, failing)))
         runs = {s.attributes["agent_fabric.job_id"]: s for s in receiver.named("run builtin") if s.trace_id == trace_id}

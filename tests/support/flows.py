@@ -11,7 +11,9 @@ from typing import Any
 import orjson
 from nats.aio.client import Client
 
-from tests.conftest import RunningApp
+from agent_fabric.security.tokens import TokenService
+from agent_fabric.settings import SecuritySettings, Settings
+from tests.conftest import JWT_SECRET, RunningApp
 
 
 def task(job_id: str, kind: str = "echo", inp: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
@@ -33,6 +35,14 @@ def structured(data: dict[str, Any], *, event_id: str | None = None) -> bytes:
             "data": data,
         }
     )
+
+
+def publisher_auth(role: str = "admin", tenant: str | None = None, subject: str = "test-publisher") -> dict[str, str]:
+    """The header a NATS publisher sends with its tasks (issue 15): a JWT every test app accepts,
+    signed with the tests' JWT_SECRET, for apps a helper cannot reach."""
+    settings = Settings(jwt=SecuritySettings(secret=JWT_SECRET))
+    token = TokenService(settings).issue(role=role, subject=subject, tenant_id=None if role == "admin" else tenant)
+    return {"Authorization": f"Bearer {token}"}
 
 
 def new_pod() -> str:

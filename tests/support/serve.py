@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -17,7 +18,16 @@ JWT_SECRET = "e2e-secret-0123456789-abcdefghijklmnop"
 
 
 class ServeProcess:
-    def __init__(self, state_dir: Path, env: dict[str, str], name: str = "fabric") -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        env: dict[str, str],
+        name: str = "fabric",
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        """`tls`: the process serves HTTPS; readiness is checked through this client context."""
+        self.tls = tls
         self.port = free_port()
         self.state_dir = state_dir
         self.log_path = state_dir / f"{name}-{self.port}.log"
@@ -33,7 +43,7 @@ class ServeProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> ServeProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -46,7 +56,7 @@ class ServeProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/ready", timeout=1, verify=self.tls or True).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass

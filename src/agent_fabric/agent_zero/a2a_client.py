@@ -16,15 +16,28 @@ from typing import Any
 import httpx
 import orjson
 
-from agent_fabric.agent_zero.client import AgentZeroError
+from agent_fabric.agent_zero.client import AgentZeroError, RequestHooks
 
 FINAL_STATES = frozenset({"completed", "failed", "canceled", "rejected"})
 
 
 class AgentZeroA2AClient:
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 300.0, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 300.0,
+        poll_seconds: float = 1.0,
+        on_request: RequestHooks = (),
+    ) -> None:
         self._endpoint = f"{base_url.rstrip('/')}/a2a/t-{api_key}/"
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=10.0))
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            # Redirects are never followed: a registered URL must not lead the fabric to another host.
+            follow_redirects=False,
+            event_hooks={"request": list(on_request)},
+        )
         self._poll = poll_seconds
         self._ids = itertools.count(1)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,16 +41,33 @@ class Reply:
     response: str
 
 
+# Checks run before every request (security/outbound_urls.py for tenant-registered instances).
+RequestHooks = Sequence[Callable[[httpx.Request], Awaitable[None]]]
+
+
 class AgentZeroClient:
     def __init__(
-        self, base_url: str, api_key: str, *, timeout: float = 300.0, retries: int = 3, backoff: float = 0.25
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 300.0,
+        retries: int = 3,
+        backoff: float = 0.25,
+        on_request: RequestHooks = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._key = api_key
         self._retries = retries
         self._backoff = backoff
         self._prefix = "/api"
-        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=10.0))
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            # Redirects are never followed: a registered URL must not lead the fabric to another host.
+            follow_redirects=False,
+            event_hooks={"request": list(on_request)},
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent_fabric.agent_zero.a2a_client import AgentZeroA2AClient
-from agent_fabric.agent_zero.client import AgentZeroClient, AgentZeroError
+from agent_fabric.agent_zero.client import AgentZeroClient, AgentZeroError, RequestHooks
 from agent_fabric.agent_zero.mcp_client import AgentZeroMcpClient
 from agent_fabric.periodic import Periodic
 from agent_fabric.settings import AgentZeroSettings, Mode
@@ -101,14 +101,23 @@ class Fleet:
         self._retired: list[Instance] = []  # removed, closed once their last call has returned
 
     def make_instance(
-        self, url: str, key: str, mode_set: Mode, *, tenant_id: str | None = None, instance_id: str | None = None
+        self,
+        url: str,
+        key: str,
+        mode_set: Mode,
+        *,
+        tenant_id: str | None = None,
+        instance_id: str | None = None,
+        on_request: RequestHooks = (),
     ) -> Instance:
+        """`on_request`: checks before every request (a tenant-registered URL's outbound rules)."""
         cfg = self._cfg
+        hooks = on_request
         return Instance(
             url,
-            AgentZeroClient(url, key, timeout=cfg.timeout_seconds, retries=cfg.retries),
-            AgentZeroMcpClient(url, key, timeout=cfg.timeout_seconds),
-            AgentZeroA2AClient(url, key, timeout=cfg.timeout_seconds, poll_seconds=cfg.poll_seconds),
+            AgentZeroClient(url, key, timeout=cfg.timeout_seconds, retries=cfg.retries, on_request=hooks),
+            AgentZeroMcpClient(url, key, timeout=cfg.timeout_seconds, on_request=hooks),
+            AgentZeroA2AClient(url, key, timeout=cfg.timeout_seconds, poll_seconds=cfg.poll_seconds, on_request=hooks),
             asyncio.Semaphore(cfg.max_in_flight),
             mode_set=mode_set,
             tenant_id=tenant_id,

@@ -16,6 +16,7 @@ from agent_fabric.agent_zero.fleet_status import describe
 from agent_fabric.agent_zero.pod_health import PodHealth
 from agent_fabric.agent_zero.registry import InstanceRegistry
 from agent_fabric.inbound.control import ControlChannel
+from agent_fabric.security.outbound_urls import OutboundGuard
 from agent_fabric.security.sealing import Sealer
 from agent_fabric.settings import AgentZeroSettings
 from agent_fabric.tenants import TenantRegistry
@@ -42,10 +43,11 @@ async def open_fleet_manager(
     tenants: TenantRegistry,
     control: ControlChannel,
     sealer: Sealer,
+    guard: OutboundGuard,
 ) -> FleetManager:
     """Load the registered instances into the (started) fleet, then follow agent.control.instances.
     Call before the task consumer starts: a resumed task may live on a registered instance."""
-    instances = InstanceRegistry(engine, fleet, control.announce, sealer)
+    instances = InstanceRegistry(engine, fleet, control.announce, sealer, guard)
     await instances.reload()
     control.register(registry.TOPIC, instances.reload)
     return FleetManager(

@@ -25,7 +25,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.agent_zero.fleet import Fleet, Instance
+from agent_fabric.audit.entries import Caller, append
 from agent_fabric.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from agent_fabric.security.outbound_urls import OutboundGuard
 from agent_fabric.security.sealing import SealedSecretError, Sealer
 from agent_fabric.settings import Mode
 from agent_fabric.storage.tables import agent_zero_instances as t
@@ -72,8 +74,14 @@ def checked_url(raw: str) -> str:
 
 class InstanceRegistry:
     def __init__(
-        self, engine: AsyncEngine, fleet: Fleet, announce: Callable[[str], Awaitable[None]], sealer: Sealer
+        self,
+        engine: AsyncEngine,
+        fleet: Fleet,
+        announce: Callable[[str], Awaitable[None]],
+        sealer: Sealer,
+        guard: OutboundGuard,
     ) -> None:
+        self._guard = guard  # a tenant chose the URL: no SSRF (security/outbound_urls.py)
         self._engine = engine
         self._sealer = sealer  # keys are sealed in the table, opened only to build the instance's clients
         self._fleet = fleet
@@ -82,9 +90,12 @@ class InstanceRegistry:
         self._removed: set[str] = set()
 
     async def register(
-        self, *, url: str, api_key: str, mode_set: Mode, tenant_id: str | None, actor: str
+        self, *, url: str, api_key: str, mode_set: Mode, tenant_id: str | None, caller: Caller
     ) -> InstanceRecord:
+        """Store and apply a registration; its audit entry commits with it (never the key)."""
+        actor = caller.actor
         url = checked_url(url)
+        await self._guard.check(url)
         if self._fleet.by_url(url) is not None:
             raise Conflict(f"an Agent Zero instance at {url} is already in the fleet", code="instance_exists")
         record = InstanceRecord(secrets.token_hex(8), tenant_id, url, mode_set, actor, datetime.now(UTC))
@@ -101,14 +112,18 @@ class InstanceRegistry:
                         registered_at=record.registered_at,
                     )
                 )
+                asked = {"url": url, "mode_set": mode_set, "shared": tenant_id is None}
+                await append(conn, caller.entry("agent.instance.register", request=asked, response={"id": record.id}))
         except IntegrityError:  # another replica registered the URL a moment ago
             raise Conflict(f"an Agent Zero instance at {url} is already registered", code="instance_exists") from None
         await self._apply(record, api_key)
         await self._announce(TOPIC)
         return record
 
-    async def remove(self, instance_id: str, *, tenant_id: str, admin: bool) -> InstanceRecord:
-        """Unregister: a POD administrator its own POD's instances, an admin those and shared ones."""
+    async def remove(self, instance_id: str, *, caller: Caller, admin: bool) -> InstanceRecord:
+        """Unregister: a POD administrator its own POD's instances, an admin those and shared ones.
+        Its audit entry commits with the removal."""
+        tenant_id = caller.tenant_id
         record = self._visible(instance_id, tenant_id)
         if record.tenant_id is None and not admin:
             raise Forbidden("a shared Agent Zero instance is removed by an admin", code="shared_instance")
@@ -116,6 +131,8 @@ class InstanceRegistry:
             await conn.execute(
                 update(t).where(t.c.id == instance_id, t.c.removed_at.is_(None)).values(removed_at=datetime.now(UTC))
             )
+            entry = caller.entry("agent.instance.remove", request={"id": instance_id}, response={"url": record.url})
+            await append(conn, entry)
         self._removed.add(instance_id)
         self._records.pop(instance_id, None)
         await self._fleet.remove(instance_id)
@@ -162,7 +179,12 @@ class InstanceRegistry:
 
     async def _apply(self, record: InstanceRecord, api_key: str) -> None:
         instance = self._fleet.make_instance(
-            record.url, api_key, record.mode_set, tenant_id=record.tenant_id, instance_id=record.id
+            record.url,
+            api_key,
+            record.mode_set,
+            tenant_id=record.tenant_id,
+            instance_id=record.id,
+            on_request=[self._guard.on_request],
         )
         self._records[record.id] = record
         await self._fleet.add(instance)

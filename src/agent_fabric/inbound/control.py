@@ -18,6 +18,7 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 
 from agent_fabric import names
+from agent_fabric.security.internal_seal import InternalSeal, broadcast_headers, is_sealed_broadcast
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +26,9 @@ Reload = Callable[[], Awaitable[None]]
 
 
 class ControlChannel:
-    def __init__(self, nc: NatsClient, interval: float) -> None:
+    def __init__(self, nc: NatsClient, interval: float, seal: InternalSeal) -> None:
         self._nc = nc
+        self._seal = seal  # only a replica's announcement counts (a forged one would force reloads)
         self._interval = interval
         self._reloaders: dict[str, Reload] = {}
         self._dirty: dict[str, asyncio.Event] = {}
@@ -55,12 +57,15 @@ class ControlChannel:
     async def announce(self, topic: str) -> None:
         """Tell every replica to reload `topic` (this one included; the reload is idempotent)."""
         try:
-            await self._nc.publish(names.control_subject(topic), b"{}")
+            subject = names.control_subject(topic)
+            await self._nc.publish(subject, b"{}", headers=broadcast_headers(self._seal, subject, b"{}"))
             await self._nc.flush(timeout=2)
         except Exception as exc:  # the periodic reload still carries the change
             log.warning("control announcement failed", extra={"topic": topic, "error": str(exc)})
 
     async def _on_message(self, msg: Any) -> None:
+        if not is_sealed_broadcast(self._seal, msg):
+            return  # other agent.control.* subjects (auth, cancel) carry their own seal check
         topic = msg.subject.rsplit(".", 1)[-1]
         event = self._dirty.get(topic)
         if event is not None:

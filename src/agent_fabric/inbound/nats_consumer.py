@@ -40,6 +40,7 @@ from agent_fabric.admission.checks import Actor, Admission
 from agent_fabric.admission.policy_model import PolicyDecision
 from agent_fabric.errors import FabricError, QueueFull
 from agent_fabric.events.envelope import TaskEvent, parse_task_event
+from agent_fabric.inbound.nats_credentials import NatsCaller, NatsCredentials, Vetted
 from agent_fabric.inbound.rejections import Rejector
 from agent_fabric.inbound.supervision import SupervisedLoop
 from agent_fabric.scheduling.queue import FairQueue, Picked
@@ -59,21 +60,29 @@ BUSY_POLL_SECONDS = 0.01
 STOP_SECONDS = 2.0  # how long a cancelled loop may take to end at shutdown
 
 
-def nats_actor(event: TaskEvent) -> Actor:
-    """Publishers on NATS are services: the task's metadata.user if it names one, else its source."""
-    return Actor(event.spec.metadata.get("user") or f"nats:{event.source}"[:128])
-
-
 class JetStreamDelivery:
     """One held message. Ack, nak and term release its slot."""
 
-    __slots__ = ("_consumer", "_msg", "decision", "dispatched", "event", "num_delivered", "received_at", "settled")
+    __slots__ = (
+        "_consumer",
+        "_msg",
+        "actor",
+        "decision",
+        "dispatched",
+        "event",
+        "num_delivered",
+        "received_at",
+        "settled",
+    )
 
-    def __init__(self, consumer: TaskConsumer, msg: Any, event: TaskEvent, decision: PolicyDecision | None) -> None:
+    def __init__(
+        self, consumer: TaskConsumer, msg: Any, event: TaskEvent, decision: PolicyDecision | None, actor: Actor
+    ) -> None:
         self._consumer = consumer
         self._msg = msg
         self.event = event
         self.decision = decision
+        self.actor = actor  # from the message's credential (inbound/nats_credentials.py)
         self.num_delivered = int(msg.metadata.num_delivered)
         self.received_at = time.perf_counter()
         self.dispatched = False
@@ -108,8 +117,10 @@ class TaskConsumer:
         store: TaskStore,
         queue_store: QueueStore,
         metrics: FabricMetrics,
+        door: NatsCredentials,
     ) -> None:
         self._settings = settings
+        self._door = door
         self._js = js
         self._runner = runner
         self._admission = admission
@@ -195,19 +206,22 @@ class TaskConsumer:
                 await asyncio.sleep(0.5)
                 continue
             idle = False
+            vetted = await self._door.screen(msgs, self._spawn_refusal)  # the credential, as at the HTTP door
+            if not vetted:
+                continue
             # Reading may run ahead of recording by a few batches, not more: a flood's records
             # would otherwise crowd the event loop and the database ahead of everything else.
             await self._recorders[priority].acquire()
             try:
-                self._take(priority, msgs)
+                self._take(priority, vetted)
             except BaseException:
                 # _take hands the recorder slot on only as its very last step; failing before that
                 # it still holds it. (The loop's supervisor restarts the loop.)
                 self._recorders[priority].release()
-                self._hand_back_batch(msgs)
+                self._hand_back_batch([v.msg for v in vetted])
                 raise
 
-    def _take(self, priority: str, msgs: list[Any]) -> None:
+    def _take(self, priority: str, msgs: list[Vetted]) -> None:
         """Parse and admit in memory; what finds a free slot starts now. The rest is recorded as
         queued in the background (queue limits), so the next fetch does not wait for the database
         and reading a backlog (and what is behind it) goes at NATS speed.
@@ -220,8 +234,8 @@ class TaskConsumer:
         fetched = time.perf_counter()
         ready: list[JetStreamDelivery] = []
         gated: list[JetStreamDelivery] = []
-        for msg in msgs:
-            delivery = self._parse(priority, msg)
+        for vetted in msgs:
+            delivery = self._parse(priority, vetted.msg, vetted.caller)
             if delivery is None:
                 continue
             self._held.add(delivery)
@@ -298,7 +312,7 @@ class TaskConsumer:
         for delivery in redeliver:
             await delivery.nak(delay=1.0)  # the database is away: the task waits in JetStream
 
-    def _parse(self, priority: str, msg: Any) -> JetStreamDelivery | None:
+    def _parse(self, priority: str, msg: Any, caller: NatsCaller) -> JetStreamDelivery | None:
         """The message as a delivery to run, or None when it was refused. Whatever goes wrong in
         reading or admitting one message is that message's problem: it is refused (dead letter or
         failure event, with the reason) and terminated, and the fetch loop goes on."""
@@ -309,14 +323,17 @@ class TaskConsumer:
                 msg.data,
                 max_bytes=self._settings.max_event_bytes,
                 max_depth=self._settings.max_json_depth,
+                default_tenant=caller.tenant_id,
             )
+            event = caller.bind(event)  # tenant and permission from the credential, never the payload
             # For NATS publishers the subject decides the priority (ARCHITECTURE.md).
             subject_priority = Priority(msg.subject.rsplit(".", 1)[-1]) if msg.subject else Priority(priority)
             if event.spec.priority != subject_priority:
                 event = replace(event, spec=event.spec.model_copy(update={"priority": subject_priority}))
-            decision = self._admission.check(event.spec, nats_actor(event), door="nats")
+            actor = caller.actor(event)
+            decision = self._admission.check(event.spec, actor, door="nats")
         except FabricError as exc:
-            self._spawn_refusal(msg, exc, event.id if event is not None else None)
+            self._spawn_refusal(msg, caller.confine(exc), event.id if event is not None else None)
             return None
         except ValueError as exc:  # a subject outside the four priorities
             self._spawn_refusal(msg, FabricError(str(exc), code="invalid_subject"))
@@ -324,9 +341,10 @@ class TaskConsumer:
         except Exception as exc:
             log.exception("could not read or admit an event; refusing it", extra={"subject": msg.subject})
             reason = f"the fabric could not read this event: {type(exc).__name__}: {exc}"[:500]
-            self._spawn_refusal(msg, FabricError(reason, code="unreadable_event"), event.id if event else None)
+            refusal = caller.confine(FabricError(reason, code="unreadable_event"))
+            self._spawn_refusal(msg, refusal, event.id if event else None)
             return None
-        return JetStreamDelivery(self, msg, event, decision)
+        return JetStreamDelivery(self, msg, event, decision, actor)
 
     def _spawn_refusal(self, msg: Any, exc: FabricError, event_id: str | None = None) -> None:
         task = asyncio.create_task(self._refuse(msg, exc, event_id))
@@ -416,7 +434,7 @@ class TaskConsumer:
         """Approval gate and budget reservation; True to run it now. A parked or already-decided
         task is acked here: its approval (in the database) brings it back."""
         try:
-            admitted = await self._admission.admit(delivery.event, delivery.decision, nats_actor(delivery.event))
+            admitted = await self._admission.admit(delivery.event, delivery.decision, delivery.actor)
         except FabricError as exc:
             self.release(delivery)
             await self._refuse(delivery.msg, exc, delivery.event.id)

@@ -10,6 +10,7 @@ import logging
 from typing import Any
 
 from agent_fabric.errors import FabricError, InvalidTask
+from agent_fabric.inbound.nats_credentials import CredentialRefused, without_credentials
 from agent_fabric.outbound.results import ResultPublisher
 from agent_fabric.storage.dead_letters import DeadLetter, DeadLetterStore
 from agent_fabric.storage.task_store import Rejection, TaskStore
@@ -40,7 +41,16 @@ class Rejector:
     ) -> None:
         """Record and announce a refused event. Raises if it could not be recorded (caller retries)."""
         self._metrics.events_invalid.labels(exc.code).inc()
-        if isinstance(exc, InvalidTask) and exc.job_id is not None:
+        headers = without_credentials(headers)  # a dead letter never keeps a bearer token
+        if isinstance(exc, CredentialRefused):
+            # Nothing is recorded under the job id: the task never reached the fabric. The message is
+            # kept as a dead letter; the job's owner hears of it when the credential vouches for both.
+            if exc.job_id is not None and exc.tenant_id is not None:
+                await self._results.publish_refusal(
+                    exc.tenant_id, exc.job_id, exc.code, exc.message, attempt=f"{origin}-{stream_seq}"
+                )
+            exc = FabricError(exc.message, code=exc.code)
+        elif isinstance(exc, InvalidTask) and exc.job_id is not None:
             tenant_id = exc.tenant_id or "default"
             inserted = await self._store.reject(
                 Rejection(

@@ -21,6 +21,7 @@ from agent_fabric import names
 from agent_fabric.admission.checks import Actor, Admission
 from agent_fabric.errors import Conflict, QueueFull, ServiceUnavailable
 from agent_fabric.events.envelope import TaskEvent
+from agent_fabric.security.internal_seal import TASK_PURPOSE, InternalSeal
 from agent_fabric.storage.approval_store import ApprovalRecord
 from agent_fabric.storage.queue_store import QueueStore
 from agent_fabric.storage.task_store import TaskRecord, TaskStore, spec_hash
@@ -53,7 +54,10 @@ class Submitter:
         admission: Admission,
         tracer: Tracer,
         full_status: int = 429,
+        *,
+        seal: InternalSeal,
     ) -> None:
+        self._seal = seal  # the task's caller was checked here: the NATS door takes the fabric's word
         self._full_status = full_status
         self._js = js
         self._store = store
@@ -124,7 +128,13 @@ class Submitter:
         )
         try:
             await self._js.publish(
-                names.task_subject(spec.priority.value), body, timeout=5, headers={names.MSG_ID_HEADER: event_id}
+                names.task_subject(spec.priority.value),
+                body,
+                timeout=5,
+                headers={
+                    names.MSG_ID_HEADER: event_id,
+                    names.SEAL_HEADER: self._seal.sign(TASK_PURPOSE, event_id, body),
+                },
             )
         except Exception as exc:
             await self._store.delete_queued(spec.tenant_id, spec.job_id)

@@ -122,6 +122,21 @@ class ResultPublisher:
         )
         await self._nc.publish(names.status_subject(status.value), body)
 
+    async def publish_refusal(self, tenant_id: str, job_id: str, code: str, message: str, *, attempt: str) -> None:
+        """A task refused at the door before anything was recorded (its credential): a failure event
+        with an id of its own, so it never shadows the job's real result in the duplicate window."""
+        event_id = f"{tenant_id}/{job_id}/refused/{attempt}"
+        data = {
+            "job_id": job_id,
+            "tenant_id": tenant_id,
+            "status": TaskStatus.REJECTED.value,
+            "error": {"code": code, "message": message},
+            "attempts": 0,
+            "usage": {"tokens": 0, "compute_seconds": 0.0, "cost_usd": 0.0},
+        }
+        body = fabric_event(names.status_event_type("failed"), data, subject=job_id, event_id=event_id)
+        await self._js.publish(names.status_subject("failed"), body, timeout=5, headers={names.MSG_ID_HEADER: event_id})
+
     async def publish_deadletter(self, data: dict[str, Any]) -> None:
         body = fabric_event(names.DEADLETTER_EVENT_TYPE, data, subject=str(data.get("subject") or "unknown"))
         await self._js.publish(names.DEADLETTER_SUBJECT, body, timeout=5)

@@ -19,6 +19,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric import names
+from agent_fabric.security.internal_seal import InternalSeal, broadcast_headers, is_sealed_broadcast
 from agent_fabric.security.roles import BUILTIN_ROLES
 from agent_fabric.storage.tables import custom_roles, revocations
 from agent_fabric.storage.timestamps import aware_or_none
@@ -29,9 +30,10 @@ RELOAD_SECONDS = 30.0
 
 
 class AccessState:
-    def __init__(self, engine: AsyncEngine, nc: NatsClient) -> None:
+    def __init__(self, engine: AsyncEngine, nc: NatsClient, seal: InternalSeal) -> None:
         self._engine = engine
         self._nc = nc
+        self._seal = seal  # a broadcast grants permissions: only a replica may send one
         self._revoked: dict[tuple[str, str], datetime | None] = {}
         self._roles: dict[str, frozenset[str]] = {}
         self._sub: Any = None
@@ -76,10 +78,16 @@ class AccessState:
     async def broadcast(self, message: dict[str, Any]) -> None:
         """Apply locally at once, then tell the other replicas."""
         self._apply(message)
-        await self._nc.publish(names.AUTH_CONTROL_SUBJECT, orjson.dumps(message))
+        body = orjson.dumps(message)
+        await self._nc.publish(
+            names.AUTH_CONTROL_SUBJECT, body, headers=broadcast_headers(self._seal, names.AUTH_CONTROL_SUBJECT, body)
+        )
         await self._nc.flush(timeout=2)
 
     async def _on_broadcast(self, msg: Any) -> None:
+        if not is_sealed_broadcast(self._seal, msg):
+            log.warning("ignored an unsealed access broadcast (not from a replica)", extra={"subject": msg.subject})
+            return
         try:
             self._apply(orjson.loads(msg.data))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

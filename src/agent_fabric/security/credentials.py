@@ -13,13 +13,15 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from agent_fabric.audit.entries import AuditEntry, append
 from agent_fabric.errors import Conflict, Forbidden, InvalidTask, NotFound, Unauthenticated
 from agent_fabric.security.access_state import AccessState
 from agent_fabric.security.roles import BUILTIN_ROLES, DELEGABLE_BY_POD_ADMIN, PERMISSIONS
@@ -53,8 +55,34 @@ class TokenPair:
         }
 
 
+@dataclass(frozen=True)
+class KeyHolder:
+    """An API key's identity, as a token exchanged for it would carry."""
+
+    key_id: str
+    name: str
+    role: str
+    tenant_id: str | None
+    expires_at: datetime | None
+
+    @property
+    def subject(self) -> str:
+        return f"key:{self.name}"
+
+
 class CredentialService:
-    def __init__(self, engine: AsyncEngine, tokens: TokenService, access: AccessState, cfg: SecuritySettings) -> None:
+    """Every change here is an administrative action: its audit entry (who, when, what, which tenant)
+    is written in the transaction that makes the change (NFR-SEC-3), never after it."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        tokens: TokenService,
+        access: AccessState,
+        cfg: SecuritySettings,
+        mode_for: Callable[[str | None], str],
+    ) -> None:
+        self._mode_for = mode_for
         self._engine = engine
         self._tokens = tokens
         self._access = access
@@ -89,6 +117,8 @@ class CredentialService:
         }
         async with self._engine.begin() as conn:
             await conn.execute(insert(api_keys).values(row))
+            tenant = tenant_id if role != "admin" else None
+            await self._audit(conn, actor, "auth.key.created", tenant, response=_key_view(row))
         return {**_key_view(row), "key": f"{KEY_PREFIX}{prefix}_{secret}"}
 
     async def list_keys(self, tenant_id: str | None) -> list[dict[str, Any]]:
@@ -105,13 +135,25 @@ class CredentialService:
             if row is None or (actor.tenant_id is not None and row.tenant_id != actor.tenant_id):
                 raise NotFound(f"no API key {key_id!r}")
             await conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(revoked_at=_now()))
+            await self._audit(
+                conn,
+                actor,
+                "auth.key.revoked",
+                row.tenant_id,
+                request={"id": key_id, "name": row.name, "role": row.role},
+            )
         await self._revoke("key", key_id, None, actor)
 
     async def revoke_token(self, actor: Principal, jti: str, expires: int | None) -> None:
-        await self._revoke("token", jti, datetime.fromtimestamp(expires, UTC) if expires else None, actor)
+        await self._revoke("token", jti, datetime.fromtimestamp(expires, UTC) if expires else None, actor, audit=True)
 
-    async def _revoke(self, what: str, value: str, expires_at: datetime | None, actor: Principal) -> None:
+    async def _revoke(
+        self, what: str, value: str, expires_at: datetime | None, actor: Principal, *, audit: bool = False
+    ) -> None:
         async with self._engine.begin() as conn:
+            if audit:
+                request = {"jti": value, "expires_at": expires_at}
+                await self._audit(conn, actor, "auth.token.revoked", actor.tenant_id, request=request)
             existing = (
                 await conn.execute(select(revocations).where(revocations.c.kind == what, revocations.c.value == value))
             ).first()
@@ -158,6 +200,15 @@ class CredentialService:
         if row is None or not _usable(row, now):
             raise Unauthenticated("the API key behind this refresh token is revoked or expired")
         return await self._pair_for(row)
+
+    async def key_holder(self, presented: str) -> KeyHolder:
+        """Who an API key presented as is (the NATS door's `Authorization: Bearer af_...`) stands for.
+        Refuses a key that is unknown, revoked or expired, as the exchange does."""
+        row = await self._usable_key(presented)
+        expires = row.expires_at
+        if expires is not None and expires.tzinfo is None:
+            expires = expires.replace(tzinfo=UTC)
+        return KeyHolder(row.id, row.name, row.role, row.tenant_id, expires)
 
     async def _usable_key(self, presented: str) -> Any:
         prefix, secret = _split(presented)
@@ -207,17 +258,36 @@ class CredentialService:
                         name=name, permissions=sorted(set(permissions)), updated_by=actor.subject, updated_at=now
                     )
                 )
+            request = {"name": name, "permissions": sorted(set(permissions))}
+            outcome = {"created": not updated.rowcount}
+            await self._audit(conn, actor, "auth.role.defined", None, request=request, response=outcome)
         await self._access.broadcast({"kind": "role", "name": name, "permissions": sorted(set(permissions))})
         return {"name": name, "permissions": sorted(set(permissions)), "builtin": False}
 
-    async def delete_role(self, name: str) -> None:
+    async def delete_role(self, actor: Principal, name: str) -> None:
         if name in BUILTIN_ROLES:
             raise Conflict(f"{name!r} is a builtin role and cannot be deleted", code="builtin_role")
         async with self._engine.begin() as conn:
             deleted = await conn.execute(custom_roles.delete().where(custom_roles.c.name == name))
-        if not deleted.rowcount:
-            raise NotFound(f"no custom role {name!r}")
+            if not deleted.rowcount:
+                raise NotFound(f"no custom role {name!r}")
+            await self._audit(conn, actor, "auth.role.deleted", None, request={"name": name})
         await self._access.broadcast({"kind": "role", "name": name, "permissions": None})
+
+    async def _audit(
+        self,
+        conn: AsyncConnection,
+        actor: Principal,
+        action: str,
+        tenant_id: str | None,
+        *,
+        request: Any = None,
+        response: Any = None,
+    ) -> None:
+        entry = AuditEntry(
+            action, actor.subject, tenant_id, self._mode_for(tenant_id), request=request, response=response
+        )
+        await append(conn, entry)
 
 
 def _split(presented: str) -> tuple[str, str]:

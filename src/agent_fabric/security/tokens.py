@@ -99,7 +99,9 @@ class TokenService:
             claims["amr"] = amr
         return str(jwt.encode(claims, self._sign_key, algorithm=self._cfg.algorithm))
 
-    async def verify(self, token: str) -> Principal:
+    async def verify(self, token: str, *, at: float | None = None) -> Principal:
+        """The token's principal. `at` (epoch seconds): judge expiry at that moment instead of now, for
+        a NATS message verified when it is consumed but published (stored by JetStream) earlier."""
         key = await self._key_for(token)
         try:
             claims = jwt.decode(
@@ -108,10 +110,12 @@ class TokenService:
                 algorithms=[self._cfg.algorithm],
                 audience=self._cfg.audience,
                 issuer=self._cfg.issuer,
-                options={"require_exp": True, "require_sub": True, "require_nbf": False},
+                options={"require_exp": True, "require_sub": True, "require_nbf": False, "verify_exp": at is None},
             )
         except JWTError as exc:
             raise Unauthenticated(f"invalid token: {exc}") from None
+        if at is not None and not (isinstance(claims.get("exp"), int | float) and claims["exp"] > at):
+            raise Unauthenticated("invalid token: it had expired when the message was published")
         role = claims.get("role")
         permissions = self._permissions(role)
         if permissions is None:

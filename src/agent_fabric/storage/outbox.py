@@ -22,6 +22,7 @@ from sqlalchemy import delete, event, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric import names
+from agent_fabric.security.internal_seal import TASK_PURPOSE, InternalSeal
 from agent_fabric.storage.tables import outbox
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,9 @@ async def enqueue(conn: AsyncConnection, *messages: OutboxMessage) -> None:
 
 
 class OutboxRelay:
-    def __init__(self, engine: AsyncEngine, js: JetStreamContext, sweep_seconds: float) -> None:
+    def __init__(self, engine: AsyncEngine, js: JetStreamContext, sweep_seconds: float, *, seal: InternalSeal) -> None:
+        # Approved and released tasks go back on agent.execute.*: the seal is the fabric's word for them.
+        self._seal = seal
         event.listen(engine.sync_engine, "checkin", self._checked_in)
         self._engine = engine
         self._js = js
@@ -113,9 +116,7 @@ class OutboxRelay:
                 failure: Exception | None = None
                 for row in rows:
                     try:
-                        await self._js.publish(
-                            row.subject, row.body, timeout=5, headers={names.MSG_ID_HEADER: row.msg_id}
-                        )
+                        await self._js.publish(row.subject, row.body, timeout=5, headers=self._headers(row))
                     except Exception as exc:
                         failure = exc
                         break
@@ -129,6 +130,12 @@ class OutboxRelay:
             total += len(sent)
             if len(rows) < BATCH:
                 return total
+
+    def _headers(self, row: Any) -> dict[str, str]:
+        headers = {names.MSG_ID_HEADER: row.msg_id}
+        if row.subject.startswith(names.TASK_SUBJECT_PREFIX + "."):
+            headers[names.SEAL_HEADER] = self._seal.sign(TASK_PURPOSE, row.msg_id, row.body)
+        return headers
 
     async def _prune(self) -> None:
         now = datetime.now(UTC)

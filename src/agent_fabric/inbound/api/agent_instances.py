@@ -14,7 +14,6 @@ from fastapi import APIRouter, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from agent_fabric.agent_zero.fleet import Instance
 from agent_fabric.errors import FabricError, Forbidden
 from agent_fabric.inbound.api.pod import Pod, PodCall
 from agent_fabric.settings import Mode
@@ -50,13 +49,11 @@ async def register_instance(registration: Registration, pod: Pod) -> JSONRespons
             api_key=registration.api_key.get_secret_value(),
             mode_set=mode_set,
             tenant_id=None if registration.shared else pod.tenant_id,
-            actor=pod.actor,
+            caller=pod.caller,  # the registration's audit entry commits with it
         )
-    except FabricError as exc:
+    except FabricError as exc:  # nothing changed: the refusal is audited on its own
         pod.audit("agent.instance.register", request=asked, response={"error": exc.code, "detail": exc.message})
         raise
-    instance = registry.instance(record)
-    pod.audit("agent.instance.register", request=asked, response={"id": record.id, "status": _status(instance)})
     return pod.reply(_view(pod, record.id), 201)
 
 
@@ -76,8 +73,8 @@ async def get_instance(instance_id: InstanceId, pod: Pod) -> JSONResponse:
 
 @router.delete("/{instance_id}", summary="Unregister an instance (new work stops going to it at once)")
 async def remove_instance(instance_id: InstanceId, pod: Pod) -> JSONResponse:
-    record = await pod.fabric.fleet_manager.instances.remove(instance_id, tenant_id=pod.tenant_id, admin=_is_admin(pod))
-    pod.audit("agent.instance.remove", request={"id": instance_id}, response={"url": record.url})
+    registry = pod.fabric.fleet_manager.instances
+    record = await registry.remove(instance_id, caller=pod.caller, admin=_is_admin(pod))  # audited in its transaction
     return pod.reply({"id": record.id, "url": record.url, "removed": True})
 
 
@@ -89,7 +86,3 @@ def _view(pod: PodCall, instance_id: str) -> dict[str, Any]:
         return {"id": record.id, "url": record.url, "mode_set": record.mode_set, "tenant_id": record.tenant_id}
     serving = any(c is instance for c in pod.fabric.fleet_manager.fleet.candidates(pod.tenant_id))
     return {**registry.view(instance), "serving": serving}
-
-
-def _status(instance: Instance | None) -> str | None:
-    return None if instance is None else instance.status

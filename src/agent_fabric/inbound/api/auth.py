@@ -113,5 +113,5 @@ async def put_role(name: RoleName, body: RoleBody, fabric: FabricDep, actor: Rol
 
 @router.delete("/roles/{name}", status_code=204, summary="Delete a custom role")
 async def delete_role(name: RoleName, fabric: FabricDep, actor: RoleManager) -> Response:
-    await fabric.credentials.delete_role(name)
+    await fabric.credentials.delete_role(actor, name)
     return Response(status_code=204)
