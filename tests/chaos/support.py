@@ -15,6 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric import names
+from agent_fabric.security.tokens import TokenService
+from agent_fabric.settings import SecuritySettings, Settings
 from agent_fabric.storage.tables import tasks
 from agent_fabric.tasks import TaskStatus
 
@@ -38,14 +40,22 @@ def task_event(job_id: str, kind: str = "echo", inp: dict[str, Any] | None = Non
     return body, event_id
 
 
-async def publish_through(nc: Client, subject: str, body: bytes, event_id: str, timeout: float = 60) -> None:
+def publisher_auth(jwt_secret: str) -> dict[str, str]:
+    """The credential header a NATS publisher sends (issue 15), for a fabric with this JWT secret."""
+    token = TokenService(Settings(jwt=SecuritySettings(secret=jwt_secret))).issue(role="admin", subject="chaos")
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def publish_through(
+    nc: Client, subject: str, body: bytes, event_id: str, *, auth: dict[str, str], timeout: float = 60
+) -> None:
     """Publish to JetStream, retrying through a leader election or a reconnect. The same
     Nats-Msg-Id each time, so a retry of a publish that did land is dropped by the stream."""
     js = nc.jetstream()
     async with asyncio.timeout(timeout):
         while True:
             try:
-                await js.publish(subject, body, timeout=3, headers={names.MSG_ID_HEADER: event_id})
+                await js.publish(subject, body, timeout=3, headers={names.MSG_ID_HEADER: event_id, **auth})
                 return
             except Exception:
                 await asyncio.sleep(0.3)

@@ -13,8 +13,8 @@ import pytest
 from nats.aio.client import Client
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.chaos.support import publish_through, statuses, task_event, until_all_completed
-from tests.conftest import make_settings, new_job_id, running_app
+from tests.chaos.support import publish_through, publisher_auth, statuses, task_event, until_all_completed
+from tests.conftest import JWT_SECRET, make_settings, new_job_id, running_app
 from tests.support.tcp_proxy import proxy_to
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -33,7 +33,12 @@ async def test_tasks_checkpointing_through_a_database_cut_all_complete(
                 jobs = [new_job_id("cut") for _ in range(30)]
                 for job in jobs:
                     # Checkpoints every second: with 30 running, writes are in flight all through the cut.
-                    await publish_through(nc, "agent.execute.normal", *task_event(job, "sleep", {"seconds": 4}))
+                    await publish_through(
+                        nc,
+                        "agent.execute.normal",
+                        *task_event(job, "sleep", {"seconds": 4}),
+                        auth=publisher_auth(JWT_SECRET),
+                    )
 
                 async def running() -> None:
                     while (await statuses(direct, jobs)).get("running", 0) < len(jobs) // 2:

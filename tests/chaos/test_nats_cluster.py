@@ -15,10 +15,17 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from agent_fabric import names
 from agent_fabric.outbound.results import result_event_id
-from tests.chaos.support import publish_through, statuses, stored_results, task_event, until_all_completed
+from tests.chaos.support import (
+    publish_through,
+    publisher_auth,
+    statuses,
+    stored_results,
+    task_event,
+    until_all_completed,
+)
 from tests.conftest import new_job_id
 from tests.support.nats_cluster import Cluster, running_nats_cluster
-from tests.support.serve import ServeProcess
+from tests.support.serve import JWT_SECRET, ServeProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -59,7 +66,9 @@ async def test_serve_on_a_cluster_survives_losing_the_stream_leader(
         before = [new_job_id("cl-sleep") for _ in range(20)] + [new_job_id("cl-echo") for _ in range(20)]
         for job in before:
             kind, inp = ("sleep", {"seconds": 2}) if job.startswith("cl-sleep") else ("echo", None)
-            await publish_through(nc, "agent.execute.normal", *task_event(job, kind, inp))
+            await publish_through(
+                nc, "agent.execute.normal", *task_event(job, kind, inp), auth=publisher_auth(JWT_SECRET)
+            )
 
         async def some_running() -> None:
             while (await statuses(engine, before)).get("running", 0) < 5:
@@ -72,7 +81,7 @@ async def test_serve_on_a_cluster_survives_losing_the_stream_leader(
 
         after = [new_job_id("cl-after") for _ in range(20)]
         for job in after:
-            await publish_through(nc, "agent.execute.high", *task_event(job))
+            await publish_through(nc, "agent.execute.high", *task_event(job), auth=publisher_auth(JWT_SECRET))
         await until_all_completed(engine, before + after, timeout=150)
         assert fabric.proc is not None and fabric.proc.poll() is None, fabric.log()
 

@@ -16,9 +16,16 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agent_fabric.outbound.results import result_event_id
-from tests.chaos.support import publish_through, statuses, stored_results, task_event, until_all_completed
+from tests.chaos.support import (
+    publish_through,
+    publisher_auth,
+    statuses,
+    stored_results,
+    task_event,
+    until_all_completed,
+)
 from tests.conftest import new_job_id
-from tests.support.serve import ServeProcess
+from tests.support.serve import JWT_SECRET, ServeProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -48,7 +55,9 @@ async def test_killing_a_replica_mid_run_completes_everything_and_repeats_nothin
         jobs = [new_job_id("kill") for _ in range(40)]
         for i, job in enumerate(jobs):
             inp = {"seconds": 1 + (i % 8) * 0.5}
-            await publish_through(watcher, "agent.execute.normal", *task_event(job, "sleep", inp))
+            await publish_through(
+                watcher, "agent.execute.normal", *task_event(job, "sleep", inp), auth=publisher_auth(JWT_SECRET)
+            )
 
         async def busy() -> None:
             while (await statuses(engine, jobs)).get("completed", 0) < 5:

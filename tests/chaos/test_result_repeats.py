@@ -20,8 +20,15 @@ import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from agent_fabric.outbound.results import result_event_id
-from tests.chaos.support import publish_through, statuses, stored_results, task_event, until_all_completed
-from tests.conftest import make_settings, new_job_id, running_app
+from tests.chaos.support import (
+    publish_through,
+    publisher_auth,
+    statuses,
+    stored_results,
+    task_event,
+    until_all_completed,
+)
+from tests.conftest import JWT_SECRET, make_settings, new_job_id, running_app
 from tests.support.nats_restartable import RestartableNats
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
@@ -59,7 +66,9 @@ async def test_a_nats_restart_repeats_no_result_on_the_core_subject(
             for i, job in enumerate(jobs):
                 # Spread over 1-8 s, so results keep coming before, during and after the outage.
                 inp = {"seconds": 1 + (i % 15) * 0.5}
-                await publish_through(watcher, "agent.execute.normal", *task_event(job, "sleep", inp))
+                await publish_through(
+                    watcher, "agent.execute.normal", *task_event(job, "sleep", inp), auth=publisher_auth(JWT_SECRET)
+                )
 
             async def some_running() -> None:
                 while (await statuses(engine, jobs)).get("running", 0) < 10:

@@ -50,11 +50,11 @@ async def test_deep_json_on_nats_is_dead_lettered_and_its_class_keeps_running(
     body = {"array": DEEP_ARRAY, "object": DEEP_OBJECT}.get(kind) or structured(deep_task(deep_job, 200))
     js = nc.jetstream()
     async with collect(nc, names.DEADLETTER_SUBJECT) as letters, collect(nc, "agent.status.*") as results:
-        bad = await js.publish("agent.execute.normal", body)
+        bad = await js.publish("agent.execute.normal", body, headers=fabric_app.auth())
         # Same class, right behind it: before the fix the class's fetch loop had died on the first.
         jobs = [new_job_id("after-deep") for _ in range(3)]
         for job in jobs:
-            await js.publish("agent.execute.normal", structured(task(job)))
+            await js.publish("agent.execute.normal", structured(task(job)), headers=fabric_app.auth())
         await until(lambda: all(finished(results, job) for job in jobs), timeout=30)
         await until(lambda: any(e["data"].get("stream_seq") == bad.seq for e in letters) or finished(results, deep_job))
     assert all(finished(results, job)[0]["data"]["status"] == "completed" for job in jobs)
@@ -153,7 +153,7 @@ async def test_a_crashed_fetch_loop_is_restarted_counted_and_reported(
         monkeypatch.setattr(consumer, "_take", take)
         job = new_job_id("crash")
         async with collect(nc, "agent.status.completed") as completed:
-            await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+            await nc.jetstream().publish("agent.execute.normal", structured(task(job)), headers=app.auth())
             ready: dict[str, Any] = {}
 
             async def not_ready() -> bool:
@@ -199,7 +199,7 @@ async def test_a_batch_half_taken_when_the_loop_crashed_is_handed_back(
         monkeypatch.setattr(consumer, "_push", push)
         job = new_job_id("halfway")
         async with collect(nc, "agent.status.completed") as completed:
-            await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+            await nc.jetstream().publish("agent.execute.normal", structured(task(job)), headers=app.auth())
             await until(lambda: for_job(completed, job), timeout=30)
         assert failures["left"] == 0
         await until(lambda: consumer.held == 0)
@@ -243,8 +243,8 @@ async def test_an_admission_bug_refuses_that_task_and_no_other(
         monkeypatch.setattr(admission, "admit", admit)
         fine = new_job_id("fine")
         async with collect(nc, names.DEADLETTER_SUBJECT) as letters, collect(nc, "agent.status.*") as results:
-            await nc.jetstream().publish("agent.execute.normal", structured(task(doomed)))
-            await nc.jetstream().publish("agent.execute.normal", structured(task(fine)))
+            await nc.jetstream().publish("agent.execute.normal", structured(task(doomed)), headers=app.auth())
+            await nc.jetstream().publish("agent.execute.normal", structured(task(fine)), headers=app.auth())
             await until(lambda: finished(results, fine) and letters, timeout=30)
         letter = letters[0]["data"]
         assert letter["code"] == "admission_failed" and "KeyError" in letter["reason"]

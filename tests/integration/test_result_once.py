@@ -24,7 +24,7 @@ from tests.integration.test_nats_door import structured, task, until
 async def test_lookup_finds_a_stored_result_by_its_id(fabric_app: RunningApp, nc: Client) -> None:
     job = new_job_id("lookup")
     async with asyncio.timeout(30):
-        await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+        await nc.jetstream().publish("agent.execute.normal", structured(task(job)), headers=fabric_app.auth())
         while (record := await fabric_app.fabric.store.get("default", job)) is None or not record.result_published:
             await asyncio.sleep(0.05)
     subject, _, event_id = result_event(record)
@@ -50,7 +50,7 @@ async def test_a_later_delivery_of_a_finished_task_does_not_publish_its_result_a
     sub = await nc.subscribe("agent.status.completed", cb=on_result)
     await nc.flush()
     try:
-        await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+        await nc.jetstream().publish("agent.execute.normal", structured(task(job)), headers=fabric_app.auth())
         event_id = result_event_id("default", job)
         await until(lambda: seen[event_id] == 1)
         async with asyncio.timeout(30):  # the mark is written just after the ack
@@ -63,7 +63,7 @@ async def test_a_later_delivery_of_a_finished_task_does_not_publish_its_result_a
                 .values(result_published=False, finished_at=utcnow() - timedelta(seconds=10))
             )
         # The same job again under a new event id: the runner finds it finished and unmarked.
-        await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+        await nc.jetstream().publish("agent.execute.normal", structured(task(job)), headers=fabric_app.auth())
         async with asyncio.timeout(30):
             while not (r := await fabric_app.fabric.store.get("default", job)) or not r.result_published:
                 await asyncio.sleep(0.05)
