@@ -31,6 +31,8 @@ from agent_fabric.inbound.api import (
 from agent_fabric.inbound.api.hardening import install_hardening
 from agent_fabric.inbound.api.problems import install_problem_handlers
 from agent_fabric.settings import Settings
+from agent_fabric.telemetry.http_telemetry import RequestTelemetry
+from agent_fabric.telemetry.state_gauges import StateGauges
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -47,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.state_gauges = StateGauges()
     install_problem_handlers(app)
     install_hardening(app, settings)
     app.include_router(health.router)
@@ -69,4 +72,6 @@ def create_app(settings: Settings) -> FastAPI:
         agent_ws.router,
     ):
         app.include_router(router)
+    # Outermost: request ids and request metrics cover every answer, refusals included.
+    app.add_middleware(RequestTelemetry)
     return app

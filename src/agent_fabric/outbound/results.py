@@ -8,6 +8,7 @@ recognisable to any subscriber as the same event.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,9 @@ from agent_fabric import names
 from agent_fabric.events.envelope import fabric_event
 from agent_fabric.storage.task_store import TaskRecord
 from agent_fabric.tasks import TaskStatus
+from agent_fabric.telemetry.log_context import bound
+
+log = logging.getLogger(__name__)
 
 # Terminal statuses that are failures travel on agent.status.failed (with data.status saying
 # which); cancellation has its own subject.
@@ -77,6 +81,8 @@ class ResultPublisher:
     async def publish_result(self, record: TaskRecord, trace: Mapping[str, str] | None = None) -> None:
         subject, body, event_id = result_event(record, trace)
         await self._js.publish(subject, body, timeout=5, headers={names.MSG_ID_HEADER: event_id})
+        with bound(job_id=record.job_id, tenant_id=record.tenant_id):
+            log.debug("result published", extra={"subject": subject, "status": record.status.value})
 
     async def publish_transition(self, tenant_id: str, job_id: str, status: TaskStatus, attempt: int) -> None:
         """A non-final transition: fire and forget on agent.status.<status>."""
