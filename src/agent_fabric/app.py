@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from agent_fabric import __version__
+from agent_fabric.console.routes import install_console
 from agent_fabric.fabric import open_fabric
 from agent_fabric.inbound.api import (
     agent_decisions,
@@ -26,6 +27,7 @@ from agent_fabric.inbound.api import (
     config,
     health,
     policies,
+    queues,
     tasks,
 )
 from agent_fabric.inbound.api.hardening import install_hardening
@@ -72,6 +74,8 @@ def create_app(settings: Settings) -> FastAPI:
         agent_ws.router,
     ):
         app.include_router(router)
+    app.include_router(queues.router)
+    install_console(app, settings.console_enabled)
     # Outermost: request ids and request metrics cover every answer, refusals included.
     app.add_middleware(RequestTelemetry)
     return app
