@@ -54,6 +54,8 @@ async def test_sign_in_submit_a_task_and_watch_it_complete_live(page: Any, conso
     await page.wait_for_selector("#events li[data-kind=state] .status.running", timeout=30_000)
     await page.wait_for_selector("#task-status .status.completed", timeout=30_000)
     await page.wait_for_selector("#events li[data-kind=progress]")
+    # Once it ended, the page shows the result without a reload by the user.
+    await page.wait_for_selector("pre:has-text('\"slept\":2')")
     await shot(page, "task-detail")
     # Search finds it by status, agent and type, and not under another type.
     await page.goto(f"{fabric.url}/console/#/tasks?status=completed&agent=builtin&type=sleep")
@@ -63,6 +65,13 @@ async def test_sign_in_submit_a_task_and_watch_it_complete_live(page: Any, conso
     await page.wait_for_selector("#task-search")
     await page.wait_for_load_state("networkidle")
     assert await page.locator(f"table a:has-text('{job}')").count() == 0
+    # A budget with a limit: the budgets page draws its burn-down meter.
+    budget = httpx.put(
+        f"{fabric.url}/api/v1/budgets/tenant?tenant_id=default",
+        json={"max_compute_seconds": 10},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert budget.status_code == 200, budget.text
     # Every page renders without an error banner (and is photographed for review).
     for name in PAGES:
         await page.goto(f"{fabric.url}/console/#/{name}")
@@ -71,6 +80,8 @@ async def test_sign_in_submit_a_task_and_watch_it_complete_live(page: Any, conso
         await page.wait_for_load_state("networkidle")
         assert await page.is_hidden("#error"), f"{name}: {await page.text_content('#error')}"
         await shot(page, name)
+    await page.goto(f"{fabric.url}/console/#/budgets")
+    await page.wait_for_selector("tr:has-text('tenant') .meter")
     await page.goto(f"{fabric.url}/console/#/fleet")
     await page.wait_for_selector(".card .status.up")  # the POD status: the stand-in Agent Zero answers
 

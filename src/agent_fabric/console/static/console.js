@@ -28,13 +28,21 @@ function table(columns, rows, empty) {
   return h("table", {}, h("thead", {}, h("tr", {}, columns.map((c) => h("th", {}, c[0])))),
     h("tbody", {}, rows.map((r) => h("tr", {}, columns.map((c) => h("td", {}, c[1](r)))))));
 }
+// Widths are set through the CSSOM: the page's CSP refuses inline style attributes.
 function meter(ratio, projected) {
-  const pct = Math.min(Math.max(ratio || 0, 0), 1) * 100;
-  const m = h("span", { class: "meter", title: `${(100 * (ratio || 0)).toFixed(1)} % used` },
-    h("span", { class: ratio >= 1 ? "over" : "", style: `width:${pct}%` }));
-  if (projected) m.append(h("i", { style: `left:${Math.min(projected, 1) * 100}%`, title: "projected at period end" }));
+  const bar = h("span", { class: ratio >= 1 ? "over" : "" });
+  bar.style.width = `${Math.min(Math.max(ratio || 0, 0), 1) * 100}%`;
+  const m = h("span", { class: "meter", title: `${(100 * (ratio || 0)).toFixed(1)} % used` }, bar);
+  if (projected) {
+    const tick = h("i", { title: "projected at the period end" });
+    tick.style.left = `${Math.min(projected, 1) * 100}%`;
+    m.append(tick);
+  }
   return m;
 }
+const amounts = (o) => Object.entries(o || {}).filter(([, v]) => v !== null)
+  .map(([k, v]) => `${k.replace("_", " ")} ${Number.isInteger(v) ? v : Number(v).toFixed(2)}`).join(", ");
+const limited = (b) => Object.values(b.effective_limits || {}).some((v) => v !== null);
 function showError(message) {
   const box = document.getElementById("error");
   box.textContent = message || "";
@@ -146,7 +154,9 @@ const views = {
         ["attempts", fmt(t.attempts)], ["usage", fmt(t.usage)], ["result", fmt(t.result)], ["error", fmt(t.error)],
         ["created / started / finished", `${fmt(t.created_at)}  ${fmt(t.started_at)}  ${fmt(t.finished_at)}`]]),
       h("h2", {}, "Live events"), events);
-    if (ctx.current()) followEvents(job, tenant, events, status);
+    // Once the task ends, load it again (result, usage, times); a finished task is not reloaded twice.
+    const finished = !["queued", "waiting", "awaiting_approval", "running"].includes(t.status);
+    if (ctx.current()) followEvents(job, tenant, events, status, () => { if (!finished && ctx.current()) route(); });
   },
 
   async approvals(ctx) {
@@ -185,9 +195,9 @@ const views = {
     ctx.render(h("h1", {}, "Budgets"),
       h("p", { class: "muted" }, "Bar: share of the limit used this period; tick: projected at the period end."),
       table([["Tenant", (b) => b.tenant_id], ["Entity", (b) => b.entity], ["Period", (b) => `${b.period} to ${fmt(b.period_end)}`],
-        ["Used", (b) => [meter(b.usage_ratio, b.projected_ratio), ` ${(100 * b.usage_ratio).toFixed(1)} %`]],
-        ["Left (burn-down)", (b) => fmt(Object.fromEntries(Object.entries(b.remaining || {}).filter(([, v]) => v !== null)))],
-        ["Used / limits", (b) => `${fmt(b.used)} / ${fmt(b.effective_limits)}`], ["Mode", (b) => b.mode]],
+        ["Share used", (b) => (limited(b) ? [meter(b.usage_ratio, b.projected_ratio), ` ${(100 * b.usage_ratio).toFixed(1)} %`] : "no limit")],
+        ["Left (burn-down)", (b) => (limited(b) ? amounts(b.remaining) : "")],
+        ["Used", (b) => amounts(b.used)], ["Limits", (b) => amounts(b.effective_limits) || "none"], ["Mode", (b) => b.mode]],
       list.items, "No budgets set."));
   },
 
@@ -229,7 +239,7 @@ function submitForm() {
 
 // The SSE endpoint needs the Authorization header, which EventSource cannot send: read the
 // stream with fetch instead, and parse its `event:` / `data:` lines.
-async function followEvents(job, tenant, list, statusEl) {
+async function followEvents(job, tenant, list, statusEl, onEnd) {
   const controller = new AbortController();
   stopStream = () => controller.abort();
   const url = new URL(`/api/v1/tasks/${encodeURIComponent(job)}/events`, location.origin);
@@ -255,6 +265,7 @@ async function followEvents(job, tenant, list, statusEl) {
         list.append(h("li", { "data-kind": kind }, h("b", {}, kind), " ", ev.status ? badge(ev.status) : "", " ",
           h("span", { class: "muted" }, fmt(ev.time)), " ", fmt(ev.data)));
         if (ev.status) statusEl.replaceChildren(badge(ev.status));
+        if (kind === "end") onEnd();
       }
     }
   } catch (e) {
@@ -276,7 +287,12 @@ async function route() {
   const mine = ++generation;
   const ctx = { current: () => mine === generation, render: (...nodes) => { if (mine === generation) render(...nodes); } };
   render(h("p", { class: "muted" }, "Loading..."));
-  try { showError(""); await view(ctx, new URLSearchParams(qs || ""), ...args); } catch (e) { if (ctx.current()) showError(e.message); }
+  try {
+    showError("");
+    await view(ctx, new URLSearchParams(qs || ""), ...args);
+  } catch (e) {
+    if (ctx.current()) { showError(e.message); render(h("p", { class: "muted" }, "Nothing to show.")); }
+  }
 }
 function signedIn() {
   const c = claims();
