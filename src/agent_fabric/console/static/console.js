@@ -170,7 +170,7 @@ const views = {
     };
     ctx.render(h("h1", {}, "Approvals waiting"),
       table([["Task", (a) => fmt(a.job_id)], ["Tenant", (a) => a.tenant_id], ["Action", (a) => fmt(a.action)],
-        ["Approvers", (a) => fmt(a.approvers)], ["Expires", (a) => fmt(a.expires_at)],
+        ["Approvers", (a) => (a.approvers?.length ? a.approvers.join(", ") : "anyone allowed, except the requester")], ["Expires", (a) => fmt(a.expires_at)],
         ["", (a) => [h("button", { type: "button", onclick: decide(a, true) }, "Approve"), " ",
           h("button", { type: "button", class: "danger", onclick: decide(a, false) }, "Reject")]]],
       list.items, "No approval is waiting."));
