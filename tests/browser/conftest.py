@@ -8,9 +8,6 @@ Screenshots of every page land in tests/browser/screenshots/ (gitignored) for re
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,7 @@ from typing import Any
 import pytest
 
 from tests.support.agent_zero_standin import STANDIN_KEY, running_standin
+from tests.support.debian import apt_install
 from tests.support.serve import JWT_SECRET, ServeProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -34,24 +32,11 @@ CHROMIUM_ARGS = [
 ]
 
 
-def _install_chromium() -> str | None:
-    """Install Debian's chromium; None on success, else why it could not."""
-    prefix = [] if os.geteuid() == 0 else (["sudo", "-n"] if shutil.which("sudo") else None)
-    if prefix is None:
-        return "not root and no sudo"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for step in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        done = subprocess.run([*prefix, *step], env=env, capture_output=True, text=True, timeout=900)
-        if done.returncode != 0:
-            return f"{' '.join(step)} failed: {done.stderr.strip()[-300:]}"
-    return None
-
-
 @pytest.fixture(scope="session")
 async def chromium() -> AsyncIterator[Any]:
     # Playwright's async API: the tests' event loop (pytest-asyncio's) also runs the database fixtures.
     if not CHROMIUM.exists():
-        why = _install_chromium()
+        why = apt_install("chromium")
         if not CHROMIUM.exists():
             pytest.fail(f"the browser tests need Debian's chromium at {CHROMIUM} and it could not be installed: {why}")
     from playwright.async_api import async_playwright

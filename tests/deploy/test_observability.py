@@ -25,6 +25,7 @@ from agent_fabric.telemetry.metrics import FabricMetrics
 from tests.deploy import render as rd
 from tests.deploy.conftest import Only
 from tests.deploy.manifests import REPO_ROOT
+from tests.support.debian import apt_install
 
 ALERTS_TEST = Path(__file__).parent / "prometheus" / "alerts-test.yaml"
 _SERIES = re.compile(r"\bagent_fabric_[a-z0-9_]+")
@@ -59,10 +60,13 @@ def rule_groups(only: Only) -> list[dict[str, Any]]:
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        pytest.fail(
-            "promtool is not installed, so the alert rules cannot be tested: install the Debian package "
-            "`prometheus` (scripts/services.sh does, as root or with sudo)"
-        )
+        why = apt_install("prometheus")
+        found = shutil.which("promtool")
+        if found is None:
+            pytest.fail(
+                f"promtool is not installed and could not be ({why}), so the alert rules cannot be tested: "
+                "install the Debian package `prometheus` (scripts/services.sh does, as root or with sudo)"
+            )
     return found
 
 
