@@ -170,6 +170,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             QueueLimits(settings.scheduler.max_queued_per_tenant, settings.scheduler.max_queued_per_agent),
             linger_ms=settings.database.batch_linger_ms,
             max_items=settings.database.batch_max,
+            metrics=metrics.ops,
         )
         queue_store.start()
         stack.push_async_callback(queue_store.shutdown)

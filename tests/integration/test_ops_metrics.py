@@ -99,6 +99,7 @@ async def test_series_move_under_real_work(
         # Group commit: batches and their commits.
         grew("agent_fabric_write_batch_size_count", 1, writer="shared")
         grew("agent_fabric_write_commit_seconds_count", 1, writer="shared", outcome="ok")
+        grew("agent_fabric_write_batch_size_sum", 7, writer="queue-normal")  # the door's queued records
         # Database-wide state and dependencies.
         assert value(after, "agent_fabric_agent_sessions") >= 1
         assert value(after, "agent_fabric_dependency_up", dependency="database") == 1
