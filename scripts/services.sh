@@ -48,6 +48,19 @@ if $local_redis && ! port_open 127.0.0.1 6379; then
   wait_port 127.0.0.1 6379 || { echo "services: Redis did not start" >&2; exit 1; }
 fi
 
+# Tools the tests drive: promtool (alert rule tests, Debian `prometheus`) and Chromium (console
+# browser tests, driven by Playwright with executable_path=/usr/bin/chromium; Playwright's own
+# browser download is never used). A machine where apt cannot install them gets a plain message,
+# and the tests that need them say so.
+if ! command -v promtool >/dev/null; then
+  echo "services: promtool is missing; installing the Debian package prometheus"
+  apt_install prometheus || echo "services: could not install prometheus (promtool); the alert rule tests will fail" >&2
+fi
+if [ ! -x /usr/bin/chromium ]; then
+  echo "services: /usr/bin/chromium is missing; installing the Debian package chromium"
+  apt_install chromium || echo "services: could not install chromium; the console browser tests will fail" >&2
+fi
+
 # Whatever the address, say plainly if a service is still not there.
 pg_host=$(sed -E 's|.*@([^:/]+):([0-9]+)/.*|\1|' <<<"$PG_DSN"); pg_port=$(sed -E 's|.*@([^:/]+):([0-9]+)/.*|\2|' <<<"$PG_DSN")
 redis_host=$(sed -E 's|redis://([^:/@]*@)?([^:/]+):([0-9]+).*|\2|' <<<"$REDIS_URL"); redis_port=$(sed -E 's|redis://([^:/@]*@)?([^:/]+):([0-9]+).*|\3|' <<<"$REDIS_URL")

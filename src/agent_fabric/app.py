@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from agent_fabric import __version__
+from agent_fabric.console.routes import install_console
 from agent_fabric.fabric import open_fabric
 from agent_fabric.inbound.api import (
     agent_decisions,
@@ -26,11 +27,14 @@ from agent_fabric.inbound.api import (
     config,
     health,
     policies,
+    queues,
     tasks,
 )
 from agent_fabric.inbound.api.hardening import install_hardening
 from agent_fabric.inbound.api.problems import install_problem_handlers
 from agent_fabric.settings import Settings
+from agent_fabric.telemetry.http_telemetry import RequestTelemetry
+from agent_fabric.telemetry.state_gauges import StateGauges
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -47,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.state_gauges = StateGauges()
     install_problem_handlers(app)
     install_hardening(app, settings)
     app.include_router(health.router)
@@ -69,4 +74,8 @@ def create_app(settings: Settings) -> FastAPI:
         agent_ws.router,
     ):
         app.include_router(router)
+    app.include_router(queues.router)
+    install_console(app, settings.console_enabled)
+    # Outermost: request ids and request metrics cover every answer, refusals included.
+    app.add_middleware(RequestTelemetry)
     return app

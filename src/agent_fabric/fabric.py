@@ -57,7 +57,7 @@ from agent_fabric.storage.outbox import OutboxRelay
 from agent_fabric.storage.queue_store import QueueLimits, QueueStore
 from agent_fabric.storage.task_store import TaskStore
 from agent_fabric.telemetry.logging import redact
-from agent_fabric.telemetry.metrics import FabricMetrics
+from agent_fabric.telemetry.metrics import FabricMetrics, agent_zero_observer
 from agent_fabric.telemetry.tracing import Tracing
 from agent_fabric.tenants import TenantRegistry
 
@@ -147,12 +147,15 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             linger_ms=settings.database.batch_linger_ms,
             max_items=settings.database.batch_max,
             flushers=1 if engine.dialect.name == "sqlite" else settings.database.flushers,
+            metrics=metrics.ops,
         )
         batcher.start()
         stack.push_async_callback(batcher.shutdown)
         governance = await _open_governance(stack, settings, engine, batcher, nc, js, metrics)
         # Critical claims: no linger, and no waiting behind the shared writer's batches.
-        urgent = _side_writer(stack, engine, batcher, linger_ms=0, max_items=settings.database.batch_max, flushers=2)
+        urgent = _side_writer(
+            stack, engine, batcher, linger_ms=0, max_items=settings.database.batch_max, flushers=2, name="urgent"
+        )
         store = TaskStore(
             engine,
             batcher,
@@ -170,6 +173,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             QueueLimits(settings.scheduler.max_queued_per_tenant, settings.scheduler.max_queued_per_agent),
             linger_ms=settings.database.batch_linger_ms,
             max_items=settings.database.batch_max,
+            metrics=metrics.ops,
         )
         queue_store.start()
         stack.push_async_callback(queue_store.shutdown)
@@ -187,7 +191,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
 
         bus = await open_progress_bus(settings.redis_url, nc)
         stack.push_async_callback(bus.aclose)
-        fleet = Fleet(settings.agent_zero, governance.tenants.mode_for)
+        fleet = Fleet(settings.agent_zero, governance.tenants.mode_for, observe=agent_zero_observer(metrics))
         stack.push_async_callback(fleet.aclose)
         await fleet.start()
         fleet_manager = await open_fleet_manager(
@@ -308,12 +312,15 @@ def _side_writer(
     linger_ms: float,
     max_items: int,
     flushers: int = 1,
+    name: str = "side",
 ) -> WriteBatcher:
     """A writer beside the shared one on Postgres. SQLite allows one writer at a time (and budget
     rows are read, then written, never beside another write), so there it is the shared one."""
     if engine.dialect.name == "sqlite":
         return shared
-    writer = WriteBatcher(engine, linger_ms=linger_ms, max_items=max_items, flushers=flushers)
+    writer = WriteBatcher(
+        engine, linger_ms=linger_ms, max_items=max_items, flushers=flushers, metrics=shared.metrics, name=name
+    )
     writer.start()
     stack.push_async_callback(writer.shutdown)
     return writer
@@ -337,7 +344,9 @@ async def _open_governance(
     relay.start()
     stack.push_async_callback(relay.shutdown)
     # Budget transactions lock budget rows; on a writer of their own they never hold task writes.
-    budget_batcher = _side_writer(stack, engine, batcher, linger_ms=settings.database.batch_linger_ms, max_items=512)
+    budget_batcher = _side_writer(
+        stack, engine, batcher, linger_ms=settings.database.batch_linger_ms, max_items=512, name="budget"
+    )
     docs = DocumentStore(engine)
     tenants = TenantRegistry(docs, settings.mode)
     control = ControlChannel(nc, settings.policy.reload_seconds, internal_seal_for(settings))

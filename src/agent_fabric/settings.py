@@ -477,6 +477,11 @@ class Settings(BaseSettings):
     publish_transitions: bool = Field(
         True, description="Publish non-final transitions (running, ...) on agent.status.<state>."
     )
+    console_enabled: bool = Field(
+        True,
+        description="Serve the operators' console at /console (static pages calling the API with the "
+        "operator's own token; false: /console answers 404).",
+    )
 
     nats: NatsSettings = Field(default_factory=NatsSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)

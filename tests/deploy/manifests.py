@@ -255,3 +255,9 @@ def settings_env_names() -> set[str]:
 
     visit(Settings)
     return found
+
+
+# Prometheus Operator kinds (deploy/platform/03-intelligence/observability/).
+from tests.deploy.monitoring_schemas import MONITORING_SCHEMAS  # noqa: E402
+
+SUBSET_SCHEMAS.update(MONITORING_SCHEMAS)

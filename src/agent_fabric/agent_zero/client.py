@@ -11,7 +11,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,12 @@ import httpx
 import orjson
 
 from agent_fabric.errors import TaskFailure
+from agent_fabric.telemetry.logging import redact
+
+log = logging.getLogger(__name__)
+
+# observe(instance, operation, outcome, seconds): one finished call (outcome "ok" or a failure code).
+CallObserver = Callable[[str, str, str, float], None]
 
 RETRYABLE_STATUS = frozenset({502, 503, 504})
 # api_message names a new chat only when the agent's run ends, so a chat is opened with a message
@@ -55,8 +63,11 @@ class AgentZeroClient:
         retries: int = 3,
         backoff: float = 0.25,
         on_request: RequestHooks = (),
+        observe: CallObserver | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._observe = observe
+        self._instance = redact(self.base_url)
         self._key = api_key
         self._retries = retries
         self._backoff = backoff
@@ -119,6 +130,28 @@ class AgentZeroClient:
         await self._call("api_terminate_chat", {"context_id": context_id})
 
     async def _call(self, name: str, payload: dict[str, Any], *, method: str = "POST", authed: bool = True) -> Any:
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await self._call_with_retries(name, payload, method=method, authed=authed)
+        except AgentZeroError as exc:
+            outcome = exc.code
+            raise
+        except BaseException:
+            outcome = "cancelled"
+            raise
+        finally:
+            elapsed = time.perf_counter() - started
+            if self._observe is not None:
+                self._observe(self._instance, name, outcome, elapsed)
+            log.debug(
+                "agent zero call",
+                extra={"instance": self._instance, "operation": name, "outcome": outcome, "duration_s": elapsed},
+            )
+
+    async def _call_with_retries(
+        self, name: str, payload: dict[str, Any], *, method: str = "POST", authed: bool = True
+    ) -> Any:
         headers = {"X-API-KEY": self._key} if authed else {}
         for attempt in range(self._retries + 1):
             try:
@@ -136,7 +169,7 @@ class AgentZeroClient:
                 raise AgentZeroError("agent_unreachable", f"Agent Zero at {self.base_url}: {exc}") from None
             if response.status_code == 404 and self._prefix and _endpoint_missing(response):
                 self._prefix = ""  # an instance older than v0.9.9: bare paths from now on
-                return await self._call(name, payload, method=method, authed=authed)
+                return await self._call_with_retries(name, payload, method=method, authed=authed)
             if response.status_code in RETRYABLE_STATUS and attempt < self._retries:
                 await self._sleep(attempt)
                 continue

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent_fabric.agent_zero.a2a_client import AgentZeroA2AClient
-from agent_fabric.agent_zero.client import AgentZeroClient, AgentZeroError, RequestHooks
+from agent_fabric.agent_zero.client import AgentZeroClient, AgentZeroError, CallObserver, RequestHooks
 from agent_fabric.agent_zero.mcp_client import AgentZeroMcpClient
 from agent_fabric.periodic import Periodic
 from agent_fabric.settings import AgentZeroSettings, Mode
@@ -90,8 +90,15 @@ class Instance:
 
 
 class Fleet:
-    def __init__(self, cfg: AgentZeroSettings, mode_for: Callable[[str | None], Mode] = lambda _: LIVE_SET) -> None:
+    def __init__(
+        self,
+        cfg: AgentZeroSettings,
+        mode_for: Callable[[str | None], Mode] = lambda _: LIVE_SET,
+        *,
+        observe: CallObserver | None = None,
+    ) -> None:
         self._cfg = cfg
+        self._observe = observe  # every instance's HTTP calls (metrics)
         self._interval = cfg.health_interval_seconds
         self._mode_for = mode_for
         self._separate_sandbox = bool(cfg.sandbox_instances())
@@ -115,7 +122,9 @@ class Fleet:
         hooks = on_request
         return Instance(
             url,
-            AgentZeroClient(url, key, timeout=cfg.timeout_seconds, retries=cfg.retries, on_request=hooks),
+            AgentZeroClient(
+                url, key, timeout=cfg.timeout_seconds, retries=cfg.retries, on_request=hooks, observe=self._observe
+            ),
             AgentZeroMcpClient(url, key, timeout=cfg.timeout_seconds, on_request=hooks),
             AgentZeroA2AClient(url, key, timeout=cfg.timeout_seconds, poll_seconds=cfg.poll_seconds, on_request=hooks),
             asyncio.Semaphore(cfg.max_in_flight),

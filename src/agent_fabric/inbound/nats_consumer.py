@@ -50,6 +50,7 @@ from agent_fabric.storage.outage import is_unreachable
 from agent_fabric.storage.queue_store import Enqueued, QueueStore
 from agent_fabric.storage.task_store import TaskStore, spec_hash, utcnow
 from agent_fabric.tasks import Priority
+from agent_fabric.telemetry.log_context import bound, task_fields
 from agent_fabric.telemetry.metrics import FabricMetrics
 
 log = logging.getLogger(__name__)
@@ -412,8 +413,10 @@ class TaskConsumer:
     async def _run(self, picked: Picked[JetStreamDelivery], reserved: bool) -> None:
         delivery = picked.item
         try:
-            if await self._admit(delivery):
-                await self._runner.handle(delivery)
+            with bound(**task_fields(delivery.event.spec, delivery.event.trace)):
+                log.debug("task dispatched", extra={"delivery": delivery.num_delivered})
+                if await self._admit(delivery):
+                    await self._runner.handle(delivery)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -67,7 +67,10 @@ class Rejector:
                 assert record is not None
                 await self._results.publish_result(record)
                 await self._store.mark_published(tenant_id, exc.job_id)
-                log.info("task rejected", extra={"job_id": exc.job_id, "code": exc.code, "reason": exc.message})
+                log.info(
+                    "task rejected",
+                    extra={"job_id": exc.job_id, "tenant_id": tenant_id, "code": exc.code, "reason": exc.message},
+                )
                 return
             # The job_id belongs to a real task: a broken copy must not overwrite it.
             exc = InvalidTask(

@@ -9,6 +9,7 @@ approved; a task past a hard budget limit is refused before anything is recorded
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,7 +27,10 @@ from agent_fabric.storage.approval_store import ApprovalRecord
 from agent_fabric.storage.queue_store import QueueStore
 from agent_fabric.storage.task_store import TaskRecord, TaskStore, spec_hash
 from agent_fabric.tasks import TaskSpec, TaskStatus
+from agent_fabric.telemetry.log_context import bound
 from agent_fabric.telemetry.tracing import parent_context, trace_attributes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,9 @@ class Submitter:
             kind=SpanKind.PRODUCER,
             attributes={"agent_fabric.job_id": spec.job_id, "agent_fabric.tenant_id": spec.tenant_id},
         ) as span:
-            submitted = await self._submit(spec, event_id, source, actor, trace_attributes(span))
+            with bound(job_id=spec.job_id, tenant_id=spec.tenant_id, agent=spec.agent_definition.label):
+                submitted = await self._submit(spec, event_id, source, actor, trace_attributes(span))
+                log.debug("task accepted", extra={"source": source, "status": submitted.status})
             span.set_attribute("agent_fabric.status", submitted.status)
             return submitted
 

@@ -9,6 +9,7 @@ recognisable to any subscriber as the same event.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -23,6 +24,9 @@ from agent_fabric.events.envelope import fabric_event
 from agent_fabric.outbound.result_lookup import result_stored
 from agent_fabric.storage.task_store import TaskRecord
 from agent_fabric.tasks import TaskStatus
+from agent_fabric.telemetry.log_context import bound
+
+log = logging.getLogger(__name__)
 
 # Terminal statuses that are failures travel on agent.status.failed (with data.status saying
 # which); cancellation has its own subject.
@@ -93,6 +97,8 @@ class ResultPublisher:
             return
         ack = await self._js.publish_async(subject, body, headers={names.MSG_ID_HEADER: event_id})
         await self._acked(ack, event_id)
+        with bound(job_id=record.job_id, tenant_id=record.tenant_id):
+            log.debug("result published", extra={"subject": subject, "status": record.status.value})
 
     async def _acked(self, ack: asyncio.Future[PubAck], event_id: str) -> None:
         """Wait for the stream's ack. While the client is reconnecting the message waits in its

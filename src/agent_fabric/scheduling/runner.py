@@ -38,6 +38,7 @@ from agent_fabric.storage.task_store import (
     utcnow,
 )
 from agent_fabric.tasks import TaskSpec, TaskStatus
+from agent_fabric.telemetry.log_context import bound, task_fields
 from agent_fabric.telemetry.metrics import FabricMetrics
 from agent_fabric.telemetry.tracing import parent_context, trace_attributes
 
@@ -156,7 +157,7 @@ class TaskRunner:
                 "agent_fabric.agent": spec.agent_definition.label,
                 "agent_fabric.delivery": delivery.num_delivered,
             },
-        ):
+        ), bound(**task_fields(spec)):
             await self._handle(delivery)
 
     async def _handle(self, delivery: Delivery) -> None:
@@ -204,6 +205,7 @@ class TaskRunner:
             return
         saved = await self.store.latest_checkpoint(spec.tenant_id, spec.job_id) if attempts > 1 else None
         run = _Run(spec, attempts, saved[1] if saved else None, saved[0] if saved else 0, self)
+        log.debug("task started", extra={"attempt": run.attempt, "runtime": spec.agent_definition.runtime})
         await self._publish_live(
             run, EventRow(run.attempt, 0, "state", TaskStatus.RUNNING.value, {"attempt": run.attempt})
         )
@@ -298,6 +300,7 @@ class TaskRunner:
             log.warning("outcome not recorded: task taken over", extra={"job_id": spec.job_id})
             return
         self.metrics.tasks_total.labels(spec.agent_definition.label, status.value).inc()
+        log.debug("task finished", extra={"status": status.value, "code": code, "elapsed_s": round(elapsed, 6)})
         for row in (final, end):
             await self._publish_live(run, row)
         await self._publish_and_ack(delivery, record)

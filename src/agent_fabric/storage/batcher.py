@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from agent_fabric.telemetry.operation_metrics import OperationMetrics
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +30,25 @@ class WriteBatcher:
     """`flushers` transactions may be in flight at once (1 for SQLite, a single writer). One
     caller's writes never overlap: each awaits the previous, so concurrency never reorders them."""
 
-    def __init__(self, engine: AsyncEngine, *, linger_ms: float, max_items: int, flushers: int = 1) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        linger_ms: float,
+        max_items: int,
+        flushers: int = 1,
+        metrics: OperationMetrics | None = None,
+        name: str = "shared",
+    ) -> None:
         self._engine = engine
+        self.metrics = metrics  # handed on to writers opened beside this one
+        # Batch size and commit latency per writer (agent_fabric_write_batch_size / _commit_seconds).
+        self._sizes = metrics.write_batch_size.labels(name) if metrics else None
+        self._commits = (
+            (metrics.write_commit_seconds.labels(name, "ok"), metrics.write_commit_seconds.labels(name, "error"))
+            if metrics
+            else None
+        )
         self._linger = linger_ms / 1000
         self._max = max_items
         self._queue: asyncio.Queue[tuple[BatchOp, Any, asyncio.Future[Any]]] = asyncio.Queue()
@@ -86,10 +106,15 @@ class WriteBatcher:
         groups: dict[BatchOp, list[tuple[Any, asyncio.Future[Any]]]] = {}
         for op, item, fut in batch:
             groups.setdefault(op, []).append((item, fut))
+        if self._sizes is not None:
+            self._sizes.observe(len(batch))
+        started = time.perf_counter()
         try:
             async with self._engine.begin() as conn:
                 results = [await op(conn, [item for item, _ in entries]) for op, entries in groups.items()]
         except Exception as exc:
+            if self._commits is not None:
+                self._commits[1].observe(time.perf_counter() - started)
             if len(batch) == 1:
                 _settle(batch[0][2], exc=exc)
                 return
@@ -98,6 +123,8 @@ class WriteBatcher:
             for op, item, fut in batch:
                 await self._flush_one(op, item, fut)
             return
+        if self._commits is not None:
+            self._commits[0].observe(time.perf_counter() - started)
         for (_, entries), group_results in zip(groups.items(), results, strict=True):
             for (_, fut), result in zip(entries, group_results, strict=True):
                 _settle(fut, result=result)

@@ -31,6 +31,7 @@ from agent_fabric.storage.task_store import (
     utcnow,
 )
 from agent_fabric.tasks import Priority, TaskSpec, TaskStatus
+from agent_fabric.telemetry.operation_metrics import OperationMetrics
 
 QUEUED = TaskStatus.QUEUED.value
 QUEUED_STATUSES = (QUEUED, TaskStatus.WAITING.value)
@@ -249,11 +250,26 @@ class QueueStore:
     """Both doors record tasks as queued through this. Each priority class has its own writer,
     so a critical task's record never waits behind a batch of a low flood's records."""
 
-    def __init__(self, engine: AsyncEngine, limits: QueueLimits, *, linger_ms: float, max_items: int) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        limits: QueueLimits,
+        *,
+        linger_ms: float,
+        max_items: int,
+        metrics: OperationMetrics | None = None,
+    ) -> None:
         self.limits = limits
         self._counts = QueueCounts()
         self._writers = {
-            priority: WriteBatcher(engine, linger_ms=linger_ms, max_items=max_items, flushers=1)
+            priority: WriteBatcher(
+                engine,
+                linger_ms=linger_ms,
+                max_items=max_items,
+                flushers=1,
+                metrics=metrics,
+                name=f"queue-{priority.value}",
+            )
             for priority in Priority
         }
 

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.storage.batcher import WriteBatcher
 from agent_fabric.storage.tables import Timestamp, checkpoints, task_events, tasks
+from agent_fabric.storage.task_search import TaskSearch
 from agent_fabric.storage.timestamps import aware, aware_or_none
 from agent_fabric.tasks import TERMINAL_STATUSES, Priority, TaskSpec, TaskStatus
 
@@ -676,13 +677,15 @@ class TaskStore:
             return [TaskRecord.from_row(r) for r in rows]
 
     async def list_tasks(
-        self, *, tenant_id: str | None, status: str | None, limit: int, offset: int
+        self, *, tenant_id: str | None, status: str | None, limit: int, offset: int, search: TaskSearch | None = None
     ) -> list[TaskRecord]:
         stmt = select(tasks).order_by(tasks.c.created_at.desc(), tasks.c.job_id).limit(limit).offset(offset)
         if tenant_id is not None:
             stmt = stmt.where(tasks.c.tenant_id == tenant_id)
         if status is not None:
             stmt = stmt.where(tasks.c.status == status)
+        if search is not None:
+            stmt = stmt.where(*search.conditions())
         async with self._engine.connect() as conn:
             return [TaskRecord.from_row(r) for r in await conn.execute(stmt)]
 

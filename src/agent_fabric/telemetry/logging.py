@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line, with whatever `extra=` the call site gave.
+"""Structured logs: one JSON object per line, with whatever `extra=` the call site gave and the
+correlation ids bound where the work came in (log_context.py: request, trace, span, job, tenant, agent).
 
 Secrets are never passed to log calls (settings hold them as SecretStr); as a second line of
 defence, bearer tokens and URL passwords are masked in every message and field.
@@ -14,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from agent_fabric.telemetry.log_context import CORRELATION_KEYS, CorrelationFilter
+
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
     "asctime",
@@ -27,7 +30,14 @@ _SECRETS = [
 ]
 
 
+# Every secret pattern above needs one of these; most log fields have none, and one search is
+# cheaper than three substitutions (a line carries a dozen fields with the correlation ids).
+_MAY_HOLD_SECRET = re.compile(r"(?i)bearer|eyJ|://")
+
+
 def redact(text: str) -> str:
+    if not _MAY_HOLD_SECRET.search(text):
+        return text
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text
@@ -51,11 +61,15 @@ class JsonFormatter(logging.Formatter):
 
 class RedactingFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return redact(super().format(record))
+        text = super().format(record)
+        # Plain-text lines keep the correlation ids too, so they can be grepped for one task.
+        ids = " ".join(f"{key}={getattr(record, key)}" for key in CORRELATION_KEYS if hasattr(record, key))
+        return redact(f"{text} [{ids}]" if ids else text)
 
 
 def configure_logging(level: str, *, json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(CorrelationFilter())
     handler.setFormatter(
         JsonFormatter() if json else RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )

@@ -5,7 +5,11 @@ Names follow the seed (agent_fabric_*) exactly where it names them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from agent_fabric.telemetry.operation_metrics import OperationMetrics
 
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -114,5 +118,19 @@ class FabricMetrics:
             registry=r,
         )
 
+        # HTTP, Agent Zero calls, write batchers, database-wide state (operation_metrics.py).
+        self.ops = OperationMetrics(r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def agent_zero_observer(metrics: FabricMetrics) -> Callable[[str, str, str, float], None]:
+    """Feeds finished Agent Zero calls into the call counter and latency histogram."""
+    ops = metrics.ops
+
+    def observe(instance: str, operation: str, outcome: str, seconds: float) -> None:
+        ops.agent_zero_calls.labels(instance, operation, outcome).inc()
+        ops.agent_zero_latency.labels(instance, operation).observe(seconds)
+
+    return observe

@@ -6,9 +6,11 @@ JetStream, redelivery to another replica and the result event. An HTTP caller's 
 header is continued; a publisher straight to NATS sets the extension itself.
 
 Spans: `submit` (HTTP door, PRODUCER), `run <runtime>` (one per attempt, CONSUMER, with the job,
-tenant, attempt and outcome). Off unless an OTLP endpoint is configured: then the tracer is
-OpenTelemetry's no-op one and the task path pays a function call. The fabric keeps its own
-TracerProvider instead of installing a global one, so embedding applications keep theirs.
+tenant, attempt and outcome). Export is off unless an OTLP endpoint is configured. Even then the
+spans get real ids (a sampler that records nothing): log lines carry `trace_id`/`span_id`, and the
+`traceparent` travels with the task, so one task's lines join up across replicas without a
+collector (a caller's sampled trace stays sampled for whoever is downstream). The fabric keeps its
+own TracerProvider instead of installing a global one, so embedding applications keep theirs.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, TraceIdRatioBased
 from opentelemetry.trace import Span, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -39,7 +41,10 @@ class Tracing:
     def __init__(self, cfg: TelemetrySettings) -> None:
         endpoint = cfg.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
         self._provider: TracerProvider | None = None
-        self.tracer: Tracer = trace.NoOpTracer()
+        # Ids only: no span processor, nothing recorded unless a caller's trace is sampled.
+        self.tracer: Tracer = TracerProvider(
+            resource=Resource.create({"service.name": cfg.service_name}), sampler=ParentBased(ALWAYS_OFF)
+        ).get_tracer("agent_fabric", __version__)
         if endpoint:
             # Imported only when used: the exporter pulls in protobuf.
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -63,5 +63,7 @@ async def _check_consumer(fabric: FabricDep) -> None:
 
 
 @router.get("/metrics")
-async def metrics(fabric: FabricDep) -> Response:
+async def metrics(fabric: FabricDep, request: Request) -> Response:
+    """Prometheus text; database-wide gauges are refreshed first (at most every 5 s)."""
+    await request.app.state.state_gauges.refresh(fabric)
     return Response(fabric.metrics.render(), media_type=CONTENT_TYPE_LATEST)

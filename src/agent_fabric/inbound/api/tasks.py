@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
@@ -21,6 +22,7 @@ from agent_fabric.inbound.api.presenters import task_view
 from agent_fabric.outbound.sse import job_event_stream
 from agent_fabric.security.deps import tenant_scope
 from agent_fabric.security.tokens import Principal
+from agent_fabric.storage.task_search import TaskSearch
 from agent_fabric.storage.task_store import TaskRecord
 from agent_fabric.tasks import JOB_ID_PATTERN, TENANT_ID_PATTERN, TaskSpec, TaskStatus
 
@@ -138,10 +140,18 @@ async def list_tasks(
     status: Annotated[TaskStatus | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Offset = 0,
+    agent: Annotated[str | None, Query(max_length=160, description="Agent label, e.g. builtin.")] = None,
+    type: Annotated[str | None, Query(max_length=128, description="Task type (task.type).")] = None,
+    since: Annotated[datetime | None, Query(description="Created at or after (ISO 8601).")] = None,
+    until: Annotated[datetime | None, Query(description="Created before (ISO 8601).")] = None,
 ) -> dict[str, Any]:
     scope = tenant_scope(principal, tenant_id)
     records = await fabric.store.list_tasks(
-        tenant_id=scope, status=status.value if status else None, limit=limit, offset=offset
+        tenant_id=scope,
+        status=status.value if status else None,
+        limit=limit,
+        offset=offset,
+        search=TaskSearch(agent=agent, task_type=type, since=since, until=until),
     )
     return {"items": [task_view(r) for r in records], "limit": limit, "offset": offset}
 

@@ -1,0 +1,1 @@
+"""The operators' console (/console): static pages over the JSON API."""
