@@ -274,7 +274,7 @@ class AgentRegistry:
                 raise NotFound(f"no agent {agent_id!r}")
             current = AgentStatus(row.status)
             if not allowed(current, target):
-                raise Conflict(refusal(current, target), code="invalid_transition", status=current.value)
+                raise Conflict(refusal(current, target), code="invalid_transition", agent_status=current.value)
             await self._set_status(conn, row, current, target, reason, actor, now)
             await append(
                 conn,
@@ -346,6 +346,58 @@ class AgentRegistry:
             )
         )
 
+    async def register_in(
+        self,
+        conn: AsyncConnection,
+        *,
+        name: str,
+        version: str,
+        agent_type: str,
+        tenant_id: str,
+        actor: str,
+        description: str | None = None,
+        nats_password: str | None = None,
+    ) -> AgentRecord:
+        """Bind an agent to `tenant_id` in the caller's transaction: the package's catalogue row
+        moves discovered -> registered (keeping its id); without one, a new row starts registered,
+        copying the package from an agent already made from it, else `external` (runs elsewhere)."""
+        now = datetime.now(UTC)
+        same = and_(agents.c.name == name, agents.c.version == version, agents.c.agent_type == agent_type)
+        listed = (
+            await conn.execute(
+                select(agents)
+                .where(same, agents.c.status == AgentStatus.DISCOVERED.value, agents.c.tenant_id.is_(None))
+                .limit(1)
+                .with_for_update()
+            )
+        ).first()
+        reason = f"registered in tenant {tenant_id} by {actor}"
+        extra: dict[str, Any] = {"tenant_id": tenant_id, "registered_at": now, "nats_password": nats_password}
+        if description:
+            extra["description"] = description
+        if listed is not None:
+            await self._set_status(
+                conn, listed, AgentStatus.DISCOVERED, AgentStatus.REGISTERED, reason, actor, now, **extra
+            )
+            agent_id = listed.id
+        else:
+            template = (
+                await conn.execute(select(agents).where(same, agents.c.package_path.is_not(None)).limit(1))
+            ).first()
+            agent_id = new_agent_id(agent_type)
+            row = _new_row(agent_id, name, version, agent_type, template, actor, now)
+            row.update(status=AgentStatus.REGISTERED.value, status_reason=reason, **extra)
+            await conn.execute(insert(agents).values(row))
+            await self._log_transition(conn, agent_id, None, AgentStatus.REGISTERED, reason, actor, now)
+        fresh = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one()
+        return record_from_row(fresh)
+
+    async def nats_passwords(self) -> list[tuple[AgentRecord, str]]:
+        """Every agent holding a NATS password for the bundled server (sealed as stored)."""
+        stmt = select(agents).where(agents.c.nats_password.is_not(None), agents.c.tenant_id.is_not(None))
+        async with self._engine.connect() as conn:
+            return [(record_from_row(r), str(r.nats_password)) for r in await conn.execute(stmt)]
+
     async def update(
         self,
         agent_id: str,
@@ -398,7 +450,7 @@ class AgentRegistry:
                 raise Conflict(
                     f"agent {agent_id!r} is {record.status.value}: stop it before deleting it",
                     code="agent_running",
-                    status=record.status.value,
+                    agent_status=record.status.value,
                 )
             await conn.execute(delete(agents).where(agents.c.id == agent_id, agents.c.status == record.status.value))
             await conn.execute(delete(agent_transitions).where(agent_transitions.c.agent_id == agent_id))
@@ -413,6 +465,32 @@ class AgentRegistry:
             self._mode_for(tenant_id),
             request={"agent_id": agent_id, **(request or {})},
         )
+
+
+def _new_row(
+    agent_id: str, name: str, version: str, agent_type: str, template: Any, actor: str, now: datetime
+) -> dict[str, Any]:
+    """A registered row; the package fields come from `template` (an agent of the same package)."""
+    t = template._mapping if template is not None else None
+    return {
+        "id": agent_id,
+        "name": name,
+        "version": version,
+        "agent_type": agent_type,
+        "description": t["description"] if t else "",
+        "runtime": t["runtime"] if t else "external",
+        "package_path": t["package_path"] if t else None,
+        "command": t["command"] if t else None,
+        "subscribed_topics": t["subscribed_topics"] if t else [],
+        "findings_topic": t["findings_topic"] if t else None,
+        "manifest": t["manifest"] if t else {},
+        "labels": {},
+        "status_changed_at": now,
+        "revision": 1,
+        "created_at": now,
+        "created_by": actor[:128],
+        "updated_at": now,
+    }
 
 
 def _package(manifest: Manifest) -> dict[str, Any]:
