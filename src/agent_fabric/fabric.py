@@ -280,7 +280,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             bus=bus,
             drivers=drivers,
             submitter=submitter,
-            scheduler=AgentScheduler(submitter, store, canceller),
+            scheduler=AgentScheduler(submitter, store, canceller, agents.directory.runtime_of),
             consumer=consumer,
             tokens=tokens,
             access=access,

@@ -18,8 +18,10 @@ from sqlalchemy import func, select, update
 
 from agent_fabric import names
 from agent_fabric.agents.states import AgentStatus
+from agent_fabric.errors import InvalidTask
 from agent_fabric.settings import AgentsSettings
 from agent_fabric.storage.agent_tables import agent_discovery_tokens, agents
+from agent_fabric.tasks import TaskBody
 from tests.conftest import RunningApp, make_settings, running_app
 from tests.support.agent_packages import good_values, write_package
 from tests.support.flows import audit, auth_as, collect, new_pod, structured, task, until
@@ -311,3 +313,23 @@ async def test_tasks_must_name_a_registered_agent_of_their_tenant(agents_app: Ru
     refusal = next(e for e in failed if e["data"].get("job_id") == "u-4")
     assert refusal["data"]["error"]["code"] == "unknown_agent"
     assert orjson.dumps(refusal)  # a well-formed CloudEvent
+
+
+async def test_agent_scheduler_names_registered_agents(agents_app: RunningApp) -> None:
+    app, pod = agents_app, new_pod()
+    agent_id = (await registered(app, pod))["agent"]["agent_id"]
+    scheduler = app.fabric.scheduler
+    with pytest.raises(InvalidTask) as unknown:
+        await scheduler.schedule(TaskBody(type="echo"), "security-0000", tenant_id=pod)
+    assert unknown.value.code == "unknown_agent"
+    with pytest.raises(InvalidTask) as foreign:
+        await scheduler.schedule(TaskBody(type="echo"), agent_id, tenant_id=new_pod())
+    assert foreign.value.code == "unknown_agent"
+    # Known in its own tenant: admission passes the agent check and reaches the runtime's own
+    # (this agent registered without a package, so no runtime on this fabric can run it).
+    try:
+        handle = await scheduler.schedule(TaskBody(type="echo"), agent_id, tenant_id=pod)
+    except InvalidTask as exc:
+        assert exc.code == "runtime_unavailable", exc.message
+    else:
+        assert handle.status.value == "queued"

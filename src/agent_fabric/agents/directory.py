@@ -23,20 +23,29 @@ class AgentDirectory:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._tenants: dict[str, str] = {}
+        self._runtimes: dict[str, str] = {}
 
     async def reload(self) -> None:
-        stmt = select(agents.c.id, agents.c.tenant_id).where(agents.c.tenant_id.is_not(None))
+        stmt = select(agents.c.id, agents.c.tenant_id, agents.c.runtime).where(agents.c.tenant_id.is_not(None))
         async with self._engine.connect() as conn:
-            self._tenants = {r.id: r.tenant_id for r in await conn.execute(stmt)}
+            rows = (await conn.execute(stmt)).all()
+        self._tenants = {r.id: r.tenant_id for r in rows}
+        self._runtimes = {r.id: r.runtime for r in rows}
 
-    def add(self, agent_id: str, tenant_id: str) -> None:
+    def add(self, agent_id: str, tenant_id: str, runtime: str) -> None:
         self._tenants[agent_id] = tenant_id
+        self._runtimes[agent_id] = runtime
 
     def remove(self, agent_id: str) -> None:
         self._tenants.pop(agent_id, None)
+        self._runtimes.pop(agent_id, None)
 
     def tenant_of(self, agent_id: str) -> str | None:
         return self._tenants.get(agent_id)
+
+    def runtime_of(self, agent_id: str) -> str | None:
+        """How the agent runs ("process" for packages on disk, "external" for agents elsewhere)."""
+        return self._runtimes.get(agent_id)
 
     def check(self, spec: TaskSpec) -> None:
         """RefuseUnknownAgent: an agent_id must name a registered agent of the task's tenant."""

@@ -97,12 +97,12 @@ def _if_match(value: str | None) -> int | None:
     return int(text)
 
 
-async def _directory_changed(fabric: Fabric, agent_id: str, tenant_id: str | None) -> None:
+async def _directory_changed(fabric: Fabric, agent_id: str, record: AgentRecord | None) -> None:
     """Admission here knows at once; other replicas on the control announcement."""
-    if tenant_id is None:
+    if record is None or record.tenant_id is None:
         fabric.agents.directory.remove(agent_id)
     else:
-        fabric.agents.directory.add(agent_id, tenant_id)
+        fabric.agents.directory.add(agent_id, record.tenant_id, record.runtime)
     await fabric.governance.control.announce(DIRECTORY_TOPIC)
 
 
@@ -155,7 +155,7 @@ async def register_agent(request: Request, fabric: FabricDep, body: NewAgent, _:
         done = await registrar.register(
             **common, actor=principal.subject, tenant_id=tenant, description=body.description
         )
-    await _directory_changed(fabric, done.agent.id, done.agent.tenant_id)
+    await _directory_changed(fabric, done.agent.id, done.agent)
     return JSONResponse(jsonable_encoder(done.view()), status_code=201)
 
 
