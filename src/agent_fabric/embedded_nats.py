@@ -38,6 +38,7 @@ _PR_SET_PDEATHSIG = 1
 FABRIC_USER = "agent-fabric"
 PASSWORD_FILE = "fabric-password"
 CONFIG_FILE = "server.conf"
+PORT_FILE = "port"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,27 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _remembered_port(path: Path) -> int:
+    """The port of the last start when it is free again, so agents given the server's URL find it
+    after a restart of the fabric; else a free one. Remembered for the next start."""
+    try:
+        previous = int(path.read_text().strip())
+    except (OSError, ValueError):
+        previous = 0
+    port = previous if previous and _port_is_free(previous) else _free_port()
+    path.write_text(str(port))
+    return port
 
 
 def _secret_file(path: Path) -> str:
@@ -119,7 +141,7 @@ class EmbeddedNats:
         """Start the server; returns its URL (credentials: `user`, `password`)."""
         self._data_dir.mkdir(parents=True, exist_ok=True)
         self.password = _secret_file(self._data_dir / PASSWORD_FILE)
-        port = self._port or _free_port()
+        port = self._port or _remembered_port(self._data_dir / PORT_FILE)
         self._port, self._monitor_port = port, _free_port()
         self._write_config()
         log_file = self._data_dir / "nats-server.log"

@@ -65,6 +65,11 @@ class NatsUsers:
         self._sealer = sealer
 
     @property
+    def server_url(self) -> str:
+        """The bundled server's URL agents connect to ('' with an external server)."""
+        return self._server.url if self._server is not None else ""
+
+    @property
     def manages_users(self) -> bool:
         """Whether registration creates NATS users (the bundled server) or cannot (external)."""
         return self._server is not None
