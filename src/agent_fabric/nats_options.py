@@ -7,10 +7,12 @@ whatever its operator issued: a user and password, a token, an NKey seed file, a
 
 from __future__ import annotations
 
+import importlib.util
 import ssl
 from typing import Any
 
 from agent_fabric.embedded_nats import EmbeddedNats
+from agent_fabric.errors import ConfigurationError
 from agent_fabric.settings import NatsSettings
 
 
@@ -38,6 +40,11 @@ def connect_options(cfg: NatsSettings, embedded: EmbeddedNats | None) -> dict[st
         options["password"] = cfg.password.get_secret_value()
     if cfg.token is not None:
         options["token"] = cfg.token.get_secret_value()
+    if (cfg.nkey_seed_file or cfg.creds_file) and importlib.util.find_spec("nkeys") is None:
+        # nats-py signs the server's nonce with the `nkeys` package; say so before connecting.
+        raise ConfigurationError(
+            "AGENT_FABRIC_NATS_NKEY_SEED_FILE / _CREDS_FILE need the nkeys package: pip install nkeys"
+        )
     if cfg.nkey_seed_file:
         options["nkeys_seed"] = str(cfg.nkey_seed_file)
     if cfg.creds_file:

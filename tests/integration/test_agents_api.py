@@ -333,3 +333,28 @@ async def test_agent_scheduler_names_registered_agents(agents_app: RunningApp) -
         assert exc.code == "runtime_unavailable", exc.message
     else:
         assert handle.status.value == "queued"
+
+
+async def test_list_filters_and_pages(agents_app: RunningApp) -> None:
+    app, c, pod = agents_app, agents_app.client, new_pod()
+    admin = app.auth()
+    made = []
+    for kind in ("alpha", "alpha", "beta"):
+        body = {"agent_name": f"L-{kind}", "agent_version": "1.0.0", "agent_type": kind, "tenant_id": pod}
+        made.append((await c.post("/api/v1/agents", json=body, headers=admin)).json()["agent"]["agent_id"])
+    await app.fabric.agents.registry.transition(made[2], AgentStatus.RUNNING, reason="test", actor="test")
+
+    def ids(response: Any) -> list[str]:
+        return [a["agent_id"] for a in response.json()["items"]]
+
+    alphas = await c.get("/api/v1/agents", headers=admin, params={"tenant_id": pod, "type": "alpha"})
+    assert sorted(ids(alphas)) == sorted(made[:2]) and alphas.json()["total"] == 2
+    running = await c.get("/api/v1/agents", headers=admin, params={"tenant_id": pod, "status": "running"})
+    assert ids(running) == [made[2]]
+    first = await c.get("/api/v1/agents", headers=admin, params={"tenant_id": pod, "type": "alpha", "limit": 1})
+    second = await c.get(
+        "/api/v1/agents", headers=admin, params={"tenant_id": pod, "type": "alpha", "limit": 1, "offset": 1}
+    )
+    assert len(ids(first)) == 1 and len(ids(second)) == 1 and set(ids(first) + ids(second)) == set(made[:2])
+    bad = await c.get("/api/v1/agents", headers=admin, params={"status": "sleeping"})
+    assert bad.status_code == 422
