@@ -25,6 +25,7 @@ from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.agent_zero.fleet_manager import FleetManager, open_fleet_manager
 from agent_fabric.agent_zero.session_events import SessionEvents
 from agent_fabric.agent_zero.sessions import SessionManager
+from agent_fabric.agents.services import AgentDeps, AgentServices, open_agents
 from agent_fabric.audit.store import AuditStore
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.drivers.factory import Drivers, build_drivers
@@ -35,6 +36,7 @@ from agent_fabric.inbound.nats_credentials import NatsCredentials
 from agent_fabric.inbound.rejections import Rejector
 from agent_fabric.inbound.submission import Submitter
 from agent_fabric.jetstream import ensure_topology
+from agent_fabric.nats_options import connect_options
 from agent_fabric.outbound.progress import ProgressBus, open_progress_bus
 from agent_fabric.outbound.results import ResultPublisher
 from agent_fabric.scheduling.cancellation import Canceller
@@ -89,6 +91,7 @@ class Fabric:
     fleet_manager: FleetManager
     sessions: SessionManager
     canceller: Canceller
+    agents: AgentServices
 
 
 @dataclass
@@ -120,6 +123,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         tracing = Tracing(settings.telemetry)
         stack.callback(tracing.shutdown)  # last out: spans of the shutdown itself are exported
         nats_url = settings.nats.url
+        embedded: EmbeddedNats | None = None
         if nats_url is None:
             embedded = EmbeddedNats(settings.state_dir / "nats", port=settings.nats.embedded_port)
             nats_url = await embedded.start()
@@ -127,6 +131,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
 
         nc = await nats.connect(
             nats_servers(nats_url),  # a cluster's servers: the client fails over between them
+            **connect_options(settings.nats, embedded),
             name="agent-fabric",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -230,8 +235,26 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             tracing.tracer,
         )
         rejector = Rejector(store, DeadLetterStore(batcher), results, metrics)
+        agents = await open_agents(
+            stack,
+            settings,
+            AgentDeps(
+                engine,
+                governance.docs,
+                governance.tenants.mode_for,
+                tokens,
+                sealer_for(settings),
+                embedded,
+                governance.control,
+            ),
+        )
         admission = Admission(
-            drivers, governance.policies, governance.approvals, governance.budgets, governance.dependencies
+            drivers,
+            governance.policies,
+            governance.approvals,
+            governance.budgets,
+            governance.dependencies,
+            known_agents=agents.directory.check,
         )
         door = NatsCredentials(
             settings.nats_door,
@@ -287,7 +310,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             bus=bus,
             drivers=drivers,
             submitter=submitter,
-            scheduler=AgentScheduler(submitter, store, canceller),
+            scheduler=AgentScheduler(submitter, store, canceller, agents.directory.runtime_of),
             consumer=consumer,
             tokens=tokens,
             access=access,
@@ -300,6 +323,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             fleet_manager=fleet_manager,
             sessions=sessions,
             canceller=canceller,
+            agents=agents,
         )
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 

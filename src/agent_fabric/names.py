@@ -53,7 +53,7 @@ BUDGET_ALERT_EVENT_TYPE: Final = BUDGET_ALERT_SUBJECT
 # Every replica subscribes; a periodic reload from the database covers a missed message.
 CONTROL_SUBJECT_PREFIX: Final = "agent.control"
 CONTROL_SUBJECTS: Final = f"{CONTROL_SUBJECT_PREFIX}.*"
-CONTROL_TOPICS: Final = ("policies", "budgets", "config", "instances")
+CONTROL_TOPICS: Final = ("policies", "budgets", "config", "instances", "agents")
 # "Cancel this job" to every replica (NATS core): the one running it cancels its driver. The body
 # names the job and the message it ends with: {"tenant_id", "job_id", "message"}. The database
 # mark (tasks.cancel_requested_at) covers a replica that missed it.
@@ -127,3 +127,40 @@ def agent_session_subject(session_id: str) -> str:
 # publishes itself (HTTP submissions, approved and released tasks, replica broadcasts).
 AUTHORIZATION_HEADER: Final = "Authorization"
 SEAL_HEADER: Final = "Agent-Fabric-Seal"
+
+# Agents the fabric manages (agents/). Each registered agent owns the subjects under its namespace
+# (`agent.<agent_id>.>`: heartbeats, logs, metrics it reports) and receives control messages
+# (configuration changes) on `agent.control.agents.<agent_id>`, which the AGENT_CONTROL stream
+# keeps so an agent that was away reads the latest one. Agent ids are `{agent_type}-{uuid}` and
+# never equal the fixed second tokens above (execute, status, control, ...).
+AGENT_NAMESPACE_PREFIX: Final = "agent"
+AGENT_CONTROL_STREAM: Final = "AGENT_CONTROL"
+AGENT_CONTROL_PREFIX: Final = f"{CONTROL_SUBJECT_PREFIX}.agents"
+AGENT_CONTROL_SUBJECTS: Final = f"{AGENT_CONTROL_PREFIX}.>"
+AGENT_CONFIG_EVENT_TYPE: Final = "agent.config.changed"
+# Topics an agent package names (findings, subscriptions) are scoped by tenant on the wire, so
+# two tenants running the same package never read each other's findings.
+TENANT_TOPIC_PREFIX: Final = "tenant"
+
+
+def agent_namespace(agent_id: str) -> str:
+    """The subjects one agent may publish and subscribe on: `agent.<agent_id>.>`."""
+    return f"{AGENT_NAMESPACE_PREFIX}.{_token(agent_id)}.>"
+
+
+def agent_heartbeat_subject(agent_id: str) -> str:
+    return f"{AGENT_NAMESPACE_PREFIX}.{_token(agent_id)}.heartbeat"
+
+
+def agent_control_subject(agent_id: str) -> str:
+    return f"{AGENT_CONTROL_PREFIX}.{_token(agent_id)}"
+
+
+def agent_last_control_request(agent_id: str) -> str:
+    """JetStream direct get of the agent's latest control message (AGENT_CONTROL allows direct)."""
+    return f"$JS.API.DIRECT.GET.{AGENT_CONTROL_STREAM}.{agent_control_subject(agent_id)}"
+
+
+def tenant_topic(tenant_id: str, topic: str) -> str:
+    """A package's topic as one tenant's agents see it on NATS: `tenant.<tenant_id>.<topic>`."""
+    return f"{TENANT_TOPIC_PREFIX}.{_token(tenant_id)}.{topic}"

@@ -8,7 +8,7 @@ Unsafe combinations are refused at start-up rather than discovered in production
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +46,26 @@ class NatsSettings(BaseSettings):
     status_max_age_seconds: float = Field(
         7 * 24 * 3600.0, gt=0, description="How long results stay in the AGENT_STATUS stream."
     )
+    # Credentials and TLS for an external server (the bundled one uses its generated user).
+    user: str | None = Field(None, description="User name for NATS user/password authentication.")
+    password: SecretStr | None = Field(None, description="Password for NATS user/password authentication.")
+    token: SecretStr | None = Field(None, description="NATS authentication token.")
+    nkey_seed_file: Path | None = Field(None, description="File holding the fabric's NKey seed (needs `nkeys`).")
+    creds_file: Path | None = Field(
+        None, description="NATS credentials file (user JWT + NKey seed) from a decentralised-auth operator."
+    )
+    tls_ca_file: Path | None = Field(None, description="CA bundle that verifies the NATS server's certificate.")
+    tls_cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    tls_key_file: Path | None = Field(None, description="Private key of the client certificate.")
+    tls_hostname: str | None = Field(None, description="Server name to verify when it differs from the URL's host.")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> NatsSettings:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("AGENT_FABRIC_NATS_USER and AGENT_FABRIC_NATS_PASSWORD go together")
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ValueError("AGENT_FABRIC_NATS_TLS_KEY_FILE needs AGENT_FABRIC_NATS_TLS_CERT_FILE")
+        return self
 
     @property
     def servers(self) -> list[str]:
@@ -443,6 +463,25 @@ class TlsSettings(BaseSettings):
     )
 
 
+class AgentsSettings(BaseSettings):
+    """Agents the fabric manages (agents/; README "Agents")."""
+
+    model_config = _section("AGENT_FABRIC_AGENTS_")
+
+    dir: str = Field(
+        "",
+        description="Agents directories to scan for packages (folders with a .env.discovery file), separated "
+        "by ':' or ','. Empty: STATE_DIR/agents.",
+    )
+    rescan_seconds: float = Field(60.0, gt=0, description="How often the agents directories are scanned again.")
+    token_ttl_seconds: int = Field(900, ge=30, le=86_400, description="Default lifetime of a one-time discovery token.")
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The environment layer of every agent's configuration (JSON), between the built-in "
+        'defaults and an agent\'s stored configuration, e.g. {"log_level": "DEBUG"}.',
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it once in `cli.py` or a test and pass it down."""
 
@@ -499,6 +538,7 @@ class Settings(BaseSettings):
     nats_door: NatsDoorSettings = Field(default_factory=NatsDoorSettings)
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    agents: AgentsSettings = Field(default_factory=AgentsSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -540,3 +580,9 @@ class Settings(BaseSettings):
     @property
     def redis_url(self) -> str | None:
         return self.redis.url.get_secret_value() if self.redis.url else None
+
+    @property
+    def agents_dirs(self) -> list[Path]:
+        """The agents directories, in order (AGENT_FABRIC_AGENTS_DIR, else STATE_DIR/agents)."""
+        parts = [p.strip() for p in self.agents.dir.replace(",", ":").split(":") if p.strip()]
+        return [Path(p) for p in parts] if parts else [self.state_dir / "agents"]

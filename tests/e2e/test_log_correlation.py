@@ -29,9 +29,7 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def test_one_tasks_lines_join_up_from_the_door_to_the_result(
-    tmp_path: Path, nats_url: str, postgres_url: str
-) -> None:
+def test_one_tasks_lines_join_up_from_the_door_to_the_result(tmp_path: Path, nats_url: str, postgres_url: str) -> None:
     with running_standin(KEY) as (standin_url, _):
         env = {
             "AGENT_FABRIC_NATS_URL": nats_url,

@@ -145,19 +145,22 @@ class TaskRunner:
 
     async def handle(self, delivery: Delivery) -> None:
         spec = delivery.event.spec
-        with self.tracer.start_as_current_span(
-            f"run {spec.agent_definition.runtime}",
-            context=parent_context(delivery.event.trace),
-            kind=SpanKind.CONSUMER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.destination.name": names.task_subject(spec.priority.value),
-                "agent_fabric.job_id": spec.job_id,
-                "agent_fabric.tenant_id": spec.tenant_id,
-                "agent_fabric.agent": spec.agent_definition.label,
-                "agent_fabric.delivery": delivery.num_delivered,
-            },
-        ), bound(**task_fields(spec)):
+        with (
+            self.tracer.start_as_current_span(
+                f"run {spec.agent_definition.runtime}",
+                context=parent_context(delivery.event.trace),
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": names.task_subject(spec.priority.value),
+                    "agent_fabric.job_id": spec.job_id,
+                    "agent_fabric.tenant_id": spec.tenant_id,
+                    "agent_fabric.agent": spec.agent_definition.label,
+                    "agent_fabric.delivery": delivery.num_delivered,
+                },
+            ),
+            bound(**task_fields(spec)),
+        ):
             await self._handle(delivery)
 
     async def _handle(self, delivery: Delivery) -> None:
