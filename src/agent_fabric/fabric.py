@@ -34,6 +34,14 @@ from agent_fabric.inbound.nats_consumer import TaskConsumer
 from agent_fabric.inbound.rejections import Rejector
 from agent_fabric.inbound.submission import Submitter
 from agent_fabric.jetstream import ensure_topology
+from agent_fabric.llm_gateway.budget_guard import BudgetGuard
+from agent_fabric.llm_gateway.gateway import LlmGateway
+from agent_fabric.llm_gateway.keys import GatewayKeys
+from agent_fabric.llm_gateway.metering import Meter
+from agent_fabric.llm_gateway.model_policy import ModelPolicy
+from agent_fabric.llm_gateway.task_access import TaskModelAccess
+from agent_fabric.llm_gateway.task_stopper import TaskStopper
+from agent_fabric.llm_gateway.upstreams import Upstreams
 from agent_fabric.outbound.progress import ProgressBus, open_progress_bus
 from agent_fabric.outbound.results import ResultPublisher
 from agent_fabric.scheduling.cancellation import Canceller
@@ -86,6 +94,9 @@ class Fabric:
     fleet_manager: FleetManager
     sessions: SessionManager
     canceller: Canceller
+    llm: LlmGateway
+    llm_keys: GatewayKeys
+    task_llm: TaskModelAccess
 
 
 @dataclass
@@ -205,6 +216,11 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         await drivers.start()
         results = ResultPublisher(nc, js)
         owner = process_identity()
+        llm_keys = GatewayKeys(engine, settings.llm.key_grace_seconds)
+        meter = Meter(engine, metrics)
+        task_llm = TaskModelAccess(
+            llm_keys, meter, settings.llm.public_base_url or f"http://127.0.0.1:{settings.http_port}/v1"
+        )
         runner = TaskRunner(
             settings,
             store,
@@ -214,7 +230,9 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             metrics,
             owner,
             tracing.tracer,
+            llm=task_llm,
         )
+        llm = await _open_llm_gateway(stack, settings, engine, nc, runner, meter, bus, governance, metrics)
         rejector = Rejector(store, DeadLetterStore(batcher), results, metrics)
         admission = Admission(
             drivers, governance.policies, governance.approvals, governance.budgets, governance.dependencies
@@ -227,6 +245,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             runner,
             governance.approvals,
             governance.tenants,
+            on_running_cancel=llm_keys.revoke_task,
         )
         await canceller.start()
         stack.push_async_callback(canceller.shutdown)
@@ -270,6 +289,9 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             fleet_manager=fleet_manager,
             sessions=sessions,
             canceller=canceller,
+            llm=llm,
+            llm_keys=llm_keys,
+            task_llm=task_llm,
         )
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 
@@ -351,6 +373,39 @@ async def _open_governance(
         decisions=decisions,
         dependencies=dependencies,
     )
+
+
+async def _open_llm_gateway(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    engine: AsyncEngine,
+    nc: NatsClient,
+    runner: TaskRunner,
+    meter: Meter,
+    bus: ProgressBus,
+    governance: Governance,
+    metrics: FabricMetrics,
+) -> LlmGateway:
+    """The OpenAI-compatible gateway (llm_gateway/): upstream client, per-call budgets, the
+    cross-replica task stop of a LIVE refusal. Its bookkeeping drains before the writers stop."""
+    stopper = TaskStopper(nc, runner)
+    await stopper.start()
+    stack.push_async_callback(stopper.shutdown)
+    upstreams = Upstreams(settings.llm, engine, sealer_for(settings))
+    stack.push_async_callback(upstreams.aclose)
+    llm = LlmGateway(
+        settings.llm,
+        upstreams,
+        BudgetGuard(governance.budgets, governance.tenants, governance.audit, metrics),
+        meter,
+        ModelPolicy(governance.policies, settings.llm.approval_wait_seconds),
+        stopper,
+        bus,
+        governance.tenants,
+        governance.audit,
+    )
+    stack.push_async_callback(llm.drain)
+    return llm
 
 
 async def _close_nats(nc: NatsClient) -> None:

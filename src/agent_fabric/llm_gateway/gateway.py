@@ -1,0 +1,323 @@
+"""One call through the gateway: route, police, reserve, forward, relay, meter, settle, audit.
+
+The path to the first token holds one key lookup, one budget reservation (only when a budget of
+the caller has limits) and the upstream request; metering, settlement and the audit entry follow
+the response (for a stream: after the last chunk, before `data: [DONE]`, so a caller's next call
+sees this one's spend on every replica).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from fastapi.responses import Response, StreamingResponse
+
+from agent_fabric.admission.budget_math import Amounts
+from agent_fabric.audit.entries import AuditEntry
+from agent_fabric.audit.writer import AuditWriter
+from agent_fabric.llm_gateway import estimator
+from agent_fabric.llm_gateway import openai_errors as errs
+from agent_fabric.llm_gateway.budget_guard import BudgetGuard, BudgetRefused, CallReservation
+from agent_fabric.llm_gateway.keys import KeyGrant
+from agent_fabric.llm_gateway.metering import CallRecord, CallUsage, Meter
+from agent_fabric.llm_gateway.model_policy import ModelPolicy
+from agent_fabric.llm_gateway.prices import PriceTable
+from agent_fabric.llm_gateway.task_stopper import TaskStopper
+from agent_fabric.llm_gateway.token_relay import TokenRelay
+from agent_fabric.llm_gateway.upstreams import Upstreams
+from agent_fabric.outbound.progress import ProgressBus
+from agent_fabric.settings import LlmSettings, LlmUpstream
+from agent_fabric.tenants import TenantRegistry
+
+log = logging.getLogger(__name__)
+
+CHAT = "chat.completions"
+EMBEDDINGS = "embeddings"
+_PATHS = {CHAT: "/chat/completions", EMBEDDINGS: "/embeddings"}
+
+
+@dataclass
+class _Call:
+    """One call in flight: what it asked, where it went, what came back."""
+
+    id: str
+    grant: KeyGrant
+    endpoint: str
+    model: str
+    body: dict[str, Any]
+    upstream: LlmUpstream
+    reservation: CallReservation
+    prompt_estimate: int
+    stream: bool
+    started: float = field(default_factory=time.perf_counter)
+    ttft_ms: float | None = None
+    completion_text: list[str] = field(default_factory=list)
+    usage: dict[str, Any] | None = None
+
+
+class LlmGateway:
+    def __init__(
+        self,
+        cfg: LlmSettings,
+        upstreams: Upstreams,
+        guard: BudgetGuard,
+        meter: Meter,
+        policy: ModelPolicy,
+        stopper: TaskStopper,
+        bus: ProgressBus,
+        tenants: TenantRegistry,
+        audit: AuditWriter,
+    ) -> None:
+        self._cfg = cfg
+        self.upstreams = upstreams
+        self._guard = guard
+        self._meter = meter
+        self._policy = policy
+        self._stopper = stopper
+        self._bus = bus
+        self._tenants = tenants
+        self._audit = audit
+        self._prices = PriceTable(cfg.prices)
+        self._background: set[asyncio.Future[Any]] = set()
+
+    # -- the endpoints --
+
+    def models(self) -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [{"id": m, "object": "model", "created": 0, "owned_by": up} for m, up in self.upstreams.models()],
+        }
+
+    async def call(self, grant: KeyGrant, endpoint: str, body: dict[str, Any]) -> Response:
+        call = await self._admit(grant, endpoint, body)
+        headers = {"Content-Type": "application/json"}
+        key = await self.upstreams.key_for(call.upstream, grant.tenant_id)
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        url = call.upstream.base_url.rstrip("/") + _PATHS[endpoint]
+        request = self.upstreams.client.build_request("POST", url, content=orjson.dumps(call.body), headers=headers)
+        try:
+            upstream = await self.upstreams.client.send(request, stream=call.stream)
+        except httpx.HTTPError as exc:
+            await self._finish(call, "upstream_unreachable", 502)
+            raise errs.upstream_failed(f"upstream {call.upstream.name!r} unreachable: {type(exc).__name__}") from None
+        if upstream.status_code >= 400:
+            raw = await upstream.aread()
+            await upstream.aclose()
+            await self._finish(call, "upstream_error", upstream.status_code)
+            raise _upstream_error(call.upstream, upstream.status_code, raw, key)
+        if not call.stream:
+            payload = orjson.loads(upstream.content)
+            call.ttft_ms = (time.perf_counter() - call.started) * 1000
+            call.usage = payload.get("usage") if isinstance(payload, dict) else None
+            if call.usage is None and isinstance(payload, dict):
+                for choice in payload.get("choices") or ():
+                    call.completion_text.append(str((choice.get("message") or {}).get("content") or ""))
+            await self._finish(call, "ok", upstream.status_code)
+            return Response(upstream.content, status_code=upstream.status_code, media_type="application/json")
+        return StreamingResponse(
+            self._relay(call, upstream),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    # -- before the call --
+
+    async def _admit(self, grant: KeyGrant, endpoint: str, body: dict[str, Any]) -> _Call:
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            raise errs.invalid_request("model is required (a string)", param="model")
+        if endpoint == CHAT and not isinstance(body.get("messages"), list):
+            raise errs.invalid_request("messages is required (a list)", param="messages")
+        if endpoint == EMBEDDINGS and body.get("input") in (None, "", []):
+            raise errs.invalid_request("input is required", param="input")
+        upstream = self.upstreams.route(model)
+        if upstream is None:
+            raise errs.model_not_found(model)
+        mode = self._tenants.mode_for(grant.tenant_id)
+        await self._policy.check(grant, model, mode)
+        stream = endpoint == CHAT and body.get("stream") is True
+        if stream:  # the usage of a stream comes in its last chunk only when asked for
+            body = {**body, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+        if endpoint == CHAT:
+            prompt = estimator.chat_prompt_tokens(body)
+            cap = estimator.max_completion_tokens(body, self._cfg.default_max_tokens)
+        else:
+            prompt, cap = estimator.embedding_input_tokens(body), 0
+        estimate = Amounts(tokens=prompt + cap, cost_usd=self._prices.cost(model, prompt, cap))
+        call_id = uuid.uuid4().hex
+        try:
+            reservation = await self._guard.reserve(grant, call_id, estimate)
+        except BudgetRefused as refused:
+            await self._refused(grant, call_id, endpoint, model, upstream, stream, refused, mode)
+            raise errs.budget_exceeded(refused.message) from None
+        return _Call(call_id, grant, endpoint, model, body, upstream, reservation, prompt, stream)
+
+    async def _refused(
+        self,
+        grant: KeyGrant,
+        call_id: str,
+        endpoint: str,
+        model: str,
+        upstream: LlmUpstream,
+        stream: bool,
+        refused: BudgetRefused,
+        mode: str,
+    ) -> None:
+        record = CallRecord(
+            call_id,
+            endpoint,
+            model,
+            upstream.name,
+            stream,
+            CallUsage(0, 0, False),
+            0.0,
+            0.0,
+            None,
+            "refused_budget",
+            402,
+        )
+        self._audit_call(grant, record, mode, {"refusal": refused.message})
+        await self._meter.record(grant, record)
+        if grant.job_id is not None:
+            # The task fails with budget_exceeded, wherever it runs (LIVE only reaches here).
+            await self._stopper.fail(grant.tenant_id, grant.job_id, "budget_exceeded", refused.message)
+
+    # -- a stream, relayed --
+
+    async def _relay(self, call: _Call, upstream: httpx.Response) -> AsyncIterator[bytes]:
+        relay = None
+        if call.grant.job_id is not None:
+            relay = TokenRelay(
+                self._bus, call.grant.tenant_id, call.grant.job_id, call.id, call.model, self._cfg.relay_buffer_events
+            )
+        finished = False
+        try:
+            async for line in upstream.aiter_lines():
+                if line.startswith("data:"):
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        finished = True
+                        await self._finish(call, "ok", upstream.status_code)
+                    else:
+                        self._read_chunk(call, data, relay)
+                yield line.encode() + b"\n"
+            if not finished:  # the upstream closed without [DONE]: count what came
+                finished = True
+                await self._finish(call, "ok_unterminated", upstream.status_code)
+        finally:
+            if relay is not None:
+                self._keep(relay.close())
+            await upstream.aclose()
+            if not finished:  # the caller went away mid-stream (or the upstream broke)
+                self._keep(asyncio.ensure_future(self._finish(call, "stream_aborted", 499)))
+
+    def _read_chunk(self, call: _Call, data: str, relay: TokenRelay | None) -> None:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if not isinstance(chunk, dict):
+            return
+        if chunk.get("usage"):
+            call.usage = chunk["usage"]
+        choices = chunk.get("choices") or ()
+        if choices and call.ttft_ms is None:
+            call.ttft_ms = (time.perf_counter() - call.started) * 1000
+        for choice in choices:
+            if isinstance(choice, dict):
+                call.completion_text.append(str((choice.get("delta") or {}).get("content") or ""))
+        if relay is not None:
+            relay.push_chunk(chunk)
+
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for calls' last bookkeeping (at shutdown)."""
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- after the call --
+
+    def _usage_of(self, call: _Call, outcome: str) -> CallUsage:
+        usage = call.usage
+        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
+            completion = usage.get("completion_tokens")
+            return CallUsage(usage["prompt_tokens"], completion if isinstance(completion, int) else 0, False)
+        if outcome in ("upstream_error", "upstream_unreachable"):
+            return CallUsage(0, 0, False)
+        # No usage from upstream: the prompt estimate and the text that came back, marked estimated.
+        return CallUsage(call.prompt_estimate, estimator.text_tokens("".join(call.completion_text)), True)
+
+    async def _finish(self, call: _Call, outcome: str, status: int) -> None:
+        usage = self._usage_of(call, outcome)
+        cost = self._prices.cost(call.model, usage.prompt_tokens, usage.completion_tokens)
+        record = CallRecord(
+            call.id,
+            call.endpoint,
+            call.model,
+            call.upstream.name,
+            call.stream,
+            usage,
+            cost,
+            round((time.perf_counter() - call.started) * 1000, 3),
+            None if call.ttft_ms is None else round(call.ttft_ms, 3),
+            outcome,
+            status,
+        )
+        try:
+            await self._meter.record(call.grant, record)
+            await self._guard.settle(call.reservation, Amounts(tokens=usage.total_tokens, cost_usd=cost))
+        except Exception as exc:  # the reservation stays until the ledger is reached again; say so
+            log.error("llm call not settled", extra={"call_id": call.id, "error": str(exc)[:300]})
+        mode = self._tenants.mode_for(call.grant.tenant_id)
+        recorded = None
+        if self._tenants.config_for(call.grant.tenant_id).llm.record_prompts:
+            recorded = {
+                "messages": call.body.get("messages") or call.body.get("input"),
+                "completion": "".join(call.completion_text),
+            }
+        self._audit_call(call.grant, record, mode, recorded)
+
+    def _audit_call(self, grant: KeyGrant, record: CallRecord, mode: str, extra: dict[str, Any] | None) -> None:
+        self._audit.record(
+            AuditEntry(
+                "llm.call",
+                grant.actor,
+                grant.tenant_id,
+                mode,
+                request={"job_id": grant.job_id, "agent": grant.agent_label, "key": grant.kind, **(extra or {})},
+                response=record.summary(),
+                cost_usd=record.cost_usd,
+            )
+        )
+
+
+def _upstream_error(upstream: LlmUpstream, status: int, raw: bytes, key: str | None) -> errs.GatewayError:
+    """The upstream's error in OpenAI shape. Its own message passes through, except for credential
+    refusals (providers quote part of the key in those) and with any trace of the key removed."""
+    if status in (401, 403):
+        return errs.upstream_failed(f"upstream {upstream.name!r} refused the gateway's credentials ({status})", 502)
+    message = f"upstream {upstream.name!r} answered {status}"
+    try:
+        body = orjson.loads(raw)
+        detail = body.get("error", {}).get("message") if isinstance(body, dict) else None
+    except (orjson.JSONDecodeError, AttributeError):
+        detail = None
+    if isinstance(detail, str):
+        if key:
+            detail = detail.replace(key, "[redacted]")
+        message = f"{message}: {detail[:500]}"
+    out = 429 if status == 429 else (400 if status in (400, 404, 413, 422) else 502)
+    return errs.GatewayError(
+        out, message, type_="api_error" if out == 502 else "invalid_request_error", code="upstream_error"
+    )
