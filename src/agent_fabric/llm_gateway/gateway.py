@@ -32,6 +32,7 @@ from agent_fabric.llm_gateway.model_policy import ModelPolicy
 from agent_fabric.llm_gateway.prices import PriceTable
 from agent_fabric.llm_gateway.task_stopper import TaskStopper
 from agent_fabric.llm_gateway.token_relay import TokenRelay
+from agent_fabric.llm_gateway.transcript import transcript
 from agent_fabric.llm_gateway.upstreams import Upstreams
 from agent_fabric.outbound.progress import ProgressBus
 from agent_fabric.settings import LlmSettings, LlmUpstream
@@ -118,7 +119,7 @@ class LlmGateway:
             payload = orjson.loads(upstream.content)
             call.ttft_ms = (time.perf_counter() - call.started) * 1000
             call.usage = payload.get("usage") if isinstance(payload, dict) else None
-            if call.usage is None and isinstance(payload, dict):
+            if isinstance(payload, dict):
                 for choice in payload.get("choices") or ():
                     call.completion_text.append(str((choice.get("message") or {}).get("content") or ""))
             await self._finish(call, "ok", upstream.status_code)
@@ -282,10 +283,7 @@ class LlmGateway:
         mode = self._tenants.mode_for(call.grant.tenant_id)
         recorded = None
         if self._tenants.config_for(call.grant.tenant_id).llm.record_prompts:
-            recorded = {
-                "messages": call.body.get("messages") or call.body.get("input"),
-                "completion": "".join(call.completion_text),
-            }
+            recorded = transcript(call.body, "".join(call.completion_text))
         self._audit_call(call.grant, record, mode, recorded)
 
     def _audit_call(self, grant: KeyGrant, record: CallRecord, mode: str, extra: dict[str, Any] | None) -> None:
