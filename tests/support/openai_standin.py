@@ -14,8 +14,8 @@ model:
 What the "model" does is read from its name: `error-429` and `error-500` fail so; `nousage-*`
 never reports usage; anything else answers `max_tokens` tokens (default 8) of `w<i> `.
 Completion tokens are exactly max_tokens; prompt tokens are 10 plus one per word of the messages.
-Slow streams: `token_delay` seconds between tokens, and `hold_after` tokens sent then a pause
-until `release()` (the test sees tokens arrive while the stream is still open).
+Slow streams: `token_delay` seconds between tokens, and `hold_at(i)`: the stream pauses before
+token i until the returned event is set (a test sees tokens arrive while the stream is open).
 `requests` lists what the provider received (path, authorization, body).
 """
 
@@ -56,8 +56,7 @@ class OpenAIStandIn:
     def __init__(self, api_key: str = UPSTREAM_KEY) -> None:
         self.api_key = api_key
         self.token_delay = 0.0
-        self.hold_after: int | None = None
-        self._released = threading.Event()
+        self._holds: dict[int, threading.Event] = {}
         self.requests: list[dict[str, Any]] = []
         self.streams_open = 0
         self.app = Starlette(
@@ -68,8 +67,14 @@ class OpenAIStandIn:
             ]
         )
 
+    def hold_at(self, index: int) -> threading.Event:
+        """Streams pause before token `index` until the returned event is set."""
+        self._holds[index] = threading.Event()
+        return self._holds[index]
+
     def release(self) -> None:
-        self._released.set()
+        for gate in self._holds.values():
+            gate.set()
 
     def _refusal(self, request: Request, body: dict[str, Any] | None) -> JSONResponse | None:
         self.requests.append(
@@ -181,9 +186,9 @@ class OpenAIStandIn:
                 finish = "tool_calls"
             else:
                 for i in range(n):
-                    if self.hold_after is not None and i == self.hold_after:
-                        while not self._released.is_set():
-                            await asyncio.sleep(0.01)
+                    gate = self._holds.get(i)
+                    while gate is not None and not gate.is_set():
+                        await asyncio.sleep(0.01)
                     if self.token_delay:
                         await asyncio.sleep(self.token_delay)
                     yield chunk({"content": f"w{i} "})
