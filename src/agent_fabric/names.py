@@ -121,6 +121,7 @@ AGENT_SESSION_SUBJECT_PREFIX: Final = "agent.sessions"
 def agent_session_subject(session_id: str) -> str:
     return f"{AGENT_SESSION_SUBJECT_PREFIX}.{_token(session_id)}"
 
+
 # The LLM gateway refused a running task's call past a LIVE hard limit: the replica running the
 # task ends it failed (core NATS, like the cancel broadcast).
 TASK_FAIL_SUBJECT: Final = f"{CONTROL_SUBJECT_PREFIX}.fail"

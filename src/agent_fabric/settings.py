@@ -367,7 +367,9 @@ class LlmUpstream(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(..., pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Names the upstream (tenant keys refer to it).")
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Names the upstream (tenant keys refer to it)."
+    )
     base_url: str = Field(..., min_length=1, description="Its API base, ending before /chat/completions (e.g. .../v1).")
     api_key: SecretStr | None = Field(None, description="Its key; a tenant's sealed key for this upstream wins.")
     models: list[str] = Field(..., min_length=1, description="Models it serves (the allowlist; `*` globs allowed).")
@@ -398,7 +400,9 @@ class LlmSettings(BaseSettings):
         "http://127.0.0.1:<HTTP_PORT>/v1.",
     )
     key_grace_seconds: float = Field(
-        300.0, ge=0, description="A per-task key lives for the task's timeout plus this (it is revoked when the task ends)."
+        300.0,
+        ge=0,
+        description="A per-task key lives for the task's timeout plus this (it is revoked when the task ends).",
     )
     default_max_tokens: int = Field(
         1024, ge=1, description="Completion tokens the budget check reserves for a call that sets no max_tokens."

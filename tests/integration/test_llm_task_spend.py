@@ -192,7 +192,7 @@ async def test_tokens_reach_sse_while_the_completion_still_streams(
 
 
 async def test_tool_call_deltas_are_their_own_event_kind(replicas: Replicas) -> None:
-    a, b, base = replicas
+    a, b, _ = replicas
     pod = new_pod()
     await submit(a, pod, task("tool-host", "sleep", {"seconds": 30}))
     await task_status(a, "tool-host", {"running"}, pod, timeout=30)

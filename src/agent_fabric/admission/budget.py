@@ -287,7 +287,9 @@ class BudgetManager:
 
 def _metered(usage: dict[str, Any] | None) -> Amounts:
     usage = usage or {}
-    return Amounts(tokens=float(usage.get("gateway_tokens") or 0.0), cost_usd=float(usage.get("gateway_cost_usd") or 0.0))
+    return Amounts(
+        tokens=float(usage.get("gateway_tokens") or 0.0), cost_usd=float(usage.get("gateway_cost_usd") or 0.0)
+    )
 
 
 async def _settle_op(conn: AsyncConnection, items: Sequence[ledger.Settlement]) -> list[None]:

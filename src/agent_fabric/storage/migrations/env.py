@@ -9,8 +9,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from agent_fabric.storage.engine import MIGRATION_LOCK_KEY
 import agent_fabric.storage.llm_tables  # noqa: F401  # its tables join the metadata
+from agent_fabric.storage.engine import MIGRATION_LOCK_KEY
 from agent_fabric.storage.tables import metadata
 
 config = context.config
