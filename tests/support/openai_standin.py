@@ -218,3 +218,12 @@ def running_openai_standin(api_key: str = UPSTREAM_KEY) -> Iterator[tuple[str, O
         standin.release()
         server.should_exit = True
         thread.join(timeout=10)
+
+
+if __name__ == "__main__":  # a stand-in process of its own, for scripts/bench/llm_gateway.py
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve the OpenAI stand-in until killed.")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    uvicorn.run(OpenAIStandIn().app, host="127.0.0.1", port=args.port, log_level="warning")
