@@ -403,6 +403,7 @@ async def _open_llm_gateway(
         bus,
         governance.tenants,
         governance.audit,
+        engine,
     )
     stack.push_async_callback(llm.drain)
     return llm

@@ -40,6 +40,12 @@ class InstanceKeyRequest(BaseModel):
     agent: str = Field(
         "agent-zero", pattern=r"^[A-Za-z0-9._:/@-]{1,160}$", description="The agent budget its spend counts against."
     )
+    instance_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="The instance's URL as the fabric knows it (AGENT_ZERO_URL or its registration): a call "
+        "made while exactly one of the tenant's sessions is answering there is charged to that session.",
+    )
 
 
 class UpstreamKey(BaseModel):
@@ -59,7 +65,7 @@ async def mint_instance_key(
     body: InstanceKeyRequest, fabric: FabricDep, principal: KeyManager, tenant_id: TenantQuery = None
 ) -> JSONResponse:
     tenant = tenant_required(principal, tenant_id)
-    key = await fabric.llm_keys.mint_for_instance(tenant, body.instance_id, body.agent)
+    key = await fabric.llm_keys.mint_for_instance(tenant, body.instance_id, body.agent, body.instance_url)
     key_id = key_hash(key)[:16]
     _audit(
         fabric,

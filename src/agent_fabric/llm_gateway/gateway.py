@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import orjson
 from fastapi.responses import Response, StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.admission.budget_math import Amounts
 from agent_fabric.audit.entries import AuditEntry
@@ -26,10 +27,11 @@ from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.llm_gateway import estimator
 from agent_fabric.llm_gateway import openai_errors as errs
 from agent_fabric.llm_gateway.budget_guard import BudgetGuard, BudgetRefused, CallReservation
-from agent_fabric.llm_gateway.keys import KeyGrant
+from agent_fabric.llm_gateway.keys import INSTANCE, KeyGrant
 from agent_fabric.llm_gateway.metering import CallRecord, CallUsage, Meter
 from agent_fabric.llm_gateway.model_policy import ModelPolicy
 from agent_fabric.llm_gateway.prices import PriceTable
+from agent_fabric.llm_gateway.session_charge import charge_answering_session
 from agent_fabric.llm_gateway.task_stopper import TaskStopper
 from agent_fabric.llm_gateway.token_relay import TokenRelay
 from agent_fabric.llm_gateway.transcript import transcript
@@ -76,7 +78,9 @@ class LlmGateway:
         bus: ProgressBus,
         tenants: TenantRegistry,
         audit: AuditWriter,
+        engine: AsyncEngine,
     ) -> None:
+        self._engine = engine
         self._cfg = cfg
         self.upstreams = upstreams
         self._guard = guard
@@ -280,13 +284,26 @@ class LlmGateway:
             await self._guard.settle(call.reservation, Amounts(tokens=usage.total_tokens, cost_usd=cost))
         except Exception as exc:  # the reservation stays until the ledger is reached again; say so
             log.error("llm call not settled", extra={"call_id": call.id, "error": str(exc)[:300]})
+        session_id = None
+        if call.grant.kind == INSTANCE and outcome.startswith("ok"):
+            try:
+                session_id = await charge_answering_session(self._engine, call.grant, cost)
+            except Exception as exc:
+                log.warning("session not charged", extra={"call_id": call.id, "error": str(exc)[:300]})
         mode = self._tenants.mode_for(call.grant.tenant_id)
         recorded = None
         if self._tenants.config_for(call.grant.tenant_id).llm.record_prompts:
             recorded = transcript(call.body, "".join(call.completion_text))
-        self._audit_call(call.grant, record, mode, recorded)
+        self._audit_call(call.grant, record, mode, recorded, session_id)
 
-    def _audit_call(self, grant: KeyGrant, record: CallRecord, mode: str, extra: dict[str, Any] | None) -> None:
+    def _audit_call(
+        self,
+        grant: KeyGrant,
+        record: CallRecord,
+        mode: str,
+        extra: dict[str, Any] | None,
+        session_id: str | None = None,
+    ) -> None:
         self._audit.record(
             AuditEntry(
                 "llm.call",
@@ -296,6 +313,7 @@ class LlmGateway:
                 request={"job_id": grant.job_id, "agent": grant.agent_label, "key": grant.kind, **(extra or {})},
                 response=record.summary(),
                 cost_usd=record.cost_usd,
+                session_id=session_id,
             )
         )
 

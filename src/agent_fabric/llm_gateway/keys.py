@@ -44,6 +44,7 @@ class KeyGrant:
     job_id: str | None = None
     user: str | None = None
     instance_id: str | None = None
+    instance_url: str | None = None
 
     @property
     def actor(self) -> str:
@@ -69,11 +70,14 @@ class GatewayKeys:
             expires_at=now + timedelta(seconds=timeout_seconds) + self._grace,
         )
 
-    async def mint_for_instance(self, tenant_id: str, instance_id: str, agent_label: str) -> str:
+    async def mint_for_instance(
+        self, tenant_id: str, instance_id: str, agent_label: str, instance_url: str | None = None
+    ) -> str:
         return await self._mint(
             tenant_id=tenant_id,
             kind=INSTANCE,
             instance_id=instance_id,
+            instance_url=instance_url,
             agent_label=agent_label,
             created_at=utcnow(),
         )
@@ -97,7 +101,9 @@ class GatewayKeys:
             or (row.expires_at is not None and aware(row.expires_at) <= moment)
         ):
             return None
-        return KeyGrant(row.tenant_id, row.kind, row.agent_label, row.job_id, row.user_id, row.instance_id)
+        return KeyGrant(
+            row.tenant_id, row.kind, row.agent_label, row.job_id, row.user_id, row.instance_id, row.instance_url
+        )
 
     async def revoke_task(self, tenant_id: str, job_id: str) -> int:
         """Revoke every key of the task (idempotent); how many were live."""

@@ -18,6 +18,7 @@ llm_keys = Table(
     Column("agent_label", String(160), nullable=False),
     Column("user_id", String(128), nullable=True),
     Column("instance_id", String(64), nullable=True),  # instance keys: the Agent Zero instance
+    Column("instance_url", String(2048), nullable=True),  # ... and its URL (sessions on it are charged)
     Column("created_at", Timestamp, nullable=False),
     Column("expires_at", Timestamp, nullable=True),
     Column("revoked_at", Timestamp, nullable=True),

@@ -26,6 +26,7 @@ def upgrade() -> None:
         sa.Column("agent_label", sa.String(length=160), nullable=False),
         sa.Column("user_id", sa.String(length=128), nullable=True),
         sa.Column("instance_id", sa.String(length=64), nullable=True),
+        sa.Column("instance_url", sa.String(length=2048), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
