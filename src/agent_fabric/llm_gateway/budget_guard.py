@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -22,6 +23,7 @@ from agent_fabric.admission.budget_math import Amounts
 from agent_fabric.audit.entries import AuditEntry
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.llm_gateway.keys import KeyGrant
+from agent_fabric.llm_gateway.metering import insert_calls
 from agent_fabric.storage import budget_ledger as ledger
 from agent_fabric.storage.task_store import utcnow
 from agent_fabric.telemetry.metrics import FabricMetrics
@@ -97,14 +99,22 @@ class BudgetGuard:
         )
         raise BudgetRefused(message, entity, dimension)
 
-    async def settle(self, reservation: CallReservation, used: Amounts) -> None:
-        """Record the call's usage (releasing its reservation); with limits, fold it in now."""
-        settlement = ledger.Settlement(reservation.tenant_id, reservation.ledger_id, reservation.entities, used)
-        await self._budgets.writer.submit(_settle_op, settlement)
-        if reservation.limited:
+    async def settle(self, reservation: CallReservation | None, used: Amounts, call_row: dict[str, Any]) -> None:
+        """Write the call's row and settle its usage (releasing its reservation) in one batched
+        transaction; with limits, fold it in now. A refused call (no reservation) is only recorded."""
+        settlement = None
+        if reservation is not None:
+            settlement = ledger.Settlement(reservation.tenant_id, reservation.ledger_id, reservation.entities, used)
+        await self._budgets.writer.submit(_close_op, (settlement, call_row))
+        if reservation is not None and reservation.limited:
             await self._budgets.fold()
 
 
-async def _settle_op(conn: AsyncConnection, items: Sequence[ledger.Settlement]) -> list[None]:
-    await ledger.settle(conn, items, utcnow())
+async def _close_op(
+    conn: AsyncConnection, items: Sequence[tuple[ledger.Settlement | None, dict[str, Any]]]
+) -> list[None]:
+    await insert_calls(conn, [row for _, row in items])
+    settlements = [s for s, _ in items if s is not None]
+    if settlements:
+        await ledger.settle(conn, settlements, utcnow())
     return [None] * len(items)

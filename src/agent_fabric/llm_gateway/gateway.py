@@ -191,7 +191,7 @@ class LlmGateway:
             402,
         )
         self._audit_call(grant, record, mode, {"refusal": refused.message})
-        await self._meter.record(grant, record)
+        await self._guard.settle(None, Amounts(), self._meter.row(grant, record))
         if grant.job_id is not None:
             # The task fails with budget_exceeded, wherever it runs (LIVE only reaches here).
             await self._stopper.fail(grant.tenant_id, grant.job_id, "budget_exceeded", refused.message)
@@ -280,8 +280,8 @@ class LlmGateway:
             status,
         )
         try:
-            await self._meter.record(call.grant, record)
-            await self._guard.settle(call.reservation, Amounts(tokens=usage.total_tokens, cost_usd=cost))
+            used = Amounts(tokens=usage.total_tokens, cost_usd=cost)
+            await self._guard.settle(call.reservation, used, self._meter.row(call.grant, record))
         except Exception as exc:  # the reservation stays until the ledger is reached again; say so
             log.error("llm call not settled", extra={"call_id": call.id, "error": str(exc)[:300]})
         session_id = None

@@ -1,15 +1,17 @@
 """Metering: one llm_calls row per call, the token counter, and a task's gateway usage.
 
-The row is written after the call ends (never on the path to the first token). The task's usage
-(its result's `usage`) adds the sum of its calls when the task ends (TaskModelAccess.conclude).
+The row is written after the call ends (never on the path to the first token), in the same
+batched transaction that settles the call's budget entry (budget_guard.py). The task's usage (its
+result's `usage`) adds the sum of its calls when the task ends (TaskModelAccess.conclude).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from sqlalchemy import func, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.llm_gateway.keys import KeyGrant
 from agent_fabric.storage.llm_tables import llm_calls
@@ -54,33 +56,31 @@ class Meter:
         self._engine = engine
         self._metrics = metrics
 
-    async def record(self, grant: KeyGrant, call: CallRecord) -> None:
+    def row(self, grant: KeyGrant, call: CallRecord) -> dict[str, Any]:
+        """The call's llm_calls row; counts its tokens in agent_fabric_tokens_total."""
         if call.usage.total_tokens:
             self._metrics.tokens_total.labels(grant.agent_label, call.model).inc(call.usage.total_tokens)
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                insert(llm_calls).values(
-                    id=call.id,
-                    tenant_id=grant.tenant_id,
-                    job_id=grant.job_id,
-                    key_kind=grant.kind,
-                    agent_label=grant.agent_label,
-                    endpoint=call.endpoint,
-                    model=call.model,
-                    upstream=call.upstream,
-                    stream=call.stream,
-                    prompt_tokens=call.usage.prompt_tokens,
-                    completion_tokens=call.usage.completion_tokens,
-                    total_tokens=call.usage.total_tokens,
-                    estimated=call.usage.estimated,
-                    cost_usd=call.cost_usd,
-                    latency_ms=call.latency_ms,
-                    ttft_ms=call.ttft_ms,
-                    outcome=call.outcome,
-                    status_code=call.status_code,
-                    created_at=utcnow(),
-                )
-            )
+        return dict(
+            id=call.id,
+            tenant_id=grant.tenant_id,
+            job_id=grant.job_id,
+            key_kind=grant.kind,
+            agent_label=grant.agent_label,
+            endpoint=call.endpoint,
+            model=call.model,
+            upstream=call.upstream,
+            stream=call.stream,
+            prompt_tokens=call.usage.prompt_tokens,
+            completion_tokens=call.usage.completion_tokens,
+            total_tokens=call.usage.total_tokens,
+            estimated=call.usage.estimated,
+            cost_usd=call.cost_usd,
+            latency_ms=call.latency_ms,
+            ttft_ms=call.ttft_ms,
+            outcome=call.outcome,
+            status_code=call.status_code,
+            created_at=utcnow(),
+        )
 
     async def task_usage(self, tenant_id: str, job_id: str) -> tuple[int, float]:
         """(tokens, cost in USD) of every call the task's keys made."""
@@ -94,3 +94,8 @@ class Meter:
                 )
             ).one()
         return int(row[0]), float(row[1])
+
+
+async def insert_calls(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        await conn.execute(insert(llm_calls), rows)
