@@ -219,7 +219,11 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         llm_keys = GatewayKeys(engine, settings.llm.key_grace_seconds)
         meter = Meter(engine, metrics)
         task_llm = TaskModelAccess(
-            llm_keys, meter, settings.llm.public_base_url or f"http://127.0.0.1:{settings.http_port}/v1"
+            llm_keys,
+            meter,
+            settings.llm.public_base_url or f"http://127.0.0.1:{settings.http_port}/v1",
+            governance.budgets,
+            engine,
         )
         runner = TaskRunner(
             settings,

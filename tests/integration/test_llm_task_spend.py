@@ -242,3 +242,19 @@ async def test_cancel_revokes_the_tasks_key_on_every_replica(replicas: Replicas)
     done = await task_status(a, "rev-1", {"cancelled"}, pod, timeout=30)
     assert done["status"] == "cancelled"
     assert all(k.revoked_at is not None for k in await keys_of(a, pod, "rev-1"))
+
+
+async def test_a_task_bounds_its_own_model_spend(replicas: Replicas) -> None:
+    a, b, _ = replicas
+    pod = new_pod()
+    await set_tenant(a, pod, "LIVE")  # no tenant budget: only the task's own limit binds
+    data = chat("own-1", 6)
+    data["metadata"]["llm_max_tokens"] = "50"  # 22 per call, 20 reserved first: room for two calls
+    await submit(a, pod, data)
+    done = await task_status(a, "own-1", {"completed", "failed"}, pod, timeout=60)
+    assert done["status"] == "failed" and done["error"]["code"] == "budget_exceeded"
+    assert "budget 'task:own-1'" in done["error"]["message"]
+    rows = await calls_of(a, pod, "own-1")
+    assert sorted(r.outcome for r in rows) == ["ok", "ok", "refused_budget"]
+    report = (await a.client.get(f"/api/v1/budgets/task:own-1?tenant_id={pod}", headers=a.auth())).json()
+    assert report["used"]["tokens"] == 44 and report["limits"]["tokens"] == 50

@@ -1,5 +1,8 @@
 """Budgets that bind each call: reserve its estimate before it goes upstream, settle its usage after.
 
+A task may also bound its own model spend: `metadata.llm_max_tokens` / `metadata.llm_max_cost_usd`
+become the budget `task:<job_id>` when its key is minted (task_access.py), checked with the others.
+
 Each call is a ledger entry of its own (`llm:<call id>`), reserved with the same atomic
 all-or-nothing reservation admission uses (storage/budget_ledger.reserve_op, which locks the
 budget rows), on the budgets of the key's tenant, agent and user. The estimate is the request's
@@ -38,6 +41,10 @@ class CallReservation:
     limited: bool  # some budget of these entities has a limit: fold right after settling
 
 
+def task_entity(job_id: str) -> str:
+    return f"task:{job_id}"[:200]
+
+
 class BudgetRefused(Exception):
     def __init__(self, message: str, entity: str, dimension: str) -> None:
         super().__init__(message)
@@ -58,9 +65,10 @@ class BudgetGuard:
     async def reserve(self, grant: KeyGrant, call_id: str, estimate: Amounts) -> CallReservation:
         """Reserve the call's estimate, or raise BudgetRefused (LIVE tenants only)."""
         entities = reports.task_entities(grant.tenant_id, grant.agent_label, grant.user)
-        reservation = CallReservation(
-            grant.tenant_id, f"llm:{call_id}", entities, self._budgets.has_limits(grant.tenant_id, entities)
-        )
+        if grant.task_budget and grant.job_id is not None:
+            entities = (*entities, task_entity(grant.job_id))
+        limited = grant.task_budget or self._budgets.has_limits(grant.tenant_id, entities)
+        reservation = CallReservation(grant.tenant_id, f"llm:{call_id}", entities, limited)
         if not reservation.limited:
             return reservation
         mode = self._tenants.mode_for(grant.tenant_id)

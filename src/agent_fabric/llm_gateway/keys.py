@@ -45,6 +45,7 @@ class KeyGrant:
     user: str | None = None
     instance_id: str | None = None
     instance_url: str | None = None
+    task_budget: bool = False  # its task has a budget of its own ("task:<job_id>")
 
     @property
     def actor(self) -> str:
@@ -56,7 +57,7 @@ class GatewayKeys:
         self._engine = engine
         self._grace = timedelta(seconds=grace_seconds)
 
-    async def mint_for_task(self, spec: TaskSpec, timeout_seconds: float) -> str:
+    async def mint_for_task(self, spec: TaskSpec, timeout_seconds: float, *, task_budget: bool = False) -> str:
         """A key for this task's calls; valid until the task ends (at most its timeout plus grace)."""
         now = utcnow()
         user = spec.metadata.get("user")
@@ -66,6 +67,7 @@ class GatewayKeys:
             job_id=spec.job_id,
             agent_label=spec.agent_definition.label,
             user_id=str(user) if user else None,
+            task_budget=task_budget,
             created_at=now,
             expires_at=now + timedelta(seconds=timeout_seconds) + self._grace,
         )
@@ -102,7 +104,14 @@ class GatewayKeys:
         ):
             return None
         return KeyGrant(
-            row.tenant_id, row.kind, row.agent_label, row.job_id, row.user_id, row.instance_id, row.instance_url
+            row.tenant_id,
+            row.kind,
+            row.agent_label,
+            row.job_id,
+            row.user_id,
+            row.instance_id,
+            row.instance_url,
+            bool(row.task_budget),
         )
 
     async def revoke_task(self, tenant_id: str, job_id: str) -> int:

@@ -17,6 +17,7 @@ llm_keys = Table(
     Column("job_id", String(128), nullable=True),  # task keys: the task it spends for
     Column("agent_label", String(160), nullable=False),
     Column("user_id", String(128), nullable=True),
+    Column("task_budget", Boolean, nullable=False, default=False),  # the task has LLM limits of its own
     Column("instance_id", String(64), nullable=True),  # instance keys: the Agent Zero instance
     Column("instance_url", String(2048), nullable=True),  # ... and its URL (sessions on it are charged)
     Column("created_at", Timestamp, nullable=False),

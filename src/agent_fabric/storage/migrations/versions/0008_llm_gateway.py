@@ -25,6 +25,7 @@ def upgrade() -> None:
         sa.Column("job_id", sa.String(length=128), nullable=True),
         sa.Column("agent_label", sa.String(length=160), nullable=False),
         sa.Column("user_id", sa.String(length=128), nullable=True),
+        sa.Column("task_budget", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("instance_id", sa.String(length=64), nullable=True),
         sa.Column("instance_url", sa.String(length=2048), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
