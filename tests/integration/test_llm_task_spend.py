@@ -250,7 +250,7 @@ async def test_a_task_bounds_its_own_model_spend(replicas: Replicas) -> None:
     await set_tenant(a, pod, "LIVE")  # no tenant budget: only the task's own limit binds
     data = chat("own-1", 6)
     data["metadata"]["llm_max_tokens"] = "50"  # 22 per call, 20 reserved first: room for two calls
-    await submit(a, pod, data)
+    await submit(b, pod, data)
     done = await task_status(a, "own-1", {"completed", "failed"}, pod, timeout=60)
     assert done["status"] == "failed" and done["error"]["code"] == "budget_exceeded"
     assert "budget 'task:own-1'" in done["error"]["message"]
