@@ -36,6 +36,7 @@ from agent_fabric.inbound.submission import Submitter
 from agent_fabric.jetstream import ensure_topology
 from agent_fabric.llm_gateway.budget_guard import BudgetGuard
 from agent_fabric.llm_gateway.gateway import LlmGateway
+from agent_fabric.llm_gateway.key_cache import GrantCache
 from agent_fabric.llm_gateway.keys import GatewayKeys
 from agent_fabric.llm_gateway.metering import Meter
 from agent_fabric.llm_gateway.model_policy import ModelPolicy
@@ -216,7 +217,10 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         await drivers.start()
         results = ResultPublisher(nc, js)
         owner = process_identity()
-        llm_keys = GatewayKeys(engine, settings.llm.key_grace_seconds)
+        key_cache = GrantCache(nc, settings.llm.key_cache_seconds)
+        await key_cache.start()
+        stack.push_async_callback(key_cache.shutdown)
+        llm_keys = GatewayKeys(engine, settings.llm.key_grace_seconds, key_cache)
         meter = Meter(engine, metrics)
         task_llm = TaskModelAccess(
             llm_keys,

@@ -125,3 +125,5 @@ def agent_session_subject(session_id: str) -> str:
 # The LLM gateway refused a running task's call past a LIVE hard limit: the replica running the
 # task ends it failed (core NATS, like the cancel broadcast).
 TASK_FAIL_SUBJECT: Final = f"{CONTROL_SUBJECT_PREFIX}.fail"
+# Gateway keys revoked (their SHA-256 hashes): every replica drops them from its key cache.
+LLM_KEYS_REVOKED_SUBJECT: Final = f"{CONTROL_SUBJECT_PREFIX}.llm_keys"

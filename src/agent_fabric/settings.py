@@ -404,6 +404,12 @@ class LlmSettings(BaseSettings):
         ge=0,
         description="A per-task key lives for the task's timeout plus this (it is revoked when the task ends).",
     )
+    key_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long a replica trusts a key it has checked; revocations reach every replica at once "
+        "by broadcast, this bounds a missed one (0: read the table on every call).",
+    )
     default_max_tokens: int = Field(
         1024, ge=1, description="Completion tokens the budget check reserves for a call that sets no max_tokens."
     )

@@ -18,6 +18,8 @@ PRICES = {"gpt-4o-mini": LlmPrice(input_per_1k=0.15, output_per_1k=0.6)}
 
 def llm_settings(upstream_url: str, public_url: str, **over: Any) -> LlmSettings:
     upstream = LlmUpstream(name="standin", base_url=upstream_url, api_key=UPSTREAM_KEY, models=STANDIN_MODELS)
+    # A long key cache: a revocation seen by a test came through the broadcast, not the cache's expiry.
+    over.setdefault("key_cache_seconds", 60.0)
     return LlmSettings(upstreams=[upstream], prices=PRICES, public_base_url=public_url, **over)
 
 

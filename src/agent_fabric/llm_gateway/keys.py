@@ -5,8 +5,8 @@
   and is revoked when the task ends (any outcome) or is cancelled.
 - An instance key is minted for an Agent Zero instance (POST /api/v1/llm/keys) and names the
   tenant and agent it spends for; it lives until it is revoked.
-Only a SHA-256 of a key is stored; every check reads the table, so a revocation holds on every
-replica at once.
+Only a SHA-256 of a key is stored. A live key is held in memory for LLM_KEY_CACHE_SECONDS
+(key_cache.py); a revocation evicts it on every replica through a broadcast.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from agent_fabric.llm_gateway.key_cache import GrantCache
 from agent_fabric.storage.llm_tables import llm_keys
 from agent_fabric.storage.task_store import utcnow
 from agent_fabric.storage.timestamps import aware
@@ -53,9 +54,10 @@ class KeyGrant:
 
 
 class GatewayKeys:
-    def __init__(self, engine: AsyncEngine, grace_seconds: float) -> None:
+    def __init__(self, engine: AsyncEngine, grace_seconds: float, cache: GrantCache) -> None:
         self._engine = engine
         self._grace = timedelta(seconds=grace_seconds)
+        self._cache = cache
 
     async def mint_for_task(self, spec: TaskSpec, timeout_seconds: float, *, task_budget: bool = False) -> str:
         """A key for this task's calls; valid until the task ends (at most its timeout plus grace)."""
@@ -94,16 +96,20 @@ class GatewayKeys:
         """The grant of a live key, or None (unknown, expired or revoked)."""
         if not key.startswith(KEY_PREFIX):
             return None
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(select(llm_keys).where(llm_keys.c.key_hash == key_hash(key)))).first()
+        digest = key_hash(key)
         moment = now or utcnow()
+        cached: KeyGrant | None = self._cache.get(digest, moment)
+        if cached is not None:
+            return cached
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(llm_keys).where(llm_keys.c.key_hash == digest))).first()
         if (
             row is None
             or row.revoked_at is not None
             or (row.expires_at is not None and aware(row.expires_at) <= moment)
         ):
             return None
-        return KeyGrant(
+        grant = KeyGrant(
             row.tenant_id,
             row.kind,
             row.agent_label,
@@ -113,6 +119,8 @@ class GatewayKeys:
             row.instance_url,
             bool(row.task_budget),
         )
+        self._cache.put(digest, grant, None if row.expires_at is None else aware(row.expires_at))
+        return grant
 
     async def revoke_task(self, tenant_id: str, job_id: str) -> int:
         """Revoke every key of the task (idempotent); how many were live."""
@@ -121,8 +129,11 @@ class GatewayKeys:
                 update(llm_keys)
                 .where(llm_keys.c.tenant_id == tenant_id, llm_keys.c.job_id == job_id, llm_keys.c.revoked_at.is_(None))
                 .values(revoked_at=utcnow())
+                .returning(llm_keys.c.key_hash)
             )
-        return int(result.rowcount or 0)
+            digests = list(result.scalars())
+        await self._cache.revoked(digests)
+        return len(digests)
 
     async def revoke_instance_key(self, tenant_id: str | None, key_id: str) -> bool:
         """Revoke an instance key by its id (the first 16 characters of its hash)."""
@@ -134,5 +145,9 @@ class GatewayKeys:
         if tenant_id is not None:
             conditions.append(llm_keys.c.tenant_id == tenant_id)
         async with self._engine.begin() as conn:
-            result = await conn.execute(update(llm_keys).where(*conditions).values(revoked_at=utcnow()))
-        return bool(result.rowcount)
+            result = await conn.execute(
+                update(llm_keys).where(*conditions).values(revoked_at=utcnow()).returning(llm_keys.c.key_hash)
+            )
+            digests = list(result.scalars())
+        await self._cache.revoked(digests)
+        return bool(digests)
