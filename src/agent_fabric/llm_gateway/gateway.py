@@ -206,6 +206,7 @@ class LlmGateway:
             )
         finished = False
         try:
+            event: list[bytes] = []
             async for line in upstream.aiter_lines():
                 if line.startswith("data:"):
                     data = line[5:].strip()
@@ -214,7 +215,12 @@ class LlmGateway:
                         await self._finish(call, "ok", upstream.status_code)
                     else:
                         self._read_chunk(call, data, relay)
-                yield line.encode() + b"\n"
+                event.append(line.encode() + b"\n")
+                if not line:  # an SSE event ends with a blank line: pass it on whole, in one write
+                    yield b"".join(event)
+                    event.clear()
+            if event:
+                yield b"".join(event)
             if not finished:  # the upstream closed without [DONE]: count what came
                 finished = True
                 await self._finish(call, "ok_unterminated", upstream.status_code)
