@@ -6,6 +6,7 @@ runs on SQLite + NATS progress or Postgres + Redis.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,38 @@ async def test_sandbox_tracks_an_overrun_and_records_prompts_when_asked(gateway:
     await app.fabric.governance.budgets.fold()
     report = (await app.client.get(f"/api/v1/budgets/tenant?tenant_id={pod}", headers=app.auth())).json()
     assert report["used"]["tokens"] == 2 * (10 + 2 + 50)
+
+
+async def test_a_caller_leaving_mid_stream_is_still_metered_and_settled(
+    gateway: tuple[RunningApp, str], openai: tuple[str, OpenAIStandIn]
+) -> None:
+    app, base = gateway
+    pod = new_pod()
+    await set_tenant(app, pod, "LIVE", max_tokens=10_000)
+    key = await instance_key(app, pod)
+    gate = openai[1].hold_at(2)  # two tokens, then the provider holds the stream
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "stream": True}
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        async with http.stream(
+            "POST", "/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, json=body
+        ) as streamed:
+            seen = 0
+            async for line in streamed.aiter_lines():
+                seen += '"content":"w' in line
+                if seen == 2:
+                    break  # the caller goes away with the stream still open
+    gate.set()
+    rows: list[Any] = []
+
+    async def recorded() -> bool:
+        rows[:] = await _calls(app, pod)
+        return bool(rows)
+
+    async with asyncio.timeout(15):
+        while not await recorded():
+            await asyncio.sleep(0.05)
+    assert rows[0].outcome == "stream_aborted" and rows[0].estimated
+    assert rows[0].completion_tokens >= 1  # what it had received is counted
+    await app.fabric.governance.budgets.fold()
+    report = (await app.client.get(f"/api/v1/budgets/tenant?tenant_id={pod}", headers=app.auth())).json()
+    assert report["reserved"]["tokens"] == 0 and report["used"]["tokens"] == rows[0].total_tokens
