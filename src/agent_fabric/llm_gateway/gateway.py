@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -26,7 +25,8 @@ from agent_fabric.audit.entries import AuditEntry
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.llm_gateway import estimator
 from agent_fabric.llm_gateway import openai_errors as errs
-from agent_fabric.llm_gateway.budget_guard import BudgetGuard, BudgetRefused, CallReservation
+from agent_fabric.llm_gateway.budget_guard import BudgetGuard, BudgetRefused
+from agent_fabric.llm_gateway.call_in_flight import CallInFlight
 from agent_fabric.llm_gateway.keys import INSTANCE, KeyGrant
 from agent_fabric.llm_gateway.metering import CallRecord, CallUsage, Meter
 from agent_fabric.llm_gateway.model_policy import ModelPolicy
@@ -45,25 +45,6 @@ log = logging.getLogger(__name__)
 CHAT = "chat.completions"
 EMBEDDINGS = "embeddings"
 _PATHS = {CHAT: "/chat/completions", EMBEDDINGS: "/embeddings"}
-
-
-@dataclass
-class _Call:
-    """One call in flight: what it asked, where it went, what came back."""
-
-    id: str
-    grant: KeyGrant
-    endpoint: str
-    model: str
-    body: dict[str, Any]
-    upstream: LlmUpstream
-    reservation: CallReservation
-    prompt_estimate: int
-    stream: bool
-    started: float = field(default_factory=time.perf_counter)
-    ttft_ms: float | None = None
-    completion_text: list[str] = field(default_factory=list)
-    usage: dict[str, Any] | None = None
 
 
 class LlmGateway:
@@ -118,14 +99,9 @@ class LlmGateway:
             raw = await upstream.aread()
             await upstream.aclose()
             await self._finish(call, "upstream_error", upstream.status_code)
-            raise _upstream_error(call.upstream, upstream.status_code, raw, key)
+            raise errs.from_upstream(call.upstream.name, upstream.status_code, raw, key)
         if not call.stream:
-            payload = orjson.loads(upstream.content)
-            call.ttft_ms = (time.perf_counter() - call.started) * 1000
-            call.usage = payload.get("usage") if isinstance(payload, dict) else None
-            if isinstance(payload, dict):
-                for choice in payload.get("choices") or ():
-                    call.completion_text.append(str((choice.get("message") or {}).get("content") or ""))
+            call.read_answer(upstream.content)
             await self._finish(call, "ok", upstream.status_code)
             return Response(upstream.content, status_code=upstream.status_code, media_type="application/json")
         return StreamingResponse(
@@ -136,7 +112,7 @@ class LlmGateway:
 
     # -- before the call --
 
-    async def _admit(self, grant: KeyGrant, endpoint: str, body: dict[str, Any]) -> _Call:
+    async def _admit(self, grant: KeyGrant, endpoint: str, body: dict[str, Any]) -> CallInFlight:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             raise errs.invalid_request("model is required (a string)", param="model")
@@ -164,7 +140,7 @@ class LlmGateway:
         except BudgetRefused as refused:
             await self._refused(grant, call_id, endpoint, model, upstream, stream, refused, mode)
             raise errs.budget_exceeded(refused.message) from None
-        return _Call(call_id, grant, endpoint, model, body, upstream, reservation, prompt, stream)
+        return CallInFlight(call_id, grant, endpoint, model, body, upstream, reservation, prompt, stream)
 
     async def _refused(
         self,
@@ -198,7 +174,7 @@ class LlmGateway:
 
     # -- a stream, relayed --
 
-    async def _relay(self, call: _Call, upstream: httpx.Response) -> AsyncIterator[bytes]:
+    async def _relay(self, call: CallInFlight, upstream: httpx.Response) -> AsyncIterator[bytes]:
         relay = None
         if call.grant.job_id is not None:
             relay = TokenRelay(
@@ -214,7 +190,7 @@ class LlmGateway:
                         finished = True
                         await self._finish(call, "ok", upstream.status_code)
                     else:
-                        self._read_chunk(call, data, relay)
+                        call.read_chunk(data, relay)
                 event.append(line.encode() + b"\n")
                 if not line:  # an SSE event ends with a blank line: pass it on whole, in one write
                     yield b"".join(event)
@@ -231,24 +207,6 @@ class LlmGateway:
             if not finished:  # the caller went away mid-stream (or the upstream broke)
                 self._keep(asyncio.ensure_future(self._finish(call, "stream_aborted", 499)))
 
-    def _read_chunk(self, call: _Call, data: str, relay: TokenRelay | None) -> None:
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return
-        if not isinstance(chunk, dict):
-            return
-        if chunk.get("usage"):
-            call.usage = chunk["usage"]
-        choices = chunk.get("choices") or ()
-        if choices and call.ttft_ms is None:
-            call.ttft_ms = (time.perf_counter() - call.started) * 1000
-        for choice in choices:
-            if isinstance(choice, dict):
-                call.completion_text.append(str((choice.get("delta") or {}).get("content") or ""))
-        if relay is not None:
-            relay.push_chunk(chunk)
-
     def _keep(self, task: asyncio.Future[Any]) -> None:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -259,18 +217,8 @@ class LlmGateway:
 
     # -- after the call --
 
-    def _usage_of(self, call: _Call, outcome: str) -> CallUsage:
-        usage = call.usage
-        if isinstance(usage, dict) and isinstance(usage.get("prompt_tokens"), int):
-            completion = usage.get("completion_tokens")
-            return CallUsage(usage["prompt_tokens"], completion if isinstance(completion, int) else 0, False)
-        if outcome in ("upstream_error", "upstream_unreachable"):
-            return CallUsage(0, 0, False)
-        # No usage from upstream: the prompt estimate and the text that came back, marked estimated.
-        return CallUsage(call.prompt_estimate, estimator.text_tokens("".join(call.completion_text)), True)
-
-    async def _finish(self, call: _Call, outcome: str, status: int) -> None:
-        usage = self._usage_of(call, outcome)
+    async def _finish(self, call: CallInFlight, outcome: str, status: int) -> None:
+        usage = call.usage_for(outcome)
         cost = self._prices.cost(call.model, usage.prompt_tokens, usage.completion_tokens)
         record = CallRecord(
             call.id,
@@ -322,24 +270,3 @@ class LlmGateway:
                 session_id=session_id,
             )
         )
-
-
-def _upstream_error(upstream: LlmUpstream, status: int, raw: bytes, key: str | None) -> errs.GatewayError:
-    """The upstream's error in OpenAI shape. Its own message passes through, except for credential
-    refusals (providers quote part of the key in those) and with any trace of the key removed."""
-    if status in (401, 403):
-        return errs.upstream_failed(f"upstream {upstream.name!r} refused the gateway's credentials ({status})", 502)
-    message = f"upstream {upstream.name!r} answered {status}"
-    try:
-        body = orjson.loads(raw)
-        detail = body.get("error", {}).get("message") if isinstance(body, dict) else None
-    except (orjson.JSONDecodeError, AttributeError):
-        detail = None
-    if isinstance(detail, str):
-        if key:
-            detail = detail.replace(key, "[redacted]")
-        message = f"{message}: {detail[:500]}"
-    out = 429 if status == 429 else (400 if status in (400, 404, 413, 422) else 502)
-    return errs.GatewayError(
-        out, message, type_="api_error" if out == 502 else "invalid_request_error", code="upstream_error"
-    )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi.responses import JSONResponse
 
 
@@ -59,3 +60,24 @@ def policy_denied(message: str, code: str = "model_denied") -> GatewayError:
 
 def upstream_failed(message: str, status: int = 502) -> GatewayError:
     return GatewayError(status, message, type_="api_error", code="upstream_error")
+
+
+def from_upstream(upstream: str, status: int, raw: bytes, key: str | None) -> GatewayError:
+    """The upstream's error in OpenAI shape. Its own message passes through, except for credential
+    refusals (providers quote part of the key in those) and with any trace of the key removed."""
+    if status in (401, 403):
+        return upstream_failed(f"upstream {upstream!r} refused the gateway's credentials ({status})", 502)
+    message = f"upstream {upstream!r} answered {status}"
+    try:
+        body = orjson.loads(raw)
+        detail = body.get("error", {}).get("message") if isinstance(body, dict) else None
+    except (orjson.JSONDecodeError, AttributeError):
+        detail = None
+    if isinstance(detail, str):
+        if key:
+            detail = detail.replace(key, "[redacted]")
+        message = f"{message}: {detail[:500]}"
+    out = 429 if status == 429 else (400 if status in (400, 404, 413, 422) else 502)
+    return GatewayError(
+        out, message, type_="api_error" if out == 502 else "invalid_request_error", code="upstream_error"
+    )
