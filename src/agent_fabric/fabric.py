@@ -412,6 +412,7 @@ async def _open_llm_gateway(
         governance.tenants,
         governance.audit,
         engine,
+        nc,
     )
     stack.push_async_callback(llm.drain)
     return llm

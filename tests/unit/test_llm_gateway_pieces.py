@@ -103,7 +103,7 @@ def _chunk(text: str) -> dict[str, Any]:
 
 async def test_a_slow_watcher_never_blocks_the_stream_and_loses_only_the_oldest() -> None:
     bus = _StuckBus()
-    relay = TokenRelay(bus, "t", "j", "call", "m", capacity=4)
+    relay = TokenRelay(bus.publish, {"tenant_id": "t", "job_id": "j"}, "call", "m", capacity=4)
     for i in range(10):
         relay.push_chunk(_chunk(f"w{i}"))  # returns at once although nothing can be published
     relay.push_chunk({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c1"}]}}]})

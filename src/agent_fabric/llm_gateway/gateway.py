@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 from fastapi.responses import Response, StreamingResponse
+from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.admission.budget_math import Amounts
@@ -25,13 +26,13 @@ from agent_fabric.audit.entries import AuditEntry
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.llm_gateway import estimator
 from agent_fabric.llm_gateway import openai_errors as errs
+from agent_fabric.llm_gateway.answering_session import SessionTokenSink, answering_session, charge
 from agent_fabric.llm_gateway.budget_guard import BudgetGuard, BudgetRefused
 from agent_fabric.llm_gateway.call_in_flight import CallInFlight
 from agent_fabric.llm_gateway.keys import INSTANCE, KeyGrant
 from agent_fabric.llm_gateway.metering import CallRecord, CallUsage, Meter
 from agent_fabric.llm_gateway.model_policy import ModelPolicy
 from agent_fabric.llm_gateway.prices import PriceTable
-from agent_fabric.llm_gateway.session_charge import charge_answering_session
 from agent_fabric.llm_gateway.task_stopper import TaskStopper
 from agent_fabric.llm_gateway.token_relay import TokenRelay
 from agent_fabric.llm_gateway.transcript import transcript
@@ -60,8 +61,10 @@ class LlmGateway:
         tenants: TenantRegistry,
         audit: AuditWriter,
         engine: AsyncEngine,
+        nc: NatsClient,
     ) -> None:
         self._engine = engine
+        self._nc = nc
         self._cfg = cfg
         self.upstreams = upstreams
         self._guard = guard
@@ -175,11 +178,7 @@ class LlmGateway:
     # -- a stream, relayed --
 
     async def _relay(self, call: CallInFlight, upstream: httpx.Response) -> AsyncIterator[bytes]:
-        relay = None
-        if call.grant.job_id is not None:
-            relay = TokenRelay(
-                self._bus, call.grant.tenant_id, call.grant.job_id, call.id, call.model, self._cfg.relay_buffer_events
-            )
+        relay = self._relay_for(call)
         finished = False
         try:
             event: list[bytes] = []
@@ -206,6 +205,17 @@ class LlmGateway:
             await upstream.aclose()
             if not finished:  # the caller went away mid-stream (or the upstream broke)
                 self._keep(asyncio.ensure_future(self._finish(call, "stream_aborted", 499)))
+
+    def _relay_for(self, call: CallInFlight) -> TokenRelay | None:
+        """Where the call's tokens go: its task's progress stream, or its Agent Zero session."""
+        grant, capacity = call.grant, self._cfg.relay_buffer_events
+        if grant.job_id is not None:
+            envelope = {"job_id": grant.job_id, "tenant_id": grant.tenant_id, "status": None}
+            return TokenRelay(self._bus.publish, envelope, call.id, call.model, capacity)
+        if grant.kind == INSTANCE and grant.instance_url is not None:
+            sink = SessionTokenSink(self._engine, self._nc, grant)
+            return TokenRelay(sink.publish, {"tenant_id": grant.tenant_id}, call.id, call.model, capacity)
+        return None
 
     def _keep(self, task: asyncio.Future[Any]) -> None:
         self._background.add(task)
@@ -241,7 +251,9 @@ class LlmGateway:
         session_id = None
         if call.grant.kind == INSTANCE and outcome.startswith("ok"):
             try:
-                session_id = await charge_answering_session(self._engine, call.grant, cost)
+                session_id = await answering_session(self._engine, call.grant)
+                if session_id is not None:
+                    await charge(self._engine, session_id, cost)
             except Exception as exc:
                 log.warning("session not charged", extra={"call_id": call.id, "error": str(exc)[:300]})
         mode = self._tenants.mode_for(call.grant.tenant_id)

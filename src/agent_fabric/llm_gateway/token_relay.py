@@ -1,8 +1,10 @@
-"""A streamed completion's tokens, relayed to its task's progress stream as they arrive.
+"""A streamed completion's tokens, relayed to its watchers as they arrive.
 
-Events go to the progress bus (Redis `langgraph:stream:{job_id}`, else NATS), so SSE followers of
-the task see them: kind `token` for content deltas, `tool_call` for tool-call deltas. They are
-live-only: not written to the task's event log, so a reconnect does not replay them.
+A task key's call goes to the task's progress bus (Redis `langgraph:stream:{job_id}`, else NATS),
+so SSE followers of the task see them; an instance key's call goes to the answering Agent Zero
+session's WebSocket (answering_session.py). Kind `token` for content deltas, `tool_call` for
+tool-call deltas. They are live-only: not written to an event log, so a reconnect does not
+replay them.
 
 The agent's stream never waits for watchers: `push` appends to a bounded buffer (oldest dropped
 when full, counted in `dropped`) and a pump task of its own publishes from it.
@@ -14,19 +16,25 @@ import asyncio
 import contextlib
 import itertools
 from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
-
-from agent_fabric.outbound.progress import ProgressBus
 
 TOKEN = "token"
 TOOL_CALL = "tool_call"  # outbound/sse.py LIVE_ONLY_KINDS names both
 
 
 class TokenRelay:
-    def __init__(self, bus: ProgressBus, tenant_id: str, job_id: str, call_id: str, model: str, capacity: int) -> None:
-        self._bus = bus
-        self._base = {"job_id": job_id, "tenant_id": tenant_id, "status": None}
+    def __init__(
+        self,
+        publish: Callable[[dict[str, Any]], Awaitable[None]],
+        envelope: dict[str, Any],
+        call_id: str,
+        model: str,
+        capacity: int,
+    ) -> None:
+        self._publish = publish
+        self._base = envelope
         self._call = {"call_id": call_id, "model": model}
         self._pending: deque[dict[str, Any]] = deque(maxlen=capacity)
         self._seq = itertools.count(1)
@@ -69,7 +77,7 @@ class TokenRelay:
             while self._pending:
                 event = self._pending.popleft()
                 with contextlib.suppress(Exception):  # live relay is best effort; the call goes on
-                    await self._bus.publish(event)
+                    await self._publish(event)
             if self._closing:
                 return
 
