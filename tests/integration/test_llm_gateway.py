@@ -16,6 +16,7 @@ import orjson
 import pytest
 from sqlalchemy import select
 
+from agent_fabric.settings import HttpSettings
 from agent_fabric.storage.llm_tables import llm_calls, llm_upstream_keys
 from tests.conftest import RunningApp
 from tests.integration.llm_fixtures import gateway_replica, instance_key, set_tenant
@@ -250,3 +251,20 @@ async def test_a_caller_leaving_mid_stream_is_still_metered_and_settled(
     await app.fabric.governance.budgets.fold()
     report = (await app.client.get(f"/api/v1/budgets/tenant?tenant_id={pod}", headers=app.auth())).json()
     assert report["reserved"]["tokens"] == 0 and report["used"]["tokens"] == rows[0].total_tokens
+
+
+async def test_each_key_is_rate_limited_in_openai_shape(
+    tmp_path: Path, nats_url: str, openai: tuple[str, OpenAIStandIn]
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    limits = HttpSettings(rate_limit_per_second=0.1, rate_limit_burst=2)
+    async with gateway_replica(tmp_path, nats_url, openai[0], f"{base}/v1", port, http=limits) as app:
+        pod = new_pod()
+        first, second = await instance_key(app, pod), await instance_key(app, pod)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            answers = [(await http.get("/v1/models", headers={"Authorization": f"Bearer {first}"})) for _ in range(3)]
+            other = await http.get("/v1/models", headers={"Authorization": f"Bearer {second}"})
+    assert [r.status_code for r in answers] == [200, 200, 429]
+    assert answers[2].json()["error"]["code"] == "rate_limit_exceeded" and int(answers[2].headers["retry-after"]) >= 1
+    assert other.status_code == 200  # limits are per key

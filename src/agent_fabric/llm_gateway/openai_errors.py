@@ -22,17 +22,29 @@ class GatewayError(Exception):
         self.type = type_
         self.code = code
         self.param = param
+        self.headers: dict[str, str] = {}
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        return JSONResponse(self.body(), status_code=self.status, headers={**headers, **self.headers})
 
 
 def unauthenticated(message: str) -> GatewayError:
     return GatewayError(401, message, type_="invalid_request_error", code="invalid_api_key")
+
+
+def rate_limited(retry_after: float) -> GatewayError:
+    error = GatewayError(
+        429,
+        f"rate limit for this gateway key exceeded; retry in {retry_after:.2f} s",
+        type_="requests",
+        code="rate_limit_exceeded",
+    )
+    error.headers["Retry-After"] = str(max(1, round(retry_after + 0.5)))
+    return error
 
 
 def invalid_request(message: str, param: str | None = None) -> GatewayError:

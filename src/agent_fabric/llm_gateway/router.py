@@ -1,7 +1,9 @@
 """/v1/*: the OpenAI-compatible endpoints agents use as their model API.
 
 Authentication is a gateway key (`Authorization: Bearer afk-...`, keys.py), never a fabric JWT:
-the key names what the call spends for. Every refusal is an OpenAI-shaped error, 401 included.
+the key names what the call spends for. Each key is rate-limited like every credential of the API
+(HTTP_RATE_LIMIT_PER_SECOND / _BURST, per replica). Every refusal is an OpenAI-shaped error, 401
+and 429 included.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 
 from agent_fabric.llm_gateway import openai_errors as errs
 from agent_fabric.llm_gateway.gateway import CHAT, EMBEDDINGS, LlmGateway
-from agent_fabric.llm_gateway.keys import KeyGrant
+from agent_fabric.llm_gateway.keys import KeyGrant, key_hash
 
 router = APIRouter(prefix="/v1", tags=["llm-gateway"])
 
@@ -28,9 +30,13 @@ async def _grant(request: Request) -> KeyGrant:
     scheme, _, key = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise errs.unauthenticated("send Authorization: Bearer <gateway key> (OPENAI_API_KEY of the task)")
-    grant: KeyGrant | None = await request.app.state.fabric.llm_keys.authenticate(key.strip())
+    fabric = request.app.state.fabric
+    grant: KeyGrant | None = await fabric.llm_keys.authenticate(key.strip())
     if grant is None:
         raise errs.unauthenticated("the gateway key is unknown, expired or revoked")
+    retry_after = fabric.rate_limiter.acquire(f"llm-key:{key_hash(key.strip())[:24]}")
+    if retry_after is not None:
+        raise errs.rate_limited(retry_after)
     return grant
 
 
