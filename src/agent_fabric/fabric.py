@@ -40,6 +40,7 @@ from agent_fabric.llm_gateway.key_cache import GrantCache
 from agent_fabric.llm_gateway.keys import GatewayKeys
 from agent_fabric.llm_gateway.metering import Meter
 from agent_fabric.llm_gateway.model_policy import ModelPolicy
+from agent_fabric.llm_gateway.stale_calls import StaleCallSweeper
 from agent_fabric.llm_gateway.task_access import TaskModelAccess
 from agent_fabric.llm_gateway.task_stopper import TaskStopper
 from agent_fabric.llm_gateway.upstreams import Upstreams
@@ -415,6 +416,9 @@ async def _open_llm_gateway(
         nc,
     )
     stack.push_async_callback(llm.drain)
+    sweeper = StaleCallSweeper(engine, settings.llm.upstream_timeout_seconds)
+    sweeper.start()
+    stack.push_async_callback(sweeper.shutdown)
     return llm
 
 

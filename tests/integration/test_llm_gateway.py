@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from agent_fabric.admission.budget_math import Amounts
+from agent_fabric.llm_gateway.keys import KeyGrant
+from agent_fabric.llm_gateway.stale_calls import StaleCallSweeper
 from agent_fabric.settings import HttpSettings
 from agent_fabric.storage.llm_tables import llm_calls, llm_upstream_keys
+from agent_fabric.storage.tables import budget_ledger
 from tests.conftest import RunningApp
 from tests.integration.llm_fixtures import gateway_replica, instance_key, set_tenant
 from tests.support.flows import audit, new_pod, put_policy
@@ -268,3 +273,29 @@ async def test_each_key_is_rate_limited_in_openai_shape(
     assert [r.status_code for r in answers] == [200, 200, 429]
     assert answers[2].json()["error"]["code"] == "rate_limit_exceeded" and int(answers[2].headers["retry-after"]) >= 1
     assert other.status_code == 200  # limits are per key
+
+
+async def test_a_reservation_whose_call_never_settled_is_swept(gateway: tuple[RunningApp, str]) -> None:
+    """A replica that died mid-call leaves its call's reservation; the sweep settles it at its
+    estimate (the call may have run upstream) so the budget's room comes back as spend, not held."""
+    app, _ = gateway
+    pod = new_pod()
+    await set_tenant(app, pod, "LIVE", max_tokens=1000)
+    grant = KeyGrant(pod, "instance", "agent-zero", instance_id="a0")
+    guard = app.fabric.llm._guard
+    await guard.reserve(grant, "deadbeef", Amounts(tokens=300))
+    await app.fabric.governance.budgets.fold()
+    report = (await app.client.get(f"/api/v1/budgets/tenant?tenant_id={pod}", headers=app.auth())).json()
+    assert report["reserved"]["tokens"] == 300
+    sweeper = StaleCallSweeper(app.fabric.engine, upstream_timeout_seconds=300)
+    assert await sweeper.sweep() == 0  # not stale yet
+    async with app.fabric.engine.begin() as conn:  # ... six minutes later
+        await conn.execute(
+            update(budget_ledger)
+            .where(budget_ledger.c.job_id == "llm:deadbeef")
+            .values(created_at=datetime.now(UTC) - timedelta(minutes=6))
+        )
+    assert await sweeper.sweep() == 1
+    await app.fabric.governance.budgets.fold()
+    report = (await app.client.get(f"/api/v1/budgets/tenant?tenant_id={pod}", headers=app.auth())).json()
+    assert report["reserved"]["tokens"] == 0 and report["used"]["tokens"] == 300

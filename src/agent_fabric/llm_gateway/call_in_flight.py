@@ -33,6 +33,7 @@ class CallInFlight:
     ttft_ms: float | None = None
     completion_text: list[str] = field(default_factory=list)
     usage: dict[str, Any] | None = None
+    finished: bool = False  # metered and settled (exactly once)
 
     def read_answer(self, content: bytes) -> None:
         """Note what a whole (not streamed) answer says: its usage and its text."""

@@ -87,6 +87,17 @@ class LlmGateway:
 
     async def call(self, grant: KeyGrant, endpoint: str, body: dict[str, Any]) -> Response:
         call = await self._admit(grant, endpoint, body)
+        try:
+            return await self._forward(call)
+        except BaseException:
+            # The caller went away (cancelled) or something broke after the reservation: settle
+            # it anyway, in the background, so its room is not held.
+            if not call.finished:
+                self._keep(asyncio.ensure_future(self._finish(call, "aborted", 499)))
+            raise
+
+    async def _forward(self, call: CallInFlight) -> Response:
+        grant, endpoint = call.grant, call.endpoint
         headers = {"Content-Type": "application/json"}
         key = await self.upstreams.key_for(call.upstream, grant.tenant_id)
         if key is not None:
@@ -228,6 +239,9 @@ class LlmGateway:
     # -- after the call --
 
     async def _finish(self, call: CallInFlight, outcome: str, status: int) -> None:
+        if call.finished:
+            return
+        call.finished = True
         usage = call.usage_for(outcome)
         cost = self._prices.cost(call.model, usage.prompt_tokens, usage.completion_tokens)
         record = CallRecord(
