@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python scripts/bench/scheduling.py
 	$(BIN)/python scripts/bench/telemetry_overhead.py
 	$(BIN)/python scripts/bench/agent_config.py
+	$(BIN)/python scripts/bench/llm_gateway.py
 
 ## Integration suite against docker-compose.test.yml (machines with a Docker engine).
 compose-test: install

@@ -32,6 +32,8 @@ from agent_fabric.inbound.api import (
 )
 from agent_fabric.inbound.api.hardening import install_hardening
 from agent_fabric.inbound.api.problems import install_problem_handlers
+from agent_fabric.llm_gateway import admin_api as llm_admin_api
+from agent_fabric.llm_gateway import router as llm_router
 from agent_fabric.settings import Settings
 from agent_fabric.telemetry.http_telemetry import RequestTelemetry
 from agent_fabric.telemetry.state_gauges import StateGauges
@@ -72,6 +74,8 @@ def create_app(settings: Settings) -> FastAPI:
         agent_instances.router,
         agent_sessions.router,
         agent_ws.router,
+        llm_admin_api.router,
+        llm_router.router,
     ):
         app.include_router(router)
     app.include_router(queues.router)

@@ -36,6 +36,16 @@ from agent_fabric.inbound.nats_credentials import NatsCredentials
 from agent_fabric.inbound.rejections import Rejector
 from agent_fabric.inbound.submission import Submitter
 from agent_fabric.jetstream import ensure_topology
+from agent_fabric.llm_gateway.budget_guard import BudgetGuard
+from agent_fabric.llm_gateway.gateway import LlmGateway
+from agent_fabric.llm_gateway.key_cache import GrantCache
+from agent_fabric.llm_gateway.keys import GatewayKeys
+from agent_fabric.llm_gateway.metering import Meter
+from agent_fabric.llm_gateway.model_policy import ModelPolicy
+from agent_fabric.llm_gateway.stale_calls import StaleCallSweeper
+from agent_fabric.llm_gateway.task_access import TaskModelAccess
+from agent_fabric.llm_gateway.task_stopper import TaskStopper
+from agent_fabric.llm_gateway.upstreams import Upstreams
 from agent_fabric.nats_options import connect_options
 from agent_fabric.outbound.progress import ProgressBus, open_progress_bus
 from agent_fabric.outbound.results import ResultPublisher
@@ -92,6 +102,9 @@ class Fabric:
     sessions: SessionManager
     canceller: Canceller
     agents: AgentServices
+    llm: LlmGateway
+    llm_keys: GatewayKeys
+    task_llm: TaskModelAccess
 
 
 @dataclass
@@ -224,6 +237,18 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         await drivers.start()
         results = ResultPublisher(nc, js)
         owner = process_identity()
+        key_cache = GrantCache(nc, settings.llm.key_cache_seconds, seal)
+        await key_cache.start()
+        stack.push_async_callback(key_cache.shutdown)
+        llm_keys = GatewayKeys(engine, settings.llm.key_grace_seconds, key_cache)
+        meter = Meter(engine, metrics)
+        task_llm = TaskModelAccess(
+            llm_keys,
+            meter,
+            settings.llm.public_base_url or f"http://127.0.0.1:{settings.http_port}/v1",
+            governance.budgets,
+            engine,
+        )
         runner = TaskRunner(
             settings,
             store,
@@ -233,7 +258,9 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             metrics,
             owner,
             tracing.tracer,
+            llm=task_llm,
         )
+        llm = await _open_llm_gateway(stack, settings, engine, nc, runner, meter, bus, governance, metrics)
         rejector = Rejector(store, DeadLetterStore(batcher), results, metrics)
         agents = await open_agents(
             stack,
@@ -274,6 +301,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             governance.approvals,
             governance.tenants,
             seal,
+            on_running_cancel=llm_keys.revoke_task,
         )
         await canceller.start()
         stack.push_async_callback(canceller.shutdown)
@@ -324,6 +352,9 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             sessions=sessions,
             canceller=canceller,
             agents=agents,
+            llm=llm,
+            llm_keys=llm_keys,
+            task_llm=task_llm,
         )
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 
@@ -410,6 +441,44 @@ async def _open_governance(
         decisions=decisions,
         dependencies=dependencies,
     )
+
+
+async def _open_llm_gateway(
+    stack: contextlib.AsyncExitStack,
+    settings: Settings,
+    engine: AsyncEngine,
+    nc: NatsClient,
+    runner: TaskRunner,
+    meter: Meter,
+    bus: ProgressBus,
+    governance: Governance,
+    metrics: FabricMetrics,
+) -> LlmGateway:
+    """The OpenAI-compatible gateway (llm_gateway/): upstream client, per-call budgets, the
+    cross-replica task stop of a LIVE refusal. Its bookkeeping drains before the writers stop."""
+    stopper = TaskStopper(nc, runner, internal_seal_for(settings))
+    await stopper.start()
+    stack.push_async_callback(stopper.shutdown)
+    upstreams = Upstreams(settings.llm, engine, sealer_for(settings))
+    stack.push_async_callback(upstreams.aclose)
+    llm = LlmGateway(
+        settings.llm,
+        upstreams,
+        BudgetGuard(governance.budgets, governance.tenants, governance.audit, metrics),
+        meter,
+        ModelPolicy(governance.policies, settings.llm.approval_wait_seconds),
+        stopper,
+        bus,
+        governance.tenants,
+        governance.audit,
+        engine,
+        nc,
+    )
+    stack.push_async_callback(llm.drain)
+    sweeper = StaleCallSweeper(engine, settings.llm.upstream_timeout_seconds)
+    sweeper.start()
+    stack.push_async_callback(sweeper.shutdown)
+    return llm
 
 
 async def _close_nats(nc: NatsClient) -> None:

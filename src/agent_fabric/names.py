@@ -164,3 +164,10 @@ def agent_last_control_request(agent_id: str) -> str:
 def tenant_topic(tenant_id: str, topic: str) -> str:
     """A package's topic as one tenant's agents see it on NATS: `tenant.<tenant_id>.<topic>`."""
     return f"{TENANT_TOPIC_PREFIX}.{_token(tenant_id)}.{topic}"
+
+
+# The LLM gateway refused a running task's call past a LIVE hard limit: the replica running the
+# task ends it failed (core NATS, like the cancel broadcast).
+TASK_FAIL_SUBJECT: Final = f"{CONTROL_SUBJECT_PREFIX}.fail"
+# Gateway keys revoked (their SHA-256 hashes): every replica drops them from its key cache.
+LLM_KEYS_REVOKED_SUBJECT: Final = f"{CONTROL_SUBJECT_PREFIX}.llm_keys"

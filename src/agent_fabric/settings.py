@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agent_fabric.admission.policy_model import Action
@@ -482,6 +482,69 @@ class AgentsSettings(BaseSettings):
     )
 
 
+class LlmUpstream(BaseModel):
+    """One OpenAI-compatible provider the gateway forwards to."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        ..., pattern=r"^[A-Za-z0-9._-]{1,64}$", description="Names the upstream (tenant keys refer to it)."
+    )
+    base_url: str = Field(..., min_length=1, description="Its API base, ending before /chat/completions (e.g. .../v1).")
+    api_key: SecretStr | None = Field(None, description="Its key; a tenant's sealed key for this upstream wins.")
+    models: list[str] = Field(..., min_length=1, description="Models it serves (the allowlist; `*` globs allowed).")
+
+
+class LlmPrice(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 prompt tokens.")
+    output_per_1k: float = Field(0.0, ge=0, description="USD per 1,000 completion tokens.")
+
+
+class LlmSettings(BaseSettings):
+    model_config = _section("AGENT_FABRIC_LLM_")
+
+    upstreams: list[LlmUpstream] = Field(
+        default_factory=list,
+        description="JSON list of upstreams [{name, base_url, api_key, models}]; a model goes to the first that "
+        "lists it. Empty: the gateway answers /v1/models with no models and refuses every call.",
+    )
+    prices: dict[str, LlmPrice] = Field(
+        default_factory=dict,
+        description="JSON object model -> {input_per_1k, output_per_1k} in USD; an unlisted model costs 0.",
+    )
+    public_base_url: str | None = Field(
+        None,
+        description="The URL agents reach the gateway at (given to them as OPENAI_BASE_URL). Unset: "
+        "http://127.0.0.1:<HTTP_PORT>/v1.",
+    )
+    key_grace_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="A per-task key lives for the task's timeout plus this (it is revoked when the task ends).",
+    )
+    key_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long a replica trusts a key it has checked; revocations reach every replica at once "
+        "by broadcast, this bounds a missed one (0: read the table on every call).",
+    )
+    default_max_tokens: int = Field(
+        1024, ge=1, description="Completion tokens the budget check reserves for a call that sets no max_tokens."
+    )
+    upstream_timeout_seconds: float = Field(300.0, gt=0, description="Longest wait on an upstream response.")
+    relay_buffer_events: int = Field(
+        256,
+        ge=1,
+        description="Token events a streamed call may hold for its watchers; past it the oldest are dropped "
+        "(the agent's stream is never slowed).",
+    )
+    approval_wait_seconds: float = Field(
+        0.0, ge=0, description="How long a call to a model that needs approval waits for it (0: refused at once)."
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it once in `cli.py` or a test and pass it down."""
 
@@ -539,6 +602,7 @@ class Settings(BaseSettings):
     outbound: OutboundSettings = Field(default_factory=OutboundSettings)
     tls: TlsSettings = Field(default_factory=TlsSettings)
     agents: AgentsSettings = Field(default_factory=AgentsSettings)
+    llm: LlmSettings = Field(default_factory=LlmSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -29,12 +29,23 @@ class AgentZeroConfig(BaseModel):
     )
 
 
+class LlmConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    record_prompts: bool = Field(
+        False,
+        description="Put each LLM gateway call's messages and completion in its audit entry (redacted like "
+        "every audit payload, cut to a preview when large). Off: the entry holds model, tokens, cost, outcome.",
+    )
+
+
 class TenantConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     mode: Mode | None = Field(None, description="SANDBOX tracks budgets, LIVE enforces them; unset: MODE.")
     agent_zero: AgentZeroConfig = Field(default_factory=AgentZeroConfig)
     budget: BudgetConfig | None = Field(None, description="The tenant budget; applied to /api/v1/budgets/tenant.")
+    llm: LlmConfig = Field(default_factory=LlmConfig)
 
 
 class TenantRegistry:

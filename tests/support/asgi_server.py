@@ -13,9 +13,9 @@ from tests.support.nats_server import free_port
 
 
 @contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[str]:
-    """uvicorn on a free port in this event loop; yields the base URL (http://127.0.0.1:port)."""
-    port = free_port()
+async def serving(app: FastAPI, port: int | None = None) -> AsyncIterator[str]:
+    """uvicorn on `port` (default: a free one) in this event loop; yields the base URL (http://127.0.0.1:port)."""
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="warning"))
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(10):

@@ -85,6 +85,15 @@ class BudgetManager:
         """Which budgets have limits; only tasks touching one of them pay for a reservation."""
         self._limited = await bs.limited_budgets(self._engine)
 
+    @property
+    def writer(self) -> WriteBatcher:
+        """The writer budget transactions go through (the LLM gateway reserves each call on it)."""
+        return self._batcher
+
+    def has_limits(self, tenant_id: str, entities: Sequence[str]) -> bool:
+        """Whether any of these budgets has a limit (only then is a reservation worth its write)."""
+        return any((tenant_id, e) in self._limited for e in entities)
+
     def entities_for(self, spec: TaskSpec) -> tuple[str, ...]:
         return reports.task_entities(spec.tenant_id, spec.agent_definition.label, spec.metadata.get("user"))
 
@@ -149,7 +158,9 @@ class BudgetManager:
         items = []
         for r in records:
             user = (r.spec.get("metadata") or {}).get("user") if isinstance(r.spec, dict) else None
-            used = Amounts.from_dict(r.usage)
+            # The LLM gateway settled its calls' usage one by one as they happened (llm_gateway/
+            # budget_guard.py); the task's usage repeats them for its report, not for its budgets.
+            used = Amounts.from_dict(r.usage) - _metered(r.usage)
             items.append(
                 ledger.Settlement(r.tenant_id, r.job_id, reports.task_entities(r.tenant_id, r.agent_label, user), used)
             )
@@ -272,6 +283,13 @@ class BudgetManager:
 
     async def _stored(self, tenant_id: str, entity: str) -> BudgetState | None:
         return await bs.stored_state(self._engine, tenant_id, entity)
+
+
+def _metered(usage: dict[str, Any] | None) -> Amounts:
+    usage = usage or {}
+    return Amounts(
+        tokens=float(usage.get("gateway_tokens") or 0.0), cost_usd=float(usage.get("gateway_cost_usd") or 0.0)
+    )
 
 
 async def _settle_op(conn: AsyncConnection, items: Sequence[ledger.Settlement]) -> list[None]:

@@ -32,13 +32,15 @@ def task_entities(tenant_id: str, agent: str, user: str | None) -> tuple[str, ..
 
 
 def parse_entity(text: str) -> str:
-    """'tenant', 'agent:<id>' or 'user:<id>'; ValueError otherwise."""
+    """'tenant', 'agent:<id>', 'user:<id>' or 'task:<job_id>' (a task's own LLM limits, set from its
+    metadata by the LLM gateway); ValueError otherwise."""
     if text == TENANT_ENTITY:
         return text
     kind, sep, ident = text.partition(":")
-    if not sep or kind not in ("agent", "user") or not ident or len(text) > 200:
+    if not sep or kind not in ("agent", "user", "task") or not ident or len(text) > 200:
         raise ValueError(
-            f"a budget entity is 'tenant', 'agent:<id>' or 'user:<id>' (at most 200 characters); got {text!r}"
+            "a budget entity is 'tenant', 'agent:<id>', 'user:<id>' or 'task:<job_id>' (at most 200 characters); "
+            f"got {text!r}"
         )
     return text
 

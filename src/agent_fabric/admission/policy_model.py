@@ -1,7 +1,8 @@
 """Policies as documents: actions, contexts, rules, decisions. Pure data and validation, no I/O.
 
 An action is `<kind>:<target>`: `task:DEPLOY_GPU` (a task submission), `tool:web_search`,
-`file:/etc/passwd`, `url:https://example.com/x`, `shell:rm -rf /tmp/x`. A rule's
+`file:/etc/passwd`, `url:https://example.com/x`, `shell:rm -rf /tmp/x`, `model:gpt-4o` (a call
+through the LLM gateway). A rule's
 `action_pattern` is a glob over that string (`*` any run of characters, `?` one, `[..]` a set).
 """
 
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from agent_fabric.tasks import TENANT_ID_PATTERN
 
-ACTION_KINDS = ("task", "tool", "file", "url", "shell")
+ACTION_KINDS = ("task", "tool", "file", "url", "shell", "model")
 POLICY_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 SCOPE_ID_PATTERN = r"^[A-Za-z0-9._:/@-]{1,160}$"
 MAX_RULES_PER_POLICY = 1000

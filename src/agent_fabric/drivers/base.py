@@ -21,6 +21,11 @@ class RunContext(Protocol):
     async def save_checkpoint(self, state: Any) -> None:
         """Durably record where the run is, so a redelivery resumes here instead of restarting."""
 
+    async def model_endpoint(self) -> dict[str, str]:
+        """The LLM gateway for this run's agent: {"OPENAI_BASE_URL", "OPENAI_API_KEY"} to put in its
+        environment. The key is minted on the first call (once per attempt), spends for this task
+        alone, and is revoked when the task ends or is cancelled (llm_gateway/task_access.py)."""
+
     def add_usage(
         self, *, tokens: int = 0, compute_seconds: float = 0.0, cost_usd: float = 0.0, model: str | None = None
     ) -> None:

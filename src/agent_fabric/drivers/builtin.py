@@ -5,7 +5,9 @@
   what is left (the simplest real demonstration of resume-from-checkpoint);
 - `fail` fails with `input.code` / `input.message`, to exercise the failure path end to end;
 - `spend` reports `input.tokens`, `input.compute_seconds` and `input.cost_usd` as its usage and
-  returns them, to exercise budgets end to end (after `input.seconds` of work, if given).
+  returns them, to exercise budgets end to end (after `input.seconds` of work, if given);
+- `chat` makes chat completions through the fabric's LLM gateway with its own task key, to
+  exercise metering, budgets per call and token streaming end to end (drivers/builtin_chat.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from typing import Any
 
 from agent_fabric.drivers.base import RunContext
+from agent_fabric.drivers.builtin_chat import check_chat, run_chat
 from agent_fabric.errors import InvalidTask, TaskFailure
 from agent_fabric.tasks import TaskSpec
 
@@ -25,7 +28,7 @@ SPEND_KEYS = ("tokens", "compute_seconds", "cost_usd")
 
 class BuiltinDriver:
     runtime = "builtin"
-    task_types = ("echo", "sleep", "fail", "spend")
+    task_types = ("echo", "sleep", "fail", "spend", "chat")
 
     def check(self, spec: TaskSpec) -> None:
         kind = spec.task.type
@@ -49,6 +52,8 @@ class BuiltinDriver:
                     tenant_id=spec.tenant_id,
                 )
 
+        if kind == "chat":
+            check_chat(spec)
         if kind == "spend":
             for key in SPEND_KEYS:
                 value = spec.task.input.get(key, 0)
@@ -72,6 +77,8 @@ class BuiltinDriver:
                 model="builtin",
             )
             return spent
+        if kind == "chat":
+            return await run_chat(ctx)
         if kind == "sleep":
             return await self._sleep(ctx, float(ctx.spec.task.input["seconds"]))
         raise TaskFailure(

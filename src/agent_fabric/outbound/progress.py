@@ -92,7 +92,7 @@ class RedisProgressBus:
             pump_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await pump_task
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await pubsub.aclose()
 
     async def ping(self) -> None:
         await self._redis.ping()

@@ -16,6 +16,9 @@ from agent_fabric.outbound.progress import ProgressBus
 from agent_fabric.storage.column_bounds import MAX_INT
 from agent_fabric.storage.task_store import TaskStore
 
+# Progress kinds that are live only (not in the event log): the LLM gateway's token relay.
+LIVE_ONLY_KINDS = frozenset({"token", "tool_call"})
+
 HEARTBEAT_SECONDS = 15.0
 
 
@@ -33,6 +36,11 @@ def parse_event_id(value: str | None) -> tuple[int, int] | None:
 
 def _frame(event: dict[str, Any]) -> bytes:
     return f"id: {event['id']}\nevent: {event['kind']}\ndata: ".encode() + orjson.dumps(event) + b"\n\n"
+
+
+def _live_frame(event: dict[str, Any]) -> bytes:
+    # No `id:` line: a reconnect resumes from the last logged event, not from a token.
+    return f"event: {event['kind']}\ndata: ".encode() + orjson.dumps(event) + b"\n\n"
 
 
 def _from_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -64,6 +72,9 @@ async def job_event_stream(
                 event = await asyncio.wait_for(live.get(), timeout=HEARTBEAT_SECONDS)
             except TimeoutError:
                 yield b": keep-alive\n\n"
+                continue
+            if event["kind"] in LIVE_ONLY_KINDS:  # LLM tokens: relayed as they come, never replayed
+                yield _live_frame(event)
                 continue
             position = parse_event_id(event["id"])
             if position is None or (cursor is not None and position <= cursor):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -82,8 +83,10 @@ class Canceller:
         approvals: ApprovalDesk,
         tenants: TenantRegistry,
         seal: InternalSeal,
+        on_running_cancel: Callable[[str, str], Awaitable[Any]] | None = None,
     ) -> None:
         self._seal = seal  # a broadcast stops a running task: only a replica may send one
+        self._on_running_cancel = on_running_cancel
         self._engine = engine
         self._nc = nc
         self._store = store
@@ -141,6 +144,11 @@ class Canceller:
         return CancelResult("already_requested", tenant_id, job_id, record.status)
 
     async def _stop_running(self, tenant_id: str, job_id: str, message: str) -> None:
+        if self._on_running_cancel is not None:  # its LLM gateway keys stop working now, not when it ends
+            try:
+                await self._on_running_cancel(tenant_id, job_id)
+            except Exception as exc:
+                log.warning("running-cancel hook failed", extra={"job_id": job_id, "error": str(exc)})
         # Held here: stop it now. Broadcast anyway: a replica that took the task over from this
         # one (its lease lapsed during a stall) may be the one really running it.
         self._runner.cancel_local(tenant_id, job_id, message)

@@ -24,6 +24,7 @@ from agent_fabric import names
 from agent_fabric.drivers.factory import Drivers
 from agent_fabric.errors import InvalidTask, TaskFailure
 from agent_fabric.events.envelope import TaskEvent
+from agent_fabric.llm_gateway.task_access import TaskModelAccess
 from agent_fabric.outbound.progress import ProgressBus
 from agent_fabric.outbound.results import ResultPublisher
 from agent_fabric.settings import Settings
@@ -71,6 +72,7 @@ class _Run:
     runner: TaskRunner
     n: int = 0
     usage: dict[str, float] = field(default_factory=lambda: {"tokens": 0, "compute_seconds": 0.0, "cost_usd": 0.0})
+    endpoint: dict[str, str] | None = None
 
     def next_n(self) -> int:
         self.n += 1
@@ -89,6 +91,12 @@ class _Run:
             job_id=spec.job_id,
         )
 
+    async def model_endpoint(self) -> dict[str, str]:
+        """OPENAI_BASE_URL and OPENAI_API_KEY for this run's agent (one key per attempt)."""
+        if self.endpoint is None:
+            self.endpoint = await self.runner.model_endpoint(self.spec)
+        return dict(self.endpoint)
+
     def add_usage(
         self, *, tokens: int = 0, compute_seconds: float = 0.0, cost_usd: float = 0.0, model: str | None = None
     ) -> None:
@@ -105,6 +113,14 @@ class _Driving:
 
     cancelled_by: str | None = None  # the message it ends with, once someone cancelled it
     driver: asyncio.Task[Any] | None = None
+    failed_with: tuple[str, str] | None = None  # (code, message): stopped by the fabric, ends failed
+
+    def fail(self, code: str, message: str) -> None:
+        if self.cancelled_by is not None or self.failed_with is not None:
+            return
+        self.failed_with = (code, message)
+        if self.driver is not None:
+            self.driver.cancel()
 
     def cancel(self, message: str) -> None:
         # Once only: a second cancel() would interrupt the driver's own clean-up (a chat reset).
@@ -126,8 +142,10 @@ class TaskRunner:
         metrics: FabricMetrics,
         owner: str,
         tracer: Tracer,
+        llm: TaskModelAccess | None = None,
     ) -> None:
         self.tracer = tracer
+        self.llm = llm
         self.settings = settings
         self.store = store
         self.drivers = drivers
@@ -238,13 +256,16 @@ class TaskRunner:
         except InvalidTask as exc:
             outcome = (TaskStatus.REJECTED, None, exc.code, exc.message)
         except asyncio.CancelledError:
-            if driving.cancelled_by is None or _stopping():
+            if driving.failed_with is not None and not _stopping():
+                outcome = (TaskStatus.FAILED, None, *driving.failed_with)
+            elif driving.cancelled_by is None or _stopping():
                 # Shutdown past the grace period: hand the task back so another replica resumes it
                 # from its last checkpoint right away, instead of after the lease lapses (and ends
                 # it as cancelled there, if that is what was asked meanwhile).
                 await asyncio.shield(self._hand_back(delivery, spec))
                 raise
-            outcome = (TaskStatus.CANCELLED, None, "cancelled", driving.cancelled_by)
+            else:
+                outcome = (TaskStatus.CANCELLED, None, "cancelled", driving.cancelled_by)
         except Exception as exc:
             log.exception("driver crashed", extra={"job_id": spec.job_id, "runtime": spec.agent_definition.runtime})
             outcome = (TaskStatus.FAILED, None, "driver_error", f"{type(exc).__name__}: {exc}"[:1000])
@@ -255,6 +276,8 @@ class TaskRunner:
         if driving.cancelled_by is not None and outcome[0] != TaskStatus.COMPLETED:
             # A driver that turned the cancellation into a failure of its own still ends cancelled.
             outcome = (TaskStatus.CANCELLED, None, "cancelled", driving.cancelled_by)
+        elif driving.failed_with is not None and outcome[0] != TaskStatus.COMPLETED:
+            outcome = (TaskStatus.FAILED, None, *driving.failed_with)
         elapsed = time.monotonic() - started
         self.metrics.task_duration.observe(elapsed)
         status, value, code, message = outcome
@@ -271,6 +294,11 @@ class TaskRunner:
         elapsed: float,
     ) -> None:
         spec = run.spec
+        if self.llm is not None and run.endpoint is not None:
+            try:  # its keys die with it; its calls' spend joins its usage
+                await self.llm.conclude(spec, run.usage)
+            except Exception as exc:  # keys still expire by themselves; the calls stay in llm_calls
+                log.warning("llm gateway accounts not closed", extra={"job_id": spec.job_id, "error": str(exc)})
         if run.usage["compute_seconds"] == 0.0:
             run.usage["compute_seconds"] = round(elapsed, 6)
         final = EventRow(
@@ -315,6 +343,20 @@ class TaskRunner:
             return False
         driving.cancel(message)
         return True
+
+    def fail_local(self, tenant_id: str, job_id: str, code: str, message: str) -> bool:
+        """Stop a task this process holds; it ends `failed` with `code`. False if not held here."""
+        driving = self._driving.get((tenant_id, job_id))
+        if driving is None:
+            return False
+        driving.fail(code, message)
+        return True
+
+    async def model_endpoint(self, spec: TaskSpec) -> dict[str, str]:
+        if self.llm is None:
+            raise TaskFailure("llm_gateway_unavailable", "this fabric runs no LLM gateway")
+        timeout = spec.timeout_seconds or self.settings.worker.default_timeout_seconds
+        return await self.llm.endpoint_for(spec, timeout)
 
     async def _publish_and_ack(self, delivery: Delivery, record: TaskRecord, *, again: bool = False) -> None:
         """`again`: the result may already be in the stream (this is a later delivery of a finished

@@ -29,6 +29,7 @@ from agent_fabric.events.json_limits import DEFAULT_MAX_JSON_DEPTH, json_depth
 from agent_fabric.fabric import Fabric
 from agent_fabric.inbound.api.agent_sessions import MAX_MESSAGE_CHARS
 from agent_fabric.inbound.api.deps import pod_tenant
+from agent_fabric.outbound.sse import LIVE_ONLY_KINDS
 from agent_fabric.security import roles
 from agent_fabric.security.ws_auth import WsAuth, close_code, close_reason, require_ws
 from agent_fabric.storage import session_store as store
@@ -128,6 +129,9 @@ class Relay:
                 return
             if "type" in item:  # an error frame of a message this socket sent
                 await self._send(item)
+                continue
+            if item["kind"] in LIVE_ONLY_KINDS:  # LLM tokens of the answer being written (no seq)
+                await self._send({"type": "event", **item})
                 continue
             if item["kind"] != "terminated":
                 if item["id"] <= last:
