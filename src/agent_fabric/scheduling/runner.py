@@ -289,7 +289,14 @@ class TaskRunner:
         span.set_attribute("agent_fabric.attempt", run.attempt)
         if code is not None:
             span.set_status(StatusCode.ERROR, f"{code}: {message}"[:300])
-        ok, record = await _retrying(lambda: self.store.finish(outcome), what="record outcome", job_id=spec.job_id)
+        # While the database is unreachable the outcome waits for it (this process still holds the
+        # message and renews the task's lease, so handing it back could not let anyone else finish
+        # it); other errors get the usual few retries, then the message goes back.
+        ok, record = await _retrying(
+            lambda: write_through_outage(lambda: self.store.finish(outcome), what="outcome", job_id=spec.job_id),
+            what="record outcome",
+            job_id=spec.job_id,
+        )
         if not ok:
             await delivery.nak(delay=1.0)  # the database stayed down: run again later, nothing lost
             return
