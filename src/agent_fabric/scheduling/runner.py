@@ -309,6 +309,10 @@ class TaskRunner:
             await self._publish_live(run, row)
         await self._publish_and_ack(delivery, record)
 
+    def driving(self) -> list[tuple[str, str]]:
+        """(tenant_id, job_id) of the tasks this process holds from claim to outcome: the leases it renews."""
+        return list(self._driving)
+
     def cancel_local(self, tenant_id: str, job_id: str, message: str) -> bool:
         """Stop a task this process holds; it ends `cancelled` with `message`. False if not held here."""
         driving = self._driving.get((tenant_id, job_id))
