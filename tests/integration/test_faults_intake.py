@@ -250,3 +250,30 @@ async def test_an_admission_bug_refuses_that_task_and_no_other(
         assert letter["code"] == "admission_failed" and "KeyError" in letter["reason"]
         await until(lambda: app.fabric.consumer.held == 0)
         assert (await nc.jetstream().stream_info(names.TASK_STREAM)).state.messages == 0
+
+
+async def test_a_task_handed_back_after_an_error_is_not_kept_by_its_lease(
+    tmp_path: Path, nats_url: str, postgres_url: str, nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claimed task whose run raised before its driver started (a progress-bus hiccup, injected
+    here) goes back to JetStream. This process must stop renewing its lease, or the redelivery
+    could never take it over: it would sit `running` for as long as the process lives."""
+    settings = make_settings(tmp_path, nats_url, database_url=postgres_url, nats={"ack_wait_seconds": 3.0})
+    async with running_app(settings) as app:
+        runner = app.fabric.consumer._runner
+        original = runner._publish_live
+        job = new_job_id("handed-back")
+        failures = {"left": 1}
+
+        async def publish_live(run: Any, row: Any) -> None:
+            if run.spec.job_id == job and failures["left"]:
+                failures["left"] -= 1
+                raise ConnectionError("injected progress bus failure")
+            await original(run, row)
+
+        monkeypatch.setattr(runner, "_publish_live", publish_live)
+        async with collect(nc, "agent.status.completed") as completed:
+            await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+            await until(lambda: for_job(completed, job), timeout=45)
+        record = await app.fabric.store.get("default", job)
+        assert record is not None and record.status.value == "completed" and record.attempts == 2

@@ -470,8 +470,17 @@ class TaskConsumer:
                     # this loop would otherwise hold the event loop for a third of a second.
                     await asyncio.sleep(0)
             try:
-                marked = await self._store.renew_leases(
-                    self._runner.owner, utcnow() + timedelta(seconds=self._settings.nats.ack_wait_seconds)
+                # Only the tasks a driver runs here now: one whose message went back (handed back
+                # after an error) must let its lease lapse, so its redelivery can take it over.
+                driving = self._runner.driving()
+                marked = (
+                    await self._store.renew_leases(
+                        self._runner.owner,
+                        utcnow() + timedelta(seconds=self._settings.nats.ack_wait_seconds),
+                        jobs=driving,
+                    )
+                    if driving
+                    else []
                 )
             except Exception as exc:
                 log.warning("lease renewal failed", extra={"error": str(exc)})

@@ -322,7 +322,14 @@ class TaskRunner:
         span.set_attribute("agent_fabric.attempt", run.attempt)
         if code is not None:
             span.set_status(StatusCode.ERROR, f"{code}: {message}"[:300])
-        ok, record = await _retrying(lambda: self.store.finish(outcome), what="record outcome", job_id=spec.job_id)
+        # While the database is unreachable the outcome waits for it (this process still holds the
+        # message and renews the task's lease, so handing it back could not let anyone else finish
+        # it); other errors get the usual few retries, then the message goes back.
+        ok, record = await _retrying(
+            lambda: write_through_outage(lambda: self.store.finish(outcome), what="outcome", job_id=spec.job_id),
+            what="record outcome",
+            job_id=spec.job_id,
+        )
         if not ok:
             await delivery.nak(delay=1.0)  # the database stayed down: run again later, nothing lost
             return
@@ -335,6 +342,10 @@ class TaskRunner:
         for row in (final, end):
             await self._publish_live(run, row)
         await self._publish_and_ack(delivery, record)
+
+    def driving(self) -> list[tuple[str, str]]:
+        """(tenant_id, job_id) of the tasks this process holds from claim to outcome: the leases it renews."""
+        return list(self._driving)
 
     def cancel_local(self, tenant_id: str, job_id: str, message: str) -> bool:
         """Stop a task this process holds; it ends `cancelled` with `message`. False if not held here."""

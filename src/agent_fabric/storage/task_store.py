@@ -8,7 +8,7 @@ claim that holds it, so a process that stalled past its lease cannot overwrite a
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -632,15 +632,20 @@ class TaskStore:
                 task_events.delete().where(task_events.c.tenant_id == tenant_id, task_events.c.job_id == job_id)
             )
 
-    async def renew_leases(self, owner: str, until: datetime) -> list[tuple[str, str, str]]:
-        """Extend the leases of the tasks `owner` runs. Returns (tenant_id, job_id, message) of those
-        marked for cancellation, so a cancel broadcast this process missed still reaches it."""
+    async def renew_leases(
+        self, owner: str, until: datetime, jobs: Collection[tuple[str, str]] | None = None
+    ) -> list[tuple[str, str, str]]:
+        """Extend the leases of the tasks `owner` runs (only `jobs`, (tenant_id, job_id) pairs, when
+        given). Returns (tenant_id, job_id, message) of those marked for cancellation, so a cancel
+        broadcast this process missed still reaches it."""
+        running = update(tasks).where(tasks.c.owner == owner, tasks.c.status == TaskStatus.RUNNING.value)
+        if jobs is not None:
+            running = running.where(tuple_(tasks.c.tenant_id, tasks.c.job_id).in_(list(jobs)))
         async with self._engine.begin() as conn:
             rows = await conn.execute(
-                update(tasks)
-                .where(tasks.c.owner == owner, tasks.c.status == TaskStatus.RUNNING.value)
-                .values(lease_until=until)
-                .returning(tasks.c.tenant_id, tasks.c.job_id, tasks.c.cancel_requested_at, tasks.c.error_message)
+                running.values(lease_until=until).returning(
+                    tasks.c.tenant_id, tasks.c.job_id, tasks.c.cancel_requested_at, tasks.c.error_message
+                )
             )
             return [
                 (r.tenant_id, r.job_id, r.error_message or "cancelled")
