@@ -439,7 +439,7 @@ async def test_two_replicas_share_sessions_events_and_the_sweep(
     ]
     async with running_app(settings[0]) as a, running_app(settings[1]) as b:
         pod = new_pod()
-        await configure(a, pod, agent_zero={"session_idle_timeout_seconds": 1})
+        await configure(a, pod, agent_zero={"session_idle_timeout_seconds": 3})
         await until(lambda: b.fabric.governance.tenants.version_of(pod) >= 1, what="config on replica b")
         mona = auth_as(a, "mona", "pod_admin", pod)
         session_id = (await message(b, mona, "open on b")).json()["session_id"]
