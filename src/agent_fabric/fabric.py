@@ -473,6 +473,7 @@ async def _open_llm_gateway(
         governance.audit,
         engine,
         nc,
+        internal_seal_for(settings),
     )
     stack.push_async_callback(llm.drain)
     sweeper = StaleCallSweeper(engine, settings.llm.upstream_timeout_seconds)

@@ -273,7 +273,7 @@ async def test_a_task_handed_back_after_an_error_is_not_kept_by_its_lease(
 
         monkeypatch.setattr(runner, "_publish_live", publish_live)
         async with collect(nc, "agent.status.completed") as completed:
-            await nc.jetstream().publish("agent.execute.normal", structured(task(job)))
+            await nc.jetstream().publish("agent.execute.normal", structured(task(job)), headers=app.auth())
             await until(lambda: for_job(completed, job), timeout=45)
         record = await app.fabric.store.get("default", job)
         assert record is not None and record.status.value == "completed" and record.attempts == 2

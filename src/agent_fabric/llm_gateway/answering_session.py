@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric import names
 from agent_fabric.llm_gateway.keys import INSTANCE, KeyGrant
+from agent_fabric.security.internal_seal import InternalSeal, broadcast_headers
 from agent_fabric.storage.tables import agent_sessions
 
 
@@ -55,9 +56,10 @@ class SessionTokenSink:
     """Publishes a call's token events to the answering session's live subject (the WebSocket's
     source), looked up once, off the stream's path (the relay's pump calls it)."""
 
-    def __init__(self, engine: AsyncEngine, nc: NatsClient, grant: KeyGrant) -> None:
+    def __init__(self, engine: AsyncEngine, nc: NatsClient, grant: KeyGrant, seal: InternalSeal) -> None:
         self._engine = engine
         self._nc = nc
+        self._seal = seal
         self._grant = grant
         self._looked_up = False
         self.session_id: str | None = None
@@ -69,4 +71,5 @@ class SessionTokenSink:
         if self.session_id is None:
             return
         wire = {"session_id": self.session_id, "kind": event["kind"], "data": event["data"], "at": event["time"]}
-        await self._nc.publish(names.agent_session_subject(self.session_id), orjson.dumps(wire))
+        subject, body = names.agent_session_subject(self.session_id), orjson.dumps(wire)
+        await self._nc.publish(subject, body, headers=broadcast_headers(self._seal, subject, body))

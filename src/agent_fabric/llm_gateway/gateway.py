@@ -38,6 +38,7 @@ from agent_fabric.llm_gateway.token_relay import TokenRelay
 from agent_fabric.llm_gateway.transcript import transcript
 from agent_fabric.llm_gateway.upstreams import Upstreams
 from agent_fabric.outbound.progress import ProgressBus
+from agent_fabric.security.internal_seal import InternalSeal
 from agent_fabric.settings import LlmSettings, LlmUpstream
 from agent_fabric.tenants import TenantRegistry
 
@@ -62,9 +63,11 @@ class LlmGateway:
         audit: AuditWriter,
         engine: AsyncEngine,
         nc: NatsClient,
+        seal: InternalSeal,
     ) -> None:
         self._engine = engine
         self._nc = nc
+        self._seal = seal  # session events between replicas are sealed
         self._cfg = cfg
         self.upstreams = upstreams
         self._guard = guard
@@ -224,7 +227,7 @@ class LlmGateway:
             envelope = {"job_id": grant.job_id, "tenant_id": grant.tenant_id, "status": None}
             return TokenRelay(self._bus.publish, envelope, call.id, call.model, capacity)
         if grant.kind == INSTANCE and grant.instance_url is not None:
-            sink = SessionTokenSink(self._engine, self._nc, grant)
+            sink = SessionTokenSink(self._engine, self._nc, grant, self._seal)
             return TokenRelay(sink.publish, {"tenant_id": grant.tenant_id}, call.id, call.model, capacity)
         return None
 
