@@ -120,3 +120,11 @@ AGENT_SESSION_SUBJECT_PREFIX: Final = "agent.sessions"
 
 def agent_session_subject(session_id: str) -> str:
     return f"{AGENT_SESSION_SUBJECT_PREFIX}.{_token(session_id)}"
+
+
+# Process agents (agents/lifecycle.py). An agent whose processes failed for good (crash loop) or
+# changed status raises an alert in the governance stream (kept, audited). Start/stop/restart asked
+# of one replica is broadcast on the control subject so every replica's processes follow (core NATS).
+AGENT_ALERT_SUBJECT: Final = f"{ALERTS_SUBJECT_PREFIX}.agents"
+AGENT_ALERT_EVENT_TYPE: Final = AGENT_ALERT_SUBJECT
+AGENT_PROCESS_CONTROL_SUBJECT: Final = f"{CONTROL_SUBJECT_PREFIX}.processes"

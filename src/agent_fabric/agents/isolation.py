@@ -1,0 +1,205 @@
+"""IsolationManager (seed 001 FR-ISO-1..6): the fence around an agent's processes.
+
+Level `process`, what each process gets:
+- its own session and process group (a signal to the group reaches everything it started);
+- memory, CPU and process-count limits from a control group (cgroups.py: v2, else v1), or where
+  the host lets the fabric create none, rlimits: RLIMIT_AS for memory (address space, a stricter
+  proxy) and RLIMIT_NPROC for processes (not applied to root); CPU is then not limited;
+- a working directory of the agent's own under `filesystem_root`, removed on destroy;
+- an environment built from nothing: PATH, locale, HOME/TMPDIR in the working directory and the
+  AGENT_FABRIC_AGENT_* values the protocol defines; none of the fabric's variables (secrets).
+
+Level `none` runs the command as a plain child with the fabric's environment, in the package
+directory: for trusted agents only. Level `container` needs a container runtime; this fabric runs
+local processes only, so it is refused with a message saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psutil
+
+from agent_fabric.agents.cgroups import CgroupManager, Group, Limits
+from agent_fabric.agents.process_spec import IsolationConfig, ProcessAgent
+from agent_fabric.errors import ConfigurationError
+
+_PASSED_THROUGH = ("LANG", "LC_ALL", "TZ")
+SDK_PATH = str(Path(__file__).resolve().parents[2])  # the directory holding the agent_fabric package
+
+
+@dataclass
+class Launch:
+    """How to start one process of an agent: argv (wrapped to enter its group), cwd, env."""
+
+    argv: list[str]
+    cwd: Path
+    env: dict[str, str]
+    group: Group | None
+    new_session: bool
+
+
+@dataclass
+class Sandbox:
+    agent_id: str
+    config: IsolationConfig
+    workdir: Path
+    enforcement: str
+    cgroups: CgroupManager | None
+    groups: dict[str, Group] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    def launch(self, agent: ProcessAgent, name: str, heartbeat_interval: float) -> Launch:
+        """Prepare process `name` of the agent (its control group, if any) and say how to start it."""
+        protocol_env = {
+            "AGENT_FABRIC_AGENT_ID": agent.id,
+            "AGENT_FABRIC_HEARTBEAT_SECONDS": f"{heartbeat_interval:g}",
+            "AGENT_FABRIC_PROTOCOL": "1",
+            "AGENT_FABRIC_AGENT_CONFIG": orjson.dumps(agent.config).decode(),
+            "AGENT_FABRIC_PACKAGE_DIR": str(agent.package_path),
+        }
+        command = _resolve(agent.command, agent.package_path)
+        if self.config.level == "none":
+            env = {**os.environ, **protocol_env, "PYTHONPATH": _pythonpath(os.environ.get("PYTHONPATH"))}
+            return Launch(command, agent.package_path, env, None, new_session=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "tmp").mkdir(exist_ok=True)
+        env = {key: os.environ[key] for key in _PASSED_THROUGH if key in os.environ}
+        env.update(
+            PATH=f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+            HOME=str(self.workdir),
+            TMPDIR=str(self.workdir / "tmp"),
+            PYTHONPATH=SDK_PATH,
+            PYTHONDONTWRITEBYTECODE="1",
+            **protocol_env,
+        )
+        group = None
+        prelude: list[str] = []
+        if self.cgroups is not None:
+            group = self.cgroups.create(self.agent_id, name, _limits(self.config))
+            self.groups[name] = group
+            prelude = [f"echo $$ > {shlex.quote(str(path))}" for path in group.procs_files()]
+        else:
+            prelude = [
+                f"ulimit -v {self.config.memory_mb * 1024}",
+                f"ulimit -u {self.config.max_pids} 2>/dev/null || true",
+            ]
+        # A shell enters the limits, then becomes the agent (exec): nothing runs outside them.
+        script = " && ".join([*prelude, 'exec "$@"'])
+        return Launch(["/bin/sh", "-c", script, "agent-launch", *command], self.workdir, env, group, new_session=True)
+
+    def started(self, name: str, pid: int) -> None:
+        self.pids[name] = pid
+
+    def finished(self, name: str) -> None:
+        """A process of the agent ended: forget its pid and remove its control group."""
+        self.pids.pop(name, None)
+        group = self.groups.pop(name, None)
+        if group is not None:
+            group.remove()
+
+
+def _resolve(command: list[str], package: Path) -> list[str]:
+    """A relative script path in the command is the package's file; `python` is the fabric's."""
+    if not command:
+        raise ConfigurationError("the agent has no command (AGENT_COMMAND in its .env.discovery)")
+    argv = list(command)
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    return [str(package / a) if not a.startswith("-") and (package / a).is_file() else a for a in argv]
+
+
+def _pythonpath(current: str | None) -> str:
+    return SDK_PATH if not current else f"{SDK_PATH}:{current}"
+
+
+def _limits(config: IsolationConfig) -> Limits:
+    return Limits(config.memory_mb * 1024 * 1024, config.cpu_cores, config.max_pids)
+
+
+class IsolationManager:
+    def __init__(self, default_root: Path, cgroups: CgroupManager | None) -> None:
+        self._root = default_root
+        self._cgroups = cgroups
+        self._sandboxes: dict[str, Sandbox] = {}
+
+    @property
+    def enforcement(self) -> str:
+        """What `process` isolation enforces on this host (README "Isolation")."""
+        if self._cgroups is not None:
+            return f"{self._cgroups.description}: memory, cpu and pids limits"
+        return "rlimits: address-space limit and RLIMIT_NPROC (not for root); no CPU limit"
+
+    async def create_sandbox(self, agent_id: str, config: IsolationConfig) -> Sandbox:
+        if config.level == "container":
+            raise ConfigurationError(
+                "isolation level 'container' needs a container runtime (Kubernetes); this fabric runs agents "
+                "as local processes: use level 'process'",
+                code="isolation_unavailable",
+            )
+        existing = self._sandboxes.get(agent_id)
+        if existing is not None and existing.config == config:
+            return existing
+        root = Path(config.filesystem_root) if config.filesystem_root else self._root
+        sandbox = Sandbox(
+            agent_id,
+            config,
+            root / _safe(agent_id),
+            self.enforcement if config.level == "process" else "none",
+            self._cgroups if config.level == "process" else None,
+        )
+        self._sandboxes[agent_id] = sandbox
+        return sandbox
+
+    async def destroy_sandbox(self, agent_id: str) -> None:
+        """Remove the agent's control groups and working directory (its processes have ended)."""
+        sandbox = self._sandboxes.pop(agent_id, None)
+        if sandbox is None:
+            return
+        for name in list(sandbox.groups):
+            sandbox.finished(name)
+        if sandbox.config.level == "process":
+            shutil.rmtree(sandbox.workdir, ignore_errors=True)
+
+    async def get_resource_usage(self, agent_id: str) -> dict[str, Any]:
+        """RSS, CPU seconds and open files per process (its children included) and for the agent."""
+        sandbox = self._sandboxes.get(agent_id)
+        processes: dict[str, dict[str, Any]] = {}
+        for name, pid in dict(sandbox.pids if sandbox else {}).items():
+            processes[name] = _usage_of(pid)
+        total = {
+            "rss_bytes": sum(p["rss_bytes"] for p in processes.values()),
+            "cpu_seconds": round(sum(p["cpu_seconds"] for p in processes.values()), 3),
+            "open_files": sum(p["open_files"] for p in processes.values()),
+        }
+        return {"agent_id": agent_id, "processes": processes, "total": total}
+
+
+def _usage_of(pid: int) -> dict[str, Any]:
+    usage = {"pid": pid, "rss_bytes": 0, "cpu_seconds": 0.0, "open_files": 0}
+    try:
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    usage["rss_bytes"] += proc.memory_info().rss
+                    usage["cpu_seconds"] += times.user + times.system
+                    usage["open_files"] += proc.num_fds()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+    except psutil.NoSuchProcess:
+        pass
+    usage["cpu_seconds"] = round(float(usage["cpu_seconds"]), 3)
+    return usage
+
+
+def _safe(agent_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in agent_id)
