@@ -25,6 +25,7 @@ from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.agent_zero.fleet_manager import FleetManager, open_fleet_manager
 from agent_fabric.agent_zero.session_events import SessionEvents
 from agent_fabric.agent_zero.sessions import SessionManager
+from agent_fabric.agents.services import AgentServices, open_agents
 from agent_fabric.audit.store import AuditStore
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.drivers.factory import Drivers, build_drivers
@@ -86,6 +87,7 @@ class Fabric:
     fleet_manager: FleetManager
     sessions: SessionManager
     canceller: Canceller
+    agents: AgentServices
 
 
 @dataclass
@@ -230,6 +232,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         )
         await canceller.start()
         stack.push_async_callback(canceller.shutdown)
+        agents = await open_agents(stack, settings, engine, governance.docs, governance.tenants.mode_for)
         await consumer.start()
         stack.push_async_callback(runner.drain_background)
         stack.push_async_callback(consumer.shutdown, settings.shutdown_grace_seconds)
@@ -270,6 +273,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             fleet_manager=fleet_manager,
             sessions=sessions,
             canceller=canceller,
+            agents=agents,
         )
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 

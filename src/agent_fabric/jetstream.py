@@ -74,6 +74,18 @@ def build_topology(cfg: NatsSettings, max_event_bytes: int) -> Topology:
         duplicate_window=cfg.duplicate_window_seconds,
         max_age=cfg.status_max_age_seconds,
     )
+    # Control messages to managed agents (configuration changes): a few kept per agent, so an agent
+    # that starts or reconnects reads its latest configuration from the stream.
+    agent_control_stream = StreamConfig(
+        name=names.AGENT_CONTROL_STREAM,
+        subjects=[names.AGENT_CONTROL_SUBJECTS],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        num_replicas=cfg.stream_replicas,
+        duplicate_window=cfg.duplicate_window_seconds,
+        max_msgs_per_subject=10,
+        max_age=cfg.status_max_age_seconds,
+    )
     consumers = tuple(
         ConsumerConfig(
             durable_name=names.consumer_name(priority),
@@ -89,7 +101,10 @@ def build_topology(cfg: NatsSettings, max_event_bytes: int) -> Topology:
         )
         for priority in names.PRIORITIES
     )
-    return Topology(streams=(task_stream, status_stream, deadletter_stream, governance_stream), consumers=consumers)
+    return Topology(
+        streams=(task_stream, status_stream, deadletter_stream, governance_stream, agent_control_stream),
+        consumers=consumers,
+    )
 
 
 async def ensure_topology(js: JetStreamContext, cfg: NatsSettings, max_event_bytes: int) -> Topology:

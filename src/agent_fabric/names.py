@@ -122,6 +122,39 @@ def agent_session_subject(session_id: str) -> str:
     return f"{AGENT_SESSION_SUBJECT_PREFIX}.{_token(session_id)}"
 
 
+# Agents the fabric manages (agents/). Each registered agent owns the subjects under its namespace
+# (`agent.<agent_id>.>`: heartbeats, logs, metrics it reports) and receives control messages
+# (configuration changes) on `agent.control.agents.<agent_id>`, which the AGENT_CONTROL stream
+# keeps so an agent that was away reads the latest one. Agent ids are `{agent_type}-{uuid}` and
+# never equal the fixed second tokens above (execute, status, control, ...).
+AGENT_NAMESPACE_PREFIX: Final = "agent"
+AGENT_CONTROL_STREAM: Final = "AGENT_CONTROL"
+AGENT_CONTROL_PREFIX: Final = f"{CONTROL_SUBJECT_PREFIX}.agents"
+AGENT_CONTROL_SUBJECTS: Final = f"{AGENT_CONTROL_PREFIX}.>"
+AGENT_CONFIG_EVENT_TYPE: Final = "agent.config.changed"
+# Topics an agent package names (findings, subscriptions) are scoped by tenant on the wire, so
+# two tenants running the same package never read each other's findings.
+TENANT_TOPIC_PREFIX: Final = "tenant"
+
+
+def agent_namespace(agent_id: str) -> str:
+    """The subjects one agent may publish and subscribe on: `agent.<agent_id>.>`."""
+    return f"{AGENT_NAMESPACE_PREFIX}.{_token(agent_id)}.>"
+
+
+def agent_heartbeat_subject(agent_id: str) -> str:
+    return f"{AGENT_NAMESPACE_PREFIX}.{_token(agent_id)}.heartbeat"
+
+
+def agent_control_subject(agent_id: str) -> str:
+    return f"{AGENT_CONTROL_PREFIX}.{_token(agent_id)}"
+
+
+def tenant_topic(tenant_id: str, topic: str) -> str:
+    """A package's topic as one tenant's agents see it on NATS: `tenant.<tenant_id>.<topic>`."""
+    return f"{TENANT_TOPIC_PREFIX}.{_token(tenant_id)}.{topic}"
+
+
 # Process agents (agents/lifecycle.py). An agent whose processes failed for good (crash loop) or
 # changed status raises an alert in the governance stream (kept, audited). Start/stop/restart asked
 # of one replica is broadcast on the control subject so every replica's processes follow (core NATS).

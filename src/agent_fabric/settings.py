@@ -8,7 +8,7 @@ Unsafe combinations are refused at start-up rather than discovered in production
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -362,6 +362,27 @@ class TelemetrySettings(BaseSettings):
     )
 
 
+class AgentsSettings(BaseSettings):
+    """Agents the fabric manages (agents/; README "Agents")."""
+
+    model_config = _section("AGENT_FABRIC_AGENTS_")
+
+    dir: str = Field(
+        "",
+        description="Agents directories to scan for packages (folders with a .env.discovery file), separated "
+        "by ':' or ','. Empty: STATE_DIR/agents.",
+    )
+    rescan_seconds: float = Field(60.0, gt=0, description="How often the agents directories are scanned again.")
+    token_ttl_seconds: int = Field(
+        900, ge=30, le=86_400, description="Default lifetime of a one-time discovery token."
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The environment layer of every agent's configuration (JSON), between the built-in "
+        'defaults and an agent\'s stored configuration, e.g. {"log_level": "DEBUG"}.',
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it once in `cli.py` or a test and pass it down."""
 
@@ -404,6 +425,7 @@ class Settings(BaseSettings):
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    agents: AgentsSettings = Field(default_factory=AgentsSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
@@ -433,3 +455,9 @@ class Settings(BaseSettings):
     @property
     def redis_url(self) -> str | None:
         return self.redis.url.get_secret_value() if self.redis.url else None
+
+    @property
+    def agents_dirs(self) -> list[Path]:
+        """The agents directories, in order (AGENT_FABRIC_AGENTS_DIR, else STATE_DIR/agents)."""
+        parts = [p.strip() for p in self.agents.dir.replace(",", ":").split(":") if p.strip()]
+        return [Path(p) for p in parts] if parts else [self.state_dir / "agents"]

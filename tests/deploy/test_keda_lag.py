@@ -166,7 +166,13 @@ async def test_jsz_shape_matches_what_keda_decodes(tmp_path: Path) -> None:
     [account] = body["account_details"]
     assert account["name"] == "$G"
     streams = {s["name"]: s for s in account["stream_detail"]}
-    assert set(streams) == {names.TASK_STREAM, names.STATUS_STREAM, names.DEADLETTER_STREAM, names.GOVERNANCE_STREAM}
+    assert set(streams) == {
+        names.TASK_STREAM,
+        names.STATUS_STREAM,
+        names.DEADLETTER_STREAM,
+        names.GOVERNANCE_STREAM,
+        names.AGENT_CONTROL_STREAM,
+    }
     task_stream = streams[names.TASK_STREAM]
     assert task_stream["config"]["subjects"] == [names.TASK_SUBJECTS]
     assert task_stream["config"]["retention"] == "workqueue"
