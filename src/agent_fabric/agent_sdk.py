@@ -34,7 +34,7 @@ DEFAULT_HEARTBEAT_SECONDS = 30.0
 REPLY_TIMEOUT_SECONDS = 120.0
 
 
-class Failure(Exception):  # noqa: N818  (an outcome an agent returns, not a bug)
+class Failure(Exception):
     """Raise to fail the task with a code users can act on (it becomes the result's error.code)."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -43,7 +43,7 @@ class Failure(Exception):  # noqa: N818  (an outcome an agent returns, not a bug
         self.message = message
 
 
-class Cancelled(Exception):  # noqa: N818
+class Cancelled(Exception):
     """Raised by the SDK inside a handler once the fabric cancelled the task (or its timeout hit)."""
 
 
@@ -77,13 +77,14 @@ class _Wire:
         with self._lock:
             self._next_id += 1
             request_id = self._next_id
-            event, box = threading.Event(), []
+            event, box = threading.Event(), list[dict[str, Any]]()
             self._waiting[request_id] = (event, box)
         self.send({**message, "id": request_id})
         if not event.wait(timeout):
             self._waiting.pop(request_id, None)
             raise Failure("agent_protocol", f"no reply from the fabric to {message['type']} within {timeout:g} s")
-        return box[0]
+        reply: dict[str, Any] = box[0]
+        return reply
 
     def deliver_reply(self, message: dict[str, Any]) -> None:
         waiting = self._waiting.pop(int(message.get("id", -1)), None)

@@ -25,6 +25,7 @@ from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.agent_zero.fleet_manager import FleetManager, open_fleet_manager
 from agent_fabric.agent_zero.session_events import SessionEvents
 from agent_fabric.agent_zero.sessions import SessionManager
+from agent_fabric.agents.process_runtime import ProcessRuntime, open_process_runtime
 from agent_fabric.agents.services import AgentServices, open_agents
 from agent_fabric.audit.store import AuditStore
 from agent_fabric.audit.writer import AuditWriter
@@ -88,6 +89,7 @@ class Fabric:
     sessions: SessionManager
     canceller: Canceller
     agents: AgentServices
+    processes: ProcessRuntime
 
 
 @dataclass
@@ -233,6 +235,19 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         await canceller.start()
         stack.push_async_callback(canceller.shutdown)
         agents = await open_agents(stack, settings, engine, governance.docs, governance.tenants.mode_for)
+        processes = await open_process_runtime(
+            stack,
+            settings,
+            engine,
+            nc,
+            js,
+            agents,
+            governance.policies,
+            governance.audit,
+            governance.tenants,
+            drivers,
+            owner,
+        )
         await consumer.start()
         stack.push_async_callback(runner.drain_background)
         stack.push_async_callback(consumer.shutdown, settings.shutdown_grace_seconds)
@@ -274,6 +289,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             sessions=sessions,
             canceller=canceller,
             agents=agents,
+            processes=processes,
         )
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 

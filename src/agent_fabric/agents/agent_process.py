@@ -87,12 +87,12 @@ class AgentProcess:
     def uptime(self) -> float:
         return time.time() - self.started_at
 
-    async def wait_ready(self, timeout: float) -> bool:
-        """True once the process said `ready`; False if it ended or stayed silent for `timeout`."""
+    async def wait_ready(self, seconds: float) -> bool:
+        """True once the process said `ready`; False if it ended or stayed silent for `seconds`."""
         ready = asyncio.ensure_future(self._ready.wait())
         ended = asyncio.ensure_future(self._ended.wait())
         try:
-            await asyncio.wait({ready, ended}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({ready, ended}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
             ready.cancel()
             ended.cancel()

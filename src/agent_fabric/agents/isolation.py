@@ -78,8 +78,9 @@ class Sandbox:
             TMPDIR=str(self.workdir / "tmp"),
             PYTHONPATH=SDK_PATH,
             PYTHONDONTWRITEBYTECODE="1",
-            **protocol_env,
         )
+        env.update(agent.env)
+        env.update(protocol_env)
         group = None
         prelude: list[str] = []
         if self.cgroups is not None:

@@ -49,6 +49,9 @@ class LifecycleManager:
         nc: NatsClient | None,
         owner: str,
         status_hook: StatusHook | None = None,
+        *,
+        log_lines: int = 2000,
+        log_retention: float = 3600.0,
     ) -> None:
         self.isolation = isolation
         self.runs = runs
@@ -56,6 +59,8 @@ class LifecycleManager:
         self._nc = nc
         self._owner = owner
         self._status_hook = status_hook
+        self._log_lines = log_lines
+        self._log_retention = log_retention
         self.pools: dict[str, AgentPool] = {}
         self.logs: dict[str, AgentLogs] = {}
         self._sandboxes: dict[str, Sandbox] = {}
@@ -123,7 +128,7 @@ class LifecycleManager:
                 raise AgentUnavailable(pool.status, pool.reason or f"agent is {pool.status}")
             sandbox = await self.isolation.create_sandbox(agent.id, agent.isolation)
             self._sandboxes[agent.id] = sandbox
-            logs = self.logs.setdefault(agent.id, AgentLogs())
+            logs = self.logs.setdefault(agent.id, AgentLogs(self._log_lines, self._log_retention))
             pool = AgentPool(
                 agent,
                 lambda name: self._spawn_process(agent, sandbox, logs, name),

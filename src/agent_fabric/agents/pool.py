@@ -30,7 +30,7 @@ Ended = Callable[[AgentProcess, bool], Awaitable[None]]
 Failed = Callable[[str, int], Awaitable[None]]
 
 
-class AgentUnavailable(Exception):  # noqa: N818
+class AgentUnavailable(Exception):
     """The agent takes no tasks here: stopped, draining or failed (the message says which and why)."""
 
     def __init__(self, status: str, reason: str) -> None:

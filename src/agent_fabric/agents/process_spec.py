@@ -23,8 +23,11 @@ class IsolationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    level: IsolationLevel = Field("process", description="none: a plain child; process: own session, limits, "
-                                  "working directory, scrubbed environment; container: Kubernetes only.")
+    level: IsolationLevel = Field(
+        "process",
+        description="none: a plain child; process: own session, limits, "
+        "working directory, scrubbed environment; container: Kubernetes only.",
+    )
     memory_mb: int = Field(512, ge=16, le=1_048_576, description="Memory limit of each process (MiB).")
     cpu_cores: float = Field(1.0, gt=0, le=256, description="CPU share of each process, in cores.")
     max_pids: int = Field(256, ge=8, le=65_536, description="Processes and threads each agent process may have.")
@@ -76,6 +79,8 @@ class ProcessAgent:
     config: dict[str, Any] = field(default_factory=dict)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     isolation: IsolationConfig = field(default_factory=IsolationConfig)
+    env: dict[str, str] = field(default_factory=dict)  # the agent's own variables (its configuration)
+    status: str = "registered"  # in the registry when looked up
 
 
 class AgentSettingsDoc(BaseModel):

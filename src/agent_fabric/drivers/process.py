@@ -67,6 +67,10 @@ class ProcessDriver:
     async def run(self, ctx: RunContext) -> Any:
         spec = ctx.spec
         agent = await self._agent(spec)
+        if agent.status == "stopped":
+            raise TaskFailure(
+                "agent_unavailable", f"agent {agent.id} is stopped (POST /api/v1/agents/{agent.id}/start)"
+            )
         try:
             pool = await self.lifecycle.ensure_running(agent)
         except AgentUnavailable as exc:
@@ -146,7 +150,9 @@ class ProcessDriver:
         finally:
             await pool.release(proc, completed=reported)
 
-    async def _handle(self, ctx: RunContext, agent: ProcessAgent, proc: AgentProcess, message: dict[str, Any], state: Any) -> Any:
+    async def _handle(
+        self, ctx: RunContext, agent: ProcessAgent, proc: AgentProcess, message: dict[str, Any], state: Any
+    ) -> Any:
         kind = message["type"]
         if kind == "progress":
             data = message.get("data")
@@ -162,7 +168,9 @@ class ProcessDriver:
         elif kind == "usage":
             tokens, seconds, cost = (_amount(message.get(k)) for k in ("tokens", "compute_seconds", "cost_usd"))
             model = message.get("model")
-            ctx.add_usage(tokens=int(tokens), compute_seconds=seconds, cost_usd=cost, model=str(model) if model else None)
+            ctx.add_usage(
+                tokens=int(tokens), compute_seconds=seconds, cost_usd=cost, model=str(model) if model else None
+            )
         elif kind == "policy":
             await self._policy(ctx, agent, proc, message)
         else:

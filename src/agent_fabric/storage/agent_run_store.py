@@ -65,9 +65,7 @@ class AgentRunStore:
 
     async def history(self, agent_id: str, limit: int = 50) -> list[dict[str, Any]]:
         """The agent's most recent process runs, newest first."""
-        query = (
-            select(runs).where(runs.c.agent_id == agent_id).order_by(runs.c.started_at.desc()).limit(limit)
-        )
+        query = select(runs).where(runs.c.agent_id == agent_id).order_by(runs.c.started_at.desc()).limit(limit)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).mappings().all()
         items = []

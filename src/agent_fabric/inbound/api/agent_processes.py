@@ -1,0 +1,115 @@
+"""/api/v1/agents/{agent_id}/start|stop|restart and .../health|metrics|logs|runs: the processes of
+a registered agent (agents/lifecycle.py), beside the registry's own /api/v1/agents routes.
+
+Start, stop and restart act on this replica at once and are broadcast so every replica's
+processes of the agent follow. Health, metrics and logs describe this replica's processes (each
+replica runs its own); `runs` is the session history of every replica, from the database.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, status
+
+from agent_fabric.agents.registry import AgentRecord
+from agent_fabric.errors import InvalidRequest
+from agent_fabric.inbound.api.deps import ConfigEditor, ConfigViewer, FabricDep, Reader
+from agent_fabric.security.deps import tenant_scope
+from agent_fabric.security.tokens import Principal
+
+router = APIRouter(prefix="/api/v1/agents", tags=["agent processes"])
+AGENT_ID = r"^[A-Za-z0-9._:-]{1,96}$"
+
+
+async def _agent(fabric: FabricDep, principal: Principal, agent_id: str) -> AgentRecord:
+    record = await fabric.agents.registry.visible(agent_id, tenant_scope(principal, None))
+    if record.tenant_id is None:
+        raise InvalidRequest(
+            f"agent {agent_id!r} is discovered but not registered: register it first", code="agent_not_registered"
+        )
+    return record
+
+
+@router.post("/{agent_id}/start", status_code=status.HTTP_202_ACCEPTED, summary="Start the agent's processes")
+async def start(agent_id: str, fabric: FabricDep, principal: ConfigEditor) -> dict[str, Any]:
+    await _agent(fabric, principal, agent_id)
+    pool = await fabric.processes.start_agent(agent_id)
+    await fabric.processes.lifecycle.broadcast(agent_id, "start")
+    return await _health(fabric, agent_id) or {"agent_id": agent_id, "status": pool.status}
+
+
+@router.post("/{agent_id}/stop", summary="Drain and stop the agent's processes")
+async def stop(
+    agent_id: str,
+    fabric: FabricDep,
+    principal: ConfigEditor,
+    drain_timeout: Annotated[
+        float | None, Query(ge=0, le=3600, description="Seconds a running task may finish.")
+    ] = None,
+) -> dict[str, Any]:
+    """No new tasks; a running task finishes within drain_timeout; then SIGTERM, then SIGKILL."""
+    await _agent(fabric, principal, agent_id)
+    await fabric.processes.lifecycle.broadcast(agent_id, "stop")
+    await fabric.processes.stop_agent(agent_id, drain_timeout=drain_timeout)
+    record = await fabric.agents.registry.get(agent_id)
+    return {"agent_id": agent_id, "status": record.status.value if record else "stopped"}
+
+
+@router.post("/{agent_id}/restart", status_code=status.HTTP_202_ACCEPTED, summary="Drain, stop and start again")
+async def restart(agent_id: str, fabric: FabricDep, principal: ConfigEditor) -> dict[str, Any]:
+    await _agent(fabric, principal, agent_id)
+    await fabric.processes.lifecycle.broadcast(agent_id, "restart")
+    pool = await fabric.processes.start_agent(agent_id, restart=True)
+    return await _health(fabric, agent_id) or {"agent_id": agent_id, "status": pool.status}
+
+
+@router.get("/{agent_id}/health", summary="The agent's processes on this replica, with their last heartbeats")
+async def health(agent_id: str, fabric: FabricDep, principal: Reader) -> dict[str, Any]:
+    record = await _agent(fabric, principal, agent_id)
+    found = await _health(fabric, agent_id)
+    if found is None:  # nothing runs here: the registry's word
+        return {"agent_id": agent_id, "status": record.status.value, "reason": record.status_reason, "processes": []}
+    return found
+
+
+@router.get("/{agent_id}/metrics", summary="Resource use and counters of the agent's processes on this replica")
+async def metrics(agent_id: str, fabric: FabricDep, principal: Reader) -> dict[str, Any]:
+    await _agent(fabric, principal, agent_id)
+    runtime = fabric.processes
+    usage = await runtime.isolation.get_resource_usage(agent_id)
+    pool = runtime.lifecycle.pools.get(agent_id)
+    return {
+        **usage,
+        "status": pool.status if pool else None,
+        "restarts": pool.restarts if pool else 0,
+        "tasks_done": sum(p.tasks_done for p in pool.processes.values()) if pool else 0,
+    }
+
+
+@router.get("/{agent_id}/logs", summary="What the agent's processes wrote (stderr), secrets masked")
+async def logs(
+    agent_id: str,
+    fabric: FabricDep,
+    principal: ConfigViewer,
+    limit: Annotated[int, Query(ge=1, le=2000)] = 200,
+    process: Annotated[str | None, Query(max_length=160, description="One process, e.g. <agent_id>/3.")] = None,
+) -> dict[str, Any]:
+    await _agent(fabric, principal, agent_id)
+    buffer = fabric.processes.lifecycle.logs.get(agent_id)
+    return {"agent_id": agent_id, "items": buffer.tail(limit, process) if buffer else []}
+
+
+@router.get("/{agent_id}/runs", summary="Session history: every process run of the agent (all replicas)")
+async def runs(
+    agent_id: str,
+    fabric: FabricDep,
+    principal: Reader,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> dict[str, Any]:
+    await _agent(fabric, principal, agent_id)
+    return {"agent_id": agent_id, "items": await fabric.processes.lifecycle.runs.history(agent_id, limit)}
+
+
+async def _health(fabric: FabricDep, agent_id: str) -> dict[str, Any] | None:
+    return await fabric.processes.lifecycle.get_health(agent_id)
