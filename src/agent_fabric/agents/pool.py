@@ -134,8 +134,10 @@ class AgentPool:
             if proc.state == ProcState.STARTING:
                 proc.state = ProcState.IDLE
             await self._notify()
-        elif proc.alive:
-            proc.kill(f"not ready within {self.agent.runtime.ready_timeout:g} s")
+        else:
+            if proc.alive:
+                proc.kill(f"not ready within {self.agent.runtime.ready_timeout:g} s")
+            await watcher  # its failure (and backoff) counts before the next start is considered
 
     async def _watch(self, proc: AgentProcess) -> None:
         await proc.ended()

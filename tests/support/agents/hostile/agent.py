@@ -1,0 +1,60 @@
+"""A process agent that misbehaves on request, for the isolation and lifecycle tests.
+
+- `hog`: allocates memory in 16 MiB chunks until input.mb (or until the kernel stops it);
+- `spin`: burns CPU for input.seconds of wall time; returns the CPU seconds it got;
+- `environ`: returns its environment's variable names and its working directory, after writing
+  a file there;
+- `fork`: forks children that each fork, for input.seconds; returns how many forks failed;
+- `ignore_cancel`: sleeps input.seconds without ever calling the SDK (a cancel cannot reach it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from agent_fabric.agent_sdk import Failure, Task, run
+
+
+def handle(task: Task) -> Any:
+    if task.type == "hog":
+        chunks = []
+        for _ in range(int(task.input.get("mb", 4096)) // 16):
+            chunks.append(bytearray(16 * 1024 * 1024))  # touched: bytearray zero-fills its pages
+        return {"allocated_mb": 16 * len(chunks)}
+    if task.type == "spin":
+        started, cpu0 = time.monotonic(), time.process_time()
+        while time.monotonic() - started < float(task.input.get("seconds", 2)):
+            pass
+        return {"wall": time.monotonic() - started, "cpu": time.process_time() - cpu0}
+    if task.type == "environ":
+        Path("written.txt").write_text("hello")
+        return {"names": sorted(os.environ), "cwd": os.getcwd(), "home": os.environ.get("HOME")}
+    if task.type == "fork":
+        return _fork_bomb(float(task.input.get("seconds", 2)))
+    if task.type == "ignore_cancel":
+        time.sleep(float(task.input.get("seconds", 60)))
+        return {"ignored": True}
+    raise Failure("unknown_task_type", task.type)
+
+
+def _fork_bomb(seconds: float) -> dict[str, Any]:
+    deadline, refused, children = time.monotonic() + seconds, 0, 0
+    while time.monotonic() < deadline:
+        try:
+            pid = os.fork()
+        except OSError:
+            refused += 1
+            time.sleep(0.01)
+            continue
+        if pid == 0:  # a child: sleep and die, holding its slot meanwhile
+            time.sleep(seconds)
+            os._exit(0)
+        children += 1
+    return {"forked": children, "refused": refused}
+
+
+if __name__ == "__main__":
+    run(handle)
