@@ -210,7 +210,12 @@ class _Agent:
                 with self._cond:
                     self._tasks.append((message, None))
                     self._cond.notify()
-        with self._cond:  # stdin closed: the fabric is gone, nothing more will come
+        # stdin closed: the fabric is gone (killed, even). Nothing more will come, and nobody
+        # would take the current task's result: stop it at its next SDK call, then exit.
+        current = self._current
+        if current is not None:
+            current._cancelled = "the fabric went away"
+        with self._cond:
             self._stopping = True
             self._cond.notify()
 
