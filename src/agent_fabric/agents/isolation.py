@@ -29,7 +29,7 @@ import psutil
 
 from agent_fabric.agents.cgroups import CgroupManager, Group, Limits
 from agent_fabric.agents.process_spec import IsolationConfig, ProcessAgent
-from agent_fabric.errors import ConfigurationError
+from agent_fabric.errors import ConfigurationError, InvalidRequest
 
 _PASSED_THROUGH = ("LANG", "LC_ALL", "TZ")
 SDK_PATH = str(Path(__file__).resolve().parents[2])  # the directory holding the agent_fabric package
@@ -140,7 +140,7 @@ class IsolationManager:
 
     async def create_sandbox(self, agent_id: str, config: IsolationConfig) -> Sandbox:
         if config.level == "container":
-            raise ConfigurationError(
+            raise InvalidRequest(
                 "isolation level 'container' needs a container runtime (Kubernetes); this fabric runs agents "
                 "as local processes: use level 'process'",
                 code="isolation_unavailable",

@@ -1,0 +1,112 @@
+"""Isolation level `process` holds on this host (cgroup v1/v2 limits, or rlimits), shown against
+the same agent with isolation `none`: memory limit, CPU limit, fork bomb, working directory and
+a scrubbed environment. Real agent processes; SQLite and real NATS."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent_fabric.agents import cgroups
+from tests.conftest import RunningApp, new_job_id, running_app
+from tests.integration.test_process_agents import process_settings
+from tests.support.flows import new_pod, task_status
+from tests.support.process_agents import package, process_task, register
+
+SECRET_VAR = "FABRIC_TEST_DB_PASSWORD"
+
+
+@pytest.fixture
+async def app(tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RunningApp]:
+    monkeypatch.setenv(SECRET_VAR, "s3cret-value")  # in the fabric's environment, as a real secret would be
+    (tmp_path / "packages").mkdir()
+    async with running_app(process_settings(tmp_path, nats_url, None, None)) as running:
+        yield running
+
+
+async def hostile(app: RunningApp, **hints: str) -> tuple[str, str]:
+    pod = new_pod()
+    path = package(app.fabric.settings.state_dir / "packages", "hostile", **hints)
+    return await register(app, path, pod), pod
+
+
+async def run(
+    app: RunningApp, agent_id: str, pod: str, kind: str, inp: dict[str, Any], timeout: float = 60
+) -> dict[str, Any]:
+    job = new_job_id(kind)
+    body = {**process_task(job, agent_id, kind, inp), "tenant_id": pod}
+    response = await app.client.post("/api/v1/tasks", headers=app.auth(), json=body)
+    assert response.status_code == 202, response.text
+    return await task_status(app, job, {"completed", "failed", "timed_out", "rejected"}, pod, timeout=timeout)
+
+
+async def test_memory_hog_is_stopped_at_its_limit_and_fails_with_resource_limit(app: RunningApp) -> None:
+    limited, pod = await hostile(app, AGENT_MEMORY_MB="64")
+    record = await run(app, limited, pod, "hog", {"mb": 512})
+    assert record["status"] == "failed", record
+    if cgroups.detect() is not None:  # the kernel's OOM kill in the agent's control group
+        assert record["error"]["code"] == "resource_limit", record
+    else:  # rlimits: the allocation fails inside the agent
+        assert record["error"]["code"] in ("resource_limit", "agent_error"), record
+    assert (await app.client.get("/health")).status_code == 200  # the fabric never noticed
+
+    free, pod2 = await hostile(app, AGENT_ISOLATION="none")
+    unfenced = await run(app, free, pod2, "hog", {"mb": 128})
+    assert unfenced["status"] == "completed" and unfenced["result"] == {"allocated_mb": 128}
+
+
+@pytest.mark.skipif(cgroups.detect() is None, reason="CPU limits need a control group (rlimits cannot throttle)")
+async def test_cpu_spinner_is_throttled_to_its_share(app: RunningApp) -> None:
+    agent_id, pod = await hostile(app, AGENT_CPU_CORES="0.2")
+    record = await run(app, agent_id, pod, "spin", {"seconds": 2.5})
+    assert record["status"] == "completed", record
+    result = record["result"]
+    assert result["cpu"] / result["wall"] < 0.45, result  # 0.2 cores, with scheduler slack
+
+
+async def test_fork_bomb_is_contained(app: RunningApp) -> None:
+    agent_id, pod = await hostile(app, AGENT_MAX_PIDS="32")
+    record = await run(app, agent_id, pod, "fork", {"seconds": 2})
+    assert record["status"] == "completed", record
+    if cgroups.detect() is not None:
+        assert record["result"]["refused"] > 0 and record["result"]["forked"] < 32, record
+    assert (await app.client.get("/health")).status_code == 200
+
+
+async def test_working_directory_and_scrubbed_environment(app: RunningApp) -> None:
+    agent_id, pod = await hostile(app)
+    record = await run(app, agent_id, pod, "environ", {})
+    assert record["status"] == "completed", record
+    result = record["result"]
+    assert SECRET_VAR not in result["names"]
+    protocol = {n for n in result["names"] if n.startswith("AGENT_FABRIC_")}
+    assert protocol == {
+        "AGENT_FABRIC_AGENT_ID",
+        "AGENT_FABRIC_AGENT_CONFIG",
+        "AGENT_FABRIC_HEARTBEAT_SECONDS",
+        "AGENT_FABRIC_PACKAGE_DIR",
+        "AGENT_FABRIC_PROTOCOL",
+    }
+    assert {"PATH", "HOME", "TMPDIR"} <= set(result["names"])
+    workdir = Path(result["cwd"])
+    assert workdir.parent == (app.fabric.settings.state_dir / "agent-work").resolve() and result["home"] == str(workdir)
+    assert (workdir / "written.txt").read_text() == "hello"
+    stop = await app.client.post(f"/api/v1/agents/{agent_id}/stop", headers=app.auth())
+    assert stop.status_code == 200, stop.text
+    assert not workdir.exists()  # removed with the sandbox
+
+    trusted, pod2 = await hostile(app, AGENT_ISOLATION="none")
+    plain = (await run(app, trusted, pod2, "environ", {}))["result"]
+    assert SECRET_VAR in plain["names"]  # what `none` means: the fabric's own environment
+
+
+async def test_container_level_is_refused_clearly(app: RunningApp) -> None:
+    agent_id, pod = await hostile(app, AGENT_ISOLATION="container")
+    record = await run(app, agent_id, pod, "environ", {})
+    assert record["status"] == "failed" and record["error"]["code"] == "isolation_unavailable"
+    assert "container runtime" in record["error"]["message"]
+    response = await app.client.post(f"/api/v1/agents/{agent_id}/start", headers=app.auth())
+    assert response.status_code == 422 and response.json()["code"] == "isolation_unavailable"
