@@ -247,6 +247,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             governance.tenants,
             drivers,
             owner,
+            metrics,
         )
         await consumer.start()
         stack.push_async_callback(runner.drain_background)

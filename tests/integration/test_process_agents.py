@@ -314,3 +314,42 @@ async def test_cancel_and_timeout_reach_the_process(sqlite_app: RunningApp) -> N
     ended = next(r for r in runs if r["pid"] == deaf)
     assert ended["outcome"] == "stopped" and "did not stop its cancelled task" in ended["reason"]
     assert (await health(app, hostile))["status"] == "running"  # a kill after a cancel is no crash
+
+
+async def test_health_metrics_logs_and_prometheus_series_per_agent(sqlite_app: RunningApp) -> None:
+    app, pod = sqlite_app, new_pod()
+    agent_id = await register(app, package(packages(app), "hostile"), pod)
+    job = new_job_id("say")
+    line = "connecting with password=hunter2 and Authorization: Bearer abc.def-123"
+    await app.client.post(
+        "/api/v1/tasks",
+        headers=app.auth(),
+        json={**process_task(job, agent_id, "say", {"line": line}), "tenant_id": pod},
+    )
+    assert (await task_status(app, job, {"completed"}, pod, timeout=60))["result"] == {"said": True}
+
+    async def logged() -> list[dict[str, Any]]:
+        response = await app.client.get(f"/api/v1/agents/{agent_id}/logs", headers=app.auth())
+        assert response.status_code == 200, response.text
+        return [i for i in response.json()["items"] if "connecting" in i["line"]]
+
+    async with asyncio.timeout(10):
+        while not (lines := await logged()):
+            await asyncio.sleep(0.05)
+    assert "hunter2" not in lines[0]["line"] and "abc.def-123" not in lines[0]["line"]
+    assert "password=[redacted]" in lines[0]["line"] and lines[0]["stream"] == "stderr"
+
+    metrics = (await app.client.get(f"/api/v1/agents/{agent_id}/metrics", headers=app.auth())).json()
+    assert metrics["status"] == "running" and metrics["total"]["rss_bytes"] > 0 and metrics["tasks_done"] >= 1
+    assert all(p["open_files"] > 0 for p in metrics["processes"].values())
+    scrape = (await app.client.get("/metrics")).text
+    assert f'agent_fabric_agent_status{{agent_id="{agent_id}",status="running"}} 1.0' in scrape
+    assert f'agent_fabric_agent_process_tasks_total{{agent_id="{agent_id}"}} 1.0' in scrape
+    assert f'agent_fabric_agent_memory_rss_bytes{{agent_id="{agent_id}"}}' in scrape
+    assert f'agent_fabric_tasks_total{{agent_id="{agent_id}",status="completed"}} 1.0' in scrape
+
+    viewer = auth_as(app, "vic", "viewer", pod)  # logs need config:read
+    assert (await app.client.get(f"/api/v1/agents/{agent_id}/logs", headers=viewer)).status_code == 403
+    outsider = auth_as(app, "eve", "pod_admin", new_pod())
+    assert (await app.client.get(f"/api/v1/agents/{agent_id}/health", headers=outsider)).status_code == 404
+    assert (await app.client.post(f"/api/v1/agents/{agent_id}/stop", headers=outsider)).status_code == 404

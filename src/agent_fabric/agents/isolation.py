@@ -171,6 +171,10 @@ class IsolationManager:
 
     async def get_resource_usage(self, agent_id: str) -> dict[str, Any]:
         """RSS, CPU seconds and open files per process (its children included) and for the agent."""
+        return self.resource_usage(agent_id)
+
+    def resource_usage(self, agent_id: str) -> dict[str, Any]:
+        """The same, synchronously (a few /proc reads per process), for the metrics collector."""
         sandbox = self._sandboxes.get(agent_id)
         processes: dict[str, dict[str, Any]] = {}
         for name, pid in dict(sandbox.pids if sandbox else {}).items():

@@ -46,6 +46,8 @@ class AgentPool:
         self.reason: str | None = None
         self.failures = 0  # in a row
         self.restarts = 0  # processes started to replace one that failed
+        self.failures_total = 0  # every process failure, for the error-rate metric
+        self.tasks_total = 0  # tasks whose outcome a process reported
         self.processes: dict[str, AgentProcess] = {}
         self._spawn = spawn
         self._on_end = on_end
@@ -86,6 +88,7 @@ class AgentPool:
         proc.job_id = None
         if completed:
             proc.tasks_done += 1
+            self.tasks_total += 1
             self.failures = 0
         if proc.alive and proc.state == ProcState.BUSY:
             proc.state = ProcState.IDLE
@@ -154,6 +157,7 @@ class AgentPool:
 
     async def _failed(self, reason: str) -> None:
         self.failures += 1
+        self.failures_total += 1
         if self.failures >= self.agent.runtime.max_restarts:
             self.status, self.reason = "failed", f"crash loop: {self.failures} failures in a row, last: {reason}"
             await self._notify()

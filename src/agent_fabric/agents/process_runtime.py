@@ -23,12 +23,14 @@ from agent_fabric.agents.lifecycle import LifecycleManager
 from agent_fabric.agents.pool import AgentPool
 from agent_fabric.agents.process_alerts import AgentAlerts
 from agent_fabric.agents.process_directory import RegistryDirectory
+from agent_fabric.agents.process_metrics import ProcessAgentCollector
 from agent_fabric.agents.services import AgentServices
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.drivers.factory import Drivers, build_process_driver
 from agent_fabric.errors import NotFound
 from agent_fabric.settings import Settings
 from agent_fabric.storage.agent_run_store import AgentRunStore
+from agent_fabric.telemetry.metrics import FabricMetrics
 from agent_fabric.tenants import TenantRegistry
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,7 @@ async def open_process_runtime(
     tenants: TenantRegistry,
     drivers: Drivers,
     owner: str,
+    metrics: FabricMetrics,
 ) -> ProcessRuntime:
     cfg = settings.process
     manager = cgroups.detect()
@@ -95,6 +98,7 @@ async def open_process_runtime(
         log_retention=cfg.log_retention_seconds,
     )
     runtime = ProcessRuntime(lifecycle, isolation, directory)
+    metrics.registry.register(ProcessAgentCollector(lifecycle, isolation))
     await lifecycle.start(control=runtime.apply)
     stack.push_async_callback(lifecycle.shutdown, settings.shutdown_grace_seconds)
     drivers.add(build_process_driver(lifecycle, directory, policies))

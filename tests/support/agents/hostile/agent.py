@@ -5,12 +5,14 @@
 - `environ`: returns its environment's variable names and its working directory, after writing
   a file there;
 - `fork`: forks children that each fork, for input.seconds; returns how many forks failed;
-- `ignore_cancel`: sleeps input.seconds without ever calling the SDK (a cancel cannot reach it).
+- `ignore_cancel`: sleeps input.seconds without ever calling the SDK (a cancel cannot reach it);
+- `say`: prints input.line to stderr (the agent's log) and returns.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,9 @@ def handle(task: Task) -> Any:
     if task.type == "ignore_cancel":
         time.sleep(float(task.input.get("seconds", 60)))
         return {"ignored": True}
+    if task.type == "say":
+        print(task.input["line"], file=sys.stderr, flush=True)
+        return {"said": True}
     raise Failure("unknown_task_type", task.type)
 
 
