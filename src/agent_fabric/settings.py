@@ -406,6 +406,9 @@ class ProcessAgentSettings(BaseSettings):
     max_task_handoffs: int = Field(
         3, ge=0, description="Times one attempt of a task moves to a fresh process after its process died."
     )
+    idle_seconds: float = Field(
+        60.0, gt=0, description="A process idle this long while the pool holds more than min_idle is stopped."
+    )
     isolation: Literal["none", "process", "container"] = Field(
         "process", description="Default isolation level (AGENT_ISOLATION overrides per package)."
     )

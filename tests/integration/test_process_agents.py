@@ -353,3 +353,27 @@ async def test_health_metrics_logs_and_prometheus_series_per_agent(sqlite_app: R
     outsider = auth_as(app, "eve", "pod_admin", new_pod())
     assert (await app.client.get(f"/api/v1/agents/{agent_id}/health", headers=outsider)).status_code == 404
     assert (await app.client.post(f"/api/v1/agents/{agent_id}/stop", headers=outsider)).status_code == 404
+
+
+async def test_the_pool_keeps_min_idle_warm_grows_with_demand_and_shrinks_back(tmp_path: Path, nats_url: str) -> None:
+    (tmp_path / "packages").mkdir()
+    fast_idle = FAST.model_copy(update={"idle_seconds": 1.0})
+    async with running_app(process_settings(tmp_path, nats_url, None, None, process=fast_idle)) as app:
+        pod = new_pod()
+        agent_id = await register(app, package(packages(app), "echo", AGENT_MIN_IDLE="2"), pod)
+        await app.client.post(f"/api/v1/agents/{agent_id}/start", headers=app.auth())
+        warm = await wait_health(app, agent_id, lambda h: sum(p["state"] == "idle" for p in h["processes"]) == 2)
+        assert len(warm["processes"]) == 2
+        jobs = [new_job_id("burst") for _ in range(4)]
+        for job in jobs:
+            body = {**process_task(job, agent_id, "sleep", {"seconds": 2}), "tenant_id": pod}
+            assert (await app.client.post("/api/v1/tasks", headers=app.auth(), json=body)).status_code == 202
+        # Four at once: max_concurrent_tasks (4 by default) processes busy, none beyond.
+        busy = await wait_health(app, agent_id, lambda h: h["busy"] == 4, timeout=60)
+        assert len(busy["processes"]) <= 4 + 2
+        for job in jobs:
+            assert (await task_status(app, job, {"completed"}, pod, timeout=60))["status"] == "completed"
+        shrunk = await wait_health(app, agent_id, lambda h: len(h["processes"]) == 2, timeout=30)
+        assert all(p["state"] == "idle" for p in shrunk["processes"])
+        runs = (await app.client.get(f"/api/v1/agents/{agent_id}/runs", headers=app.auth())).json()["items"]
+        assert any(r["reason"] == "idle: the pool shrinks" and r["outcome"] == "stopped" for r in runs)

@@ -51,6 +51,7 @@ class AgentProcess:
         self.heartbeat: dict[str, Any] | None = None
         self.job_id: str | None = None
         self.tasks_done = 0
+        self.idle_since = time.monotonic()
         self.inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.exit_code: int | None = None
         self.end_reason: str | None = None  # why the fabric ended it (None: it exited by itself)
@@ -130,12 +131,13 @@ class AgentProcess:
     async def stop(self, drain_timeout: float, stop_timeout: float, reason: str) -> None:
         """Graceful: ask it to finish its task and exit, then SIGTERM, then SIGKILL."""
         self.expected_exit = True
+        self.end_reason = self.end_reason or reason
         if self.alive:
             self.state = ProcState.DRAINING
         await self.send({"type": "stop"})
         for sig, wait in ((None, drain_timeout), (signal.SIGTERM, stop_timeout), (signal.SIGKILL, 10.0)):
             if sig is not None:
-                self.signal(sig, reason if sig == signal.SIGKILL else None)
+                self.signal(sig)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._ended.wait()

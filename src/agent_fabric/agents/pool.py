@@ -92,6 +92,7 @@ class AgentPool:
             self.failures = 0
         if proc.alive and proc.state == ProcState.BUSY:
             proc.state = ProcState.IDLE
+            proc.idle_since = time.monotonic()
         await self._notify()
 
     async def _notify(self) -> None:
@@ -116,9 +117,26 @@ class AgentPool:
             if len(self.processes) < self.target() and delay <= 0:
                 await self._start_one()
                 continue
+            self._shrink()
+            wake = self.agent.runtime.idle_timeout / 2
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay if delay > 0 else None):
+                async with asyncio.timeout(min(delay, wake) if delay > 0 else wake):
                     await self._changed.wait()
+
+    def _shrink(self) -> None:
+        """Stop processes idle past idle_timeout while the pool holds more than it needs."""
+        surplus = len(self.processes) - self.target()
+        cutoff = time.monotonic() - self.agent.runtime.idle_timeout
+        for proc in sorted(self.processes.values(), key=lambda p: p.idle_since):
+            if surplus <= 0:
+                return
+            if proc.state == ProcState.IDLE and proc.idle_since < cutoff:
+                proc.state = ProcState.DRAINING  # no task is given to it any more
+                grace = self.agent.runtime.stop_timeout
+                stopping = asyncio.create_task(proc.stop(grace, grace, "idle: the pool shrinks"))
+                self._watchers.add(stopping)
+                stopping.add_done_callback(self._watchers.discard)
+                surplus -= 1
 
     async def _start_one(self) -> None:
         self._serial += 1
@@ -136,6 +154,7 @@ class AgentPool:
         if await proc.wait_ready(self.agent.runtime.ready_timeout):
             if proc.state == ProcState.STARTING:
                 proc.state = ProcState.IDLE
+                proc.idle_since = time.monotonic()
             await self._notify()
         else:
             if proc.alive:

@@ -61,6 +61,7 @@ class RegistryDirectory:
                 backoff_base=cfg.backoff_base_seconds,
                 backoff_max=cfg.backoff_max_seconds,
                 max_task_handoffs=cfg.max_task_handoffs,
+                idle_timeout=cfg.idle_seconds,
             )
             egress = str(hints.get("AGENT_NETWORK_EGRESS", ""))
             isolation = IsolationConfig(

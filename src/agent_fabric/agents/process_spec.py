@@ -55,6 +55,9 @@ class RuntimeConfig(BaseModel):
     max_restarts: int = Field(5, ge=1, le=1000, description="Failures in a row before the agent stays `failed`.")
     backoff_base: float = Field(0.5, ge=0, le=600, description="First restart delay; doubles on each failure.")
     backoff_max: float = Field(60.0, ge=0, le=3600, description="Longest restart delay.")
+    idle_timeout: float = Field(
+        60.0, gt=0, le=86_400, description="A process idle this long beyond min_idle is stopped (the pool shrinks)."
+    )
     max_task_handoffs: int = Field(
         3, ge=0, le=100, description="Times one attempt of a task moves to a fresh process after its process died."
     )
