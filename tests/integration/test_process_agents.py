@@ -366,13 +366,15 @@ async def test_the_pool_keeps_min_idle_warm_grows_with_demand_and_shrinks_back(t
         assert len(warm["processes"]) == 2
         jobs = [new_job_id("burst") for _ in range(4)]
         for job in jobs:
-            body = {**process_task(job, agent_id, "sleep", {"seconds": 2}), "tenant_id": pod}
+            body = {**process_task(job, agent_id, "sleep", {"seconds": 120}), "tenant_id": pod}
             assert (await app.client.post("/api/v1/tasks", headers=app.auth(), json=body)).status_code == 202
         # Four at once: max_concurrent_tasks (4 by default) processes busy, none beyond.
-        busy = await wait_health(app, agent_id, lambda h: h["busy"] == 4, timeout=60)
-        assert len(busy["processes"]) <= 4 + 2
+        busy = await wait_health(app, agent_id, lambda h: h["busy"] == 4, timeout=90)
+        assert len(busy["processes"]) == 4
+        for job in jobs:  # done with them: the agent stops each at once
+            await app.client.post(f"/api/v1/tasks/{job}/cancel?tenant_id={pod}", headers=app.auth())
         for job in jobs:
-            assert (await task_status(app, job, {"completed"}, pod, timeout=60))["status"] == "completed"
+            assert (await task_status(app, job, {"cancelled"}, pod, timeout=60))["status"] == "cancelled"
         shrunk = await wait_health(app, agent_id, lambda h: len(h["processes"]) == 2, timeout=30)
         assert all(p["state"] == "idle" for p in shrunk["processes"])
         runs = (await app.client.get(f"/api/v1/agents/{agent_id}/runs", headers=app.auth())).json()["items"]

@@ -13,6 +13,7 @@ Where each knob comes from:
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,6 +25,7 @@ from agent_fabric.agents.states import AgentStatus
 from agent_fabric.errors import Conflict, InvalidRequest
 from agent_fabric.settings import ProcessAgentSettings
 
+CACHE_SECONDS = 1.0
 RUNNABLE = frozenset({AgentStatus.REGISTERED, AgentStatus.RUNNING, AgentStatus.FAILED, AgentStatus.STOPPED})
 
 
@@ -32,15 +34,26 @@ class RegistryDirectory:
         self.registry = registry
         self._configs = configs
         self._cfg = cfg
+        self._cache: dict[str, tuple[float, ProcessAgent | None]] = {}
 
     async def process_agent(self, agent_id: str) -> ProcessAgent | None:
-        """The agent if it is registered (bound to a tenant) with a package the fabric can start."""
+        """The agent if it is registered (bound to a tenant) with a package the fabric can start.
+        Answers are reused for CACHE_SECONDS: two database reads per task would cost more than the
+        task itself on a busy agent, and a status change is seen that much later at most."""
+        cached = self._cache.get(agent_id)
+        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
+            return cached[1]
         record = await self.registry.get(agent_id)
-        if record is None or record.tenant_id is None or record.runtime != "process":
-            return None
-        if record.package_path is None or record.status not in RUNNABLE:
-            return None
-        return await self.build(record)
+        agent = None
+        runnable = record is not None and record.tenant_id is not None and record.runtime == "process"
+        if record is not None and runnable and record.package_path is not None and record.status in RUNNABLE:
+            agent = await self.build(record)
+        self._cache[agent_id] = (time.monotonic(), agent)
+        return agent
+
+    def forget(self, agent_id: str) -> None:
+        """Read the agent afresh next time (its status or configuration just changed here)."""
+        self._cache.pop(agent_id, None)
 
     async def build(self, record: AgentRecord) -> ProcessAgent:
         effective = (await self._configs.effective(record)).values
@@ -94,6 +107,7 @@ class RegistryDirectory:
 
     async def set_status(self, agent_id: str, status: str, reason: str) -> None:
         """Record a lifecycle move in the registry; a move it has already made is not an error."""
+        self.forget(agent_id)
         record = await self.registry.get(agent_id)
         if record is None or record.status == status:
             return

@@ -44,6 +44,7 @@ class ProcessRuntime:
 
     async def start_agent(self, agent_id: str, *, restart: bool = False) -> AgentPool:
         """Start (or restart) the agent's processes here; NotFound if it is not a runnable process agent."""
+        self.directory.forget(agent_id)
         agent = await self.directory.process_agent(agent_id)
         if agent is None:
             raise NotFound(f"no registered process agent {agent_id!r}", code="agent_not_found")
