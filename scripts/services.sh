@@ -48,6 +48,13 @@ if $local_redis && ! port_open 127.0.0.1 6379; then
   wait_port 127.0.0.1 6379 || { echo "services: Redis did not start" >&2; exit 1; }
 fi
 
+# Process agents' egress allowlist runs them in a network namespace through bubblewrap (README
+# "Process agents"); without it the egress tests are skipped and egress is not enforced.
+if ! command -v bwrap >/dev/null; then
+  echo "services: installing bubblewrap (network sandbox of process agents)"
+  apt_install bubblewrap || echo "services: bubblewrap could not be installed; egress tests will be skipped" >&2
+fi
+
 # Whatever the address, say plainly if a service is still not there.
 pg_host=$(sed -E 's|.*@([^:/]+):([0-9]+)/.*|\1|' <<<"$PG_DSN"); pg_port=$(sed -E 's|.*@([^:/]+):([0-9]+)/.*|\2|' <<<"$PG_DSN")
 redis_host=$(sed -E 's|redis://([^:/@]*@)?([^:/]+):([0-9]+).*|\2|' <<<"$REDIS_URL"); redis_port=$(sed -E 's|redis://([^:/@]*@)?([^:/]+):([0-9]+).*|\3|' <<<"$REDIS_URL")

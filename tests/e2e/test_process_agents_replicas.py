@@ -6,7 +6,6 @@ and two replicas share one agent's tasks."""
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator
@@ -28,6 +27,7 @@ from agent_fabric.storage.engine import create_engine
 from agent_fabric.storage.tables import checkpoints, tasks
 from tests.e2e.test_cancel_replicas import running_on
 from tests.e2e.test_governance_replicas import ADMIN, start, status_of, stop
+from tests.integration.test_process_agents import alive
 from tests.support.flows import collect, for_job
 from tests.support.process_agents import package, process_task
 from tests.support.serve import ServeProcess
@@ -89,14 +89,6 @@ async def busy_pid(client: httpx.AsyncClient, server: ServeProcess, agent_id: st
                 if proc["job_id"] == job:
                     return int(proc["pid"])
             await asyncio.sleep(0.1)
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 async def test_kill_9_of_the_fabric_with_its_agent_busy_resumes_on_the_other_replica(

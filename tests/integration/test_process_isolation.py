@@ -4,6 +4,8 @@ a scrubbed environment. Real agent processes; SQLite and real NATS."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -96,7 +98,7 @@ async def test_working_directory_and_scrubbed_environment(app: RunningApp) -> No
     assert (workdir / "written.txt").read_text() == "hello"
     stop = await app.client.post(f"/api/v1/agents/{agent_id}/stop", headers=app.auth())
     assert stop.status_code == 200, stop.text
-    assert not workdir.exists()  # removed with the sandbox
+    assert not await asyncio.to_thread(workdir.exists)  # removed with the sandbox
 
     trusted, pod2 = await hostile(app, AGENT_ISOLATION="none")
     plain = (await run(app, trusted, pod2, "environ", {}))["result"]
@@ -110,3 +112,62 @@ async def test_container_level_is_refused_clearly(app: RunningApp) -> None:
     assert "container runtime" in record["error"]["message"]
     response = await app.client.post(f"/api/v1/agents/{agent_id}/start", headers=app.auth())
     assert response.status_code == 422 and response.json()["code"] == "isolation_unavailable"
+
+
+class _Site:
+    """A real HTTP server on 127.0.0.1 answering its own name, for the egress tests."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> _Site:
+        async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            body = self.name.encode()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+            writer.close()
+
+        self.server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="egress enforcement needs bubblewrap (scripts/services.sh)")
+async def test_egress_allowlist_is_enforced_and_cannot_be_bypassed(app: RunningApp) -> None:
+    async with _Site("allowed-site") as allowed, _Site("denied-site") as denied:
+        agent_id, pod = await hostile(app, AGENT_NETWORK_EGRESS=f"127.0.0.1:{allowed.port}")
+        ok = (await run(app, agent_id, pod, "fetch", {"url": f"http://127.0.0.1:{allowed.port}/"}))["result"]
+        assert ok == {"status": 200, "body": "allowed-site"}
+        refused = (await run(app, agent_id, pod, "fetch", {"url": f"http://127.0.0.1:{denied.port}/"}))["result"]
+        assert refused["status"] == 403 and "not in the agent's network_egress" in refused["body"]
+        direct = await run(app, agent_id, pod, "fetch", {"url": f"http://127.0.0.1:{allowed.port}/", "direct": True})
+        assert "error" in direct["result"], direct  # its own network namespace: nothing out there
+
+        # The tenant's url: policy rules apply on top of the list.
+        response = await app.client.put(
+            f"/api/v1/policies/{pod}-no-secrets",
+            headers=app.auth(),
+            json={
+                "scope": {"tenant_id": pod},
+                "rules": [{"action_pattern": f"url:http://127.0.0.1:{allowed.port}/secret*", "effect": "deny"}],
+            },
+        )
+        assert response.status_code in (200, 201), response.text
+        secret = (await run(app, agent_id, pod, "fetch", {"url": f"http://127.0.0.1:{allowed.port}/secret"}))["result"]
+        assert secret["status"] == 403 and "deny" in secret["body"]
+
+    await app.fabric.governance.audit.flush()
+    trail = (
+        await app.client.get("/api/v1/audit", headers=app.auth(), params={"action": "agent.egress", "tenant_id": pod})
+    ).json()["items"]
+    decisions = {
+        (e["request"]["port"], e["request"]["url"].endswith("/secret"), e["response"]["allowed"]) for e in trail
+    }
+    assert decisions == {(allowed.port, False, True), (denied.port, False, False), (allowed.port, True, False)}

@@ -44,7 +44,8 @@ class AgentProcess:
         self.launch = launch
         self.logs = logs
         self.state = ProcState.STARTING
-        self.pid: int | None = None
+        self.pid: int | None = None  # what the fabric started (a launcher or bubblewrap): signals go to its group
+        self.agent_pid: int | None = None  # the agent's own pid, from its `ready`
         self.started_at = time.time()
         self.ready_at: float | None = None
         self.last_heartbeat: float | None = None
@@ -169,6 +170,8 @@ class AgentProcess:
             self.last_heartbeat = time.monotonic()
             self.heartbeat = {k: message.get(k) for k in ("agent_id", "status", "timestamp", "uptime")}
         elif kind == "ready":
+            pid = message.get("pid")
+            self.agent_pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None
             self.last_heartbeat = time.monotonic()
             self.ready_at = time.time()
             self._ready.set()
@@ -194,6 +197,8 @@ class AgentProcess:
     async def _watch_exit(self) -> None:
         assert self._proc is not None
         self.exit_code = await self._proc.wait()
+        if self.launch.netns and self.exit_code > 128:  # bubblewrap reports a signal as 128 + n
+            self.exit_code = 128 - self.exit_code
         # Let the readers take what the pipes still hold (a checkpoint written just before dying).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):

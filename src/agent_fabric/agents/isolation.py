@@ -20,6 +20,7 @@ import os
 import shlex
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,13 @@ import orjson
 import psutil
 
 from agent_fabric.agents.cgroups import CgroupManager, Group, Limits
+from agent_fabric.agents.egress_gate import EgressGate
+from agent_fabric.agents.egress_proxy import EgressProxy
 from agent_fabric.agents.process_spec import IsolationConfig, ProcessAgent
 from agent_fabric.errors import ConfigurationError, InvalidRequest
 
 _PASSED_THROUGH = ("LANG", "LC_ALL", "TZ")
+BRIDGE_PORT = 3128  # inside each agent's own network namespace: never a clash
 SDK_PATH = str(Path(__file__).resolve().parents[2])  # the directory holding the agent_fabric package
 
 
@@ -44,6 +48,7 @@ class Launch:
     env: dict[str, str]
     group: Group | None
     new_session: bool
+    netns: bool = False  # in bubblewrap's network namespace: exit codes over 128 are signals
 
 
 @dataclass
@@ -55,6 +60,8 @@ class Sandbox:
     cgroups: CgroupManager | None
     groups: dict[str, Group] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
+    proxy: EgressProxy | None = None  # the only way out of its network namespace (None: no namespace)
+    bwrap: str | None = None
 
     def launch(self, agent: ProcessAgent, name: str, heartbeat_interval: float) -> Launch:
         """Prepare process `name` of the agent (its control group, if any) and say how to start it."""
@@ -92,9 +99,21 @@ class Sandbox:
                 f"ulimit -v {self.config.memory_mb * 1024}",
                 f"ulimit -u {self.config.max_pids} 2>/dev/null || true",
             ]
+        if self.proxy is not None and self.bwrap is not None:
+            proxy_url = f"http://127.0.0.1:{BRIDGE_PORT}"
+            env.update(HTTP_PROXY=proxy_url, HTTPS_PROXY=proxy_url, http_proxy=proxy_url, https_proxy=proxy_url)
+            env.update(NO_PROXY="", no_proxy="")
+            command = [
+                *(self.bwrap, "--unshare-net", "--die-with-parent", "--dev-bind", "/", "/"),
+                *("--chdir", str(self.workdir), "--"),
+                *(sys.executable, "-m", "agent_fabric.agents.egress_bridge", str(self.proxy.path), str(BRIDGE_PORT)),
+                "--",
+                *command,
+            ]
         # A shell enters the limits, then becomes the agent (exec): nothing runs outside them.
         script = " && ".join([*prelude, 'exec "$@"'])
-        return Launch(["/bin/sh", "-c", script, "agent-launch", *command], self.workdir, env, group, new_session=True)
+        argv = ["/bin/sh", "-c", script, "agent-launch", *command]
+        return Launch(argv, self.workdir, env, group, new_session=True, netns=self.proxy is not None)
 
     def started(self, name: str, pid: int) -> None:
         self.pids[name] = pid
@@ -126,19 +145,34 @@ def _limits(config: IsolationConfig) -> Limits:
 
 
 class IsolationManager:
-    def __init__(self, default_root: Path, cgroups: CgroupManager | None) -> None:
+    def __init__(
+        self,
+        default_root: Path,
+        cgroups: CgroupManager | None,
+        egress: EgressGate | None = None,
+        bwrap: str | None = None,
+    ) -> None:
         self._root = default_root
         self._cgroups = cgroups
+        self._egress = egress
+        self._bwrap = bwrap if egress is not None else None
+        self._sockets = Path(tempfile.mkdtemp(prefix="af-egress-")) if self._bwrap else None  # short: 108-byte limit
         self._sandboxes: dict[str, Sandbox] = {}
+        self._serial = 0
 
     @property
     def enforcement(self) -> str:
         """What `process` isolation enforces on this host (README "Isolation")."""
-        if self._cgroups is not None:
-            return f"{self._cgroups.description}: memory, cpu and pids limits"
-        return "rlimits: address-space limit and RLIMIT_NPROC (not for root); no CPU limit"
+        limits = (
+            f"{self._cgroups.description}: memory, cpu and pids limits"
+            if self._cgroups is not None
+            else "rlimits: address-space limit and RLIMIT_NPROC (not for root); no CPU limit"
+        )
+        if self._bwrap is None:
+            return f"{limits}; network not isolated (bubblewrap missing): egress allowlist NOT enforced"
+        return f"{limits}; network namespace (bubblewrap), egress only through the fabric's allowlist proxy"
 
-    async def create_sandbox(self, agent_id: str, config: IsolationConfig) -> Sandbox:
+    async def create_sandbox(self, agent_id: str, config: IsolationConfig, *, tenant_id: str = "default") -> Sandbox:
         if config.level == "container":
             raise InvalidRequest(
                 "isolation level 'container' needs a container runtime (Kubernetes); this fabric runs agents "
@@ -156,6 +190,14 @@ class IsolationManager:
             self.enforcement if config.level == "process" else "none",
             self._cgroups if config.level == "process" else None,
         )
+        if existing is not None:
+            await self.destroy_sandbox(agent_id)
+        if config.level == "process" and self._egress is not None and self._sockets is not None:
+            self._serial += 1
+            decide = self._egress.for_agent(agent_id, tenant_id, list(config.network_egress))
+            sandbox.proxy = EgressProxy(self._sockets / f"{self._serial}.sock", decide)
+            sandbox.bwrap = self._bwrap
+            await sandbox.proxy.start()
         self._sandboxes[agent_id] = sandbox
         return sandbox
 
@@ -166,6 +208,8 @@ class IsolationManager:
             return
         for name in list(sandbox.groups):
             sandbox.finished(name)
+        if sandbox.proxy is not None:
+            await sandbox.proxy.aclose()
         if sandbox.config.level == "process":
             shutil.rmtree(sandbox.workdir, ignore_errors=True)
 

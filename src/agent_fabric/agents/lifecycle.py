@@ -126,7 +126,7 @@ class LifecycleManager:
                 return pool
             if pool is not None and not restart:
                 raise AgentUnavailable(pool.status, pool.reason or f"agent is {pool.status}")
-            sandbox = await self.isolation.create_sandbox(agent.id, agent.isolation)
+            sandbox = await self.isolation.create_sandbox(agent.id, agent.isolation, tenant_id=agent.tenant_id)
             self._sandboxes[agent.id] = sandbox
             logs = self.logs.setdefault(agent.id, AgentLogs(self._log_lines, self._log_retention))
             pool = AgentPool(
@@ -176,6 +176,7 @@ class LifecycleManager:
         try:
             await self.runs.ended(
                 run_id,
+                pid=proc.agent_pid,
                 ready_at=proc.ready_at,
                 exit_code=proc.exit_code,
                 outcome="failed" if failed else "stopped",
@@ -249,7 +250,7 @@ def _process_health(proc: AgentProcess) -> dict[str, Any]:
     loop_now = time.monotonic()
     return {
         "name": proc.name,
-        "pid": proc.pid,
+        "pid": proc.agent_pid or proc.pid,
         "state": proc.state.value,
         "uptime": round(proc.uptime, 3),
         "job_id": proc.job_id,

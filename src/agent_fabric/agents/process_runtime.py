@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.admission.policy import PolicyEngine
 from agent_fabric.agents import cgroups
+from agent_fabric.agents.egress_gate import EgressGate
 from agent_fabric.agents.isolation import IsolationManager
 from agent_fabric.agents.lifecycle import LifecycleManager
 from agent_fabric.agents.pool import AgentPool
@@ -85,7 +87,8 @@ async def open_process_runtime(
     cfg = settings.process
     manager = cgroups.detect()
     root = Path(cfg.work_dir) if cfg.work_dir else settings.state_dir / "agent-work"
-    isolation = IsolationManager(root.resolve(), manager)
+    gate = EgressGate(policies, audit, tenants)
+    isolation = IsolationManager(root.resolve(), manager, gate, shutil.which("bwrap"))
     log.info("process agents isolation", extra={"enforcement": isolation.enforcement})
     directory = RegistryDirectory(agents.registry, agents.configs, cfg)
     lifecycle = LifecycleManager(

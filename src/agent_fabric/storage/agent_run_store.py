@@ -43,6 +43,7 @@ class AgentRunStore:
         self,
         run_id: str,
         *,
+        pid: int | None = None,
         ready_at: float | None,
         exit_code: int | None,
         outcome: str,
@@ -54,6 +55,7 @@ class AgentRunStore:
                 update(runs)
                 .where(runs.c.run_id == run_id)
                 .values(
+                    **({"pid": pid} if pid is not None else {}),  # the agent's own pid, once it said
                     ready_at=_at(ready_at),
                     ended_at=datetime.now(UTC),
                     exit_code=exit_code,

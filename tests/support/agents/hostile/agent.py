@@ -6,7 +6,8 @@
   a file there;
 - `fork`: forks children that each fork, for input.seconds; returns how many forks failed;
 - `ignore_cancel`: sleeps input.seconds without ever calling the SDK (a cancel cannot reach it);
-- `say`: prints input.line to stderr (the agent's log) and returns.
+- `say`: prints input.line to stderr (the agent's log) and returns;
+- `fetch`: GETs input.url through the proxy the environment names (input.direct: around it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +42,24 @@ def handle(task: Task) -> Any:
     if task.type == "ignore_cancel":
         time.sleep(float(task.input.get("seconds", 60)))
         return {"ignored": True}
+    if task.type == "fetch":
+        return _fetch(str(task.input["url"]), bool(task.input.get("direct")))
     if task.type == "say":
         print(task.input["line"], file=sys.stderr, flush=True)
         return {"said": True}
     raise Failure("unknown_task_type", task.type)
+
+
+def _fetch(url: str, direct: bool) -> dict[str, Any]:
+    handlers = [urllib.request.ProxyHandler({})] if direct else []  # {}: no proxy at all
+    opener = urllib.request.build_opener(*handlers)
+    try:
+        with opener.open(url, timeout=5) as response:
+            return {"status": response.status, "body": response.read().decode()}
+    except urllib.error.HTTPError as exc:
+        return {"status": exc.code, "body": exc.read().decode(errors="replace")}
+    except OSError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _fork_bomb(seconds: float) -> dict[str, Any]:
