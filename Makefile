@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python scripts/bench/agent_proxy.py
 	$(BIN)/python scripts/bench/ws_relay.py
 	$(BIN)/python scripts/bench/scheduling.py
+	$(BIN)/python scripts/bench/process_agents.py
 
 ## Integration suite against docker-compose.test.yml (machines with a Docker engine).
 compose-test: install

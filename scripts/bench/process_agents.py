@@ -4,7 +4,8 @@
 
 1. cold spawn: start the example echo agent (examples/agents/echo) `--spawns` times, one after the
    other, and time process creation to its `ready` line; with isolation `process` (control group,
-   scrubbed environment, working directory) and `none`.
+   scrubbed environment, working directory, and with bubblewrap installed the network namespace
+   and the egress relay) and `none`.
 2. warm start: a pool with min_idle warm processes; `--starts` echo tasks one at a time through
    the process driver: acquire an idle process, send the task, read the result. The round trip
    bounds the task start from above.
@@ -69,8 +70,19 @@ def echo_agent(level: str, min_idle: int = 0) -> ProcessAgent:
     )
 
 
+class _OpenGate:
+    """Egress decisions for the benchmark: everything passes (no request is made anyway)."""
+
+    def for_agent(self, agent_id: str, tenant_id: str, allowlist: list[str]) -> Any:
+        async def decide(scheme: str, host: str, port: int, url: str) -> tuple[bool, str]:
+            return True, "benchmark"
+
+        return decide
+
+
 async def cold_spawns(tmp: Path, level: str, n: int) -> list[float]:
-    isolation = IsolationManager(tmp / "work", cgroups.detect())
+    bwrap = shutil.which("bwrap")
+    isolation = IsolationManager(tmp / "work", cgroups.detect(), _OpenGate() if bwrap else None, bwrap)  # type: ignore[arg-type]
     agent = echo_agent(level)
     sandbox = await isolation.create_sandbox(agent.id, agent.isolation)
     times = []

@@ -112,6 +112,12 @@ async def test_container_level_is_refused_clearly(app: RunningApp) -> None:
     assert "container runtime" in record["error"]["message"]
     response = await app.client.post(f"/api/v1/agents/{agent_id}/start", headers=app.auth())
     assert response.status_code == 422 and response.json()["code"] == "isolation_unavailable"
+    manifests = await app.client.get(
+        f"/api/v1/agents/{agent_id}/kubernetes", headers=app.auth(), params={"image": "registry.example/hostile:1"}
+    )
+    assert manifests.status_code == 200, manifests.text
+    kinds = [m["kind"] for m in manifests.json()["items"]]
+    assert kinds == ["Deployment", "NetworkPolicy"]
 
 
 class _Site:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, status
 
+from agent_fabric.agents.pod_spec import agent_manifests
 from agent_fabric.agents.registry import AgentRecord
 from agent_fabric.errors import InvalidRequest
 from agent_fabric.inbound.api.deps import ConfigEditor, ConfigViewer, FabricDep, Reader
@@ -109,6 +110,22 @@ async def runs(
 ) -> dict[str, Any]:
     await _agent(fabric, principal, agent_id)
     return {"agent_id": agent_id, "items": await fabric.processes.lifecycle.runs.history(agent_id, limit)}
+
+
+@router.get("/{agent_id}/kubernetes", summary="Deployment and NetworkPolicy of the agent at isolation 'container'")
+async def kubernetes(
+    agent_id: str,
+    fabric: FabricDep,
+    principal: ConfigViewer,
+    image: Annotated[str, Query(min_length=1, max_length=512, description="The agent's container image.")],
+    namespace: Annotated[str, Query(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")] = "agents",
+) -> dict[str, Any]:
+    """For Kubernetes operators: the fabric does not apply them (see README "Process agents")."""
+    record = await _agent(fabric, principal, agent_id)
+    if record.runtime != "process" or record.package_path is None:
+        raise InvalidRequest(f"agent {agent_id!r} has no package to run", code="not_a_process_agent")
+    agent = await fabric.processes.directory.build(record)
+    return {"agent_id": agent_id, "items": agent_manifests(agent, image=image, namespace=namespace)}
 
 
 async def _health(fabric: FabricDep, agent_id: str) -> dict[str, Any] | None:
