@@ -219,17 +219,18 @@ async def test_a_crash_loop_stops_and_the_agent_stays_failed_with_an_alert(sqlit
         response = await app.client.post(f"/api/v1/agents/{agent_id}/start", headers=app.auth())
         assert response.status_code == 202, response.text
         failed = await wait_health(app, agent_id, lambda h: h["status"] == "failed")
-        await until(lambda: alerts, what="the alert event")
+        await until(lambda: [a for a in alerts if a["data"]["status"] == "failed"], what="the alert event")
     assert "crash loop: 3 failures in a row" in failed["reason"] and "exited with code 3" in failed["reason"]
-    assert alerts[0]["type"] == "agent.alerts.agents" and alerts[0]["data"]["agent_id"] == agent_id
-    assert alerts[0]["data"]["status"] == "failed"
+    assert [a["data"]["status"] for a in alerts] == ["running", "failed"]
+    assert alerts[1]["type"] == "agent.alerts.agents" and alerts[1]["data"]["agent_id"] == agent_id
+    assert alerts[1]["data"]["failures"] == 3 and alerts[1]["data"]["reason"] == failed["reason"]
     await asyncio.sleep(0.5)  # no further starts once failed
     runs = (await app.client.get(f"/api/v1/agents/{agent_id}/runs", headers=app.auth())).json()["items"]
     assert len(runs) == 3 and all(r["exit_code"] == 3 and r["outcome"] == "failed" for r in runs)
     record = await app.fabric.agents.registry.get(agent_id)
     assert record is not None and record.status.value == "failed" and "crash loop" in (record.status_reason or "")
-    trail = await audit(app, action="agent.failed", tenant_id=pod)
-    assert trail and trail[0]["request"]["agent_id"] == agent_id
+    trail = await audit(app, action="agent.alert", tenant_id=pod)
+    assert sorted(e["request"]["status"] for e in trail) == ["failed", "running"]
     logs = (await app.client.get(f"/api/v1/agents/{agent_id}/logs", headers=app.auth())).json()["items"]
     assert any("refusing to start" in line["line"] for line in logs)
 

@@ -188,10 +188,11 @@ class LifecycleManager:
 
     async def _crash_loop(self, agent: ProcessAgent, reason: str, failures: int) -> None:
         log.error("agent failed: crash loop", extra={"agent_id": agent.id, "reason": reason})
-        await self._status(agent, "failed", reason)
-        await self._alerts.raise_alert(agent.id, agent.tenant_id, "failed", reason, failures=failures)
+        await self._status(agent, "failed", reason, failures=failures)
 
-    async def _status(self, agent: ProcessAgent, status: str, reason: str) -> None:
+    async def _status(self, agent: ProcessAgent, status: str, reason: str, **detail: Any) -> None:
+        """A status change of the agent here: into the registry, and out as an alert (audited)."""
+        await self._alerts.raise_alert(agent.id, agent.tenant_id, status, reason, **detail)
         if self._status_hook is None:
             return
         try:

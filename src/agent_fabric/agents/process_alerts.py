@@ -1,6 +1,6 @@
 """Alert events about process agents: a CloudEvent on agent.alerts.agents (stream AGENT_GOVERNANCE,
-so a subscriber that was away still gets it) and an audit entry, for every status change the
-operators must hear about (an agent that failed for good, one that stopped, one started again)."""
+so a subscriber that was away still gets it) and an `agent.alert` audit entry, for every status
+change of an agent's processes on a replica (started, stopped, failed for good after a crash loop)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class AgentAlerts:
             **detail,
         }
         self._audit.record(
-            AuditEntry(f"agent.{status}", "fabric", tenant_id, self._tenants.mode_for(tenant_id), request=data)
+            AuditEntry("agent.alert", "fabric", tenant_id, self._tenants.mode_for(tenant_id), request=data)
         )
         event_id = uuid.uuid4().hex
         body = fabric_event(names.AGENT_ALERT_EVENT_TYPE, data, subject=f"{tenant_id}/{agent_id}", event_id=event_id)
