@@ -108,6 +108,12 @@ class CgroupManager:
     def description(self) -> str:
         return f"cgroup v{self.version} ({', '.join(str(b) for b in self._bases)})"
 
+    def remove_agent(self, agent_id: str) -> None:
+        """Remove the agent's own directories (its process groups are gone by now)."""
+        for base in self._bases:
+            with contextlib.suppress(OSError):
+                (base / _SAFE.sub("_", agent_id)).rmdir()
+
     def create(self, agent_id: str, name: str, limits: Limits) -> Group:
         dirs = []
         for base in self._bases:

@@ -210,8 +210,17 @@ class IsolationManager:
             sandbox.finished(name)
         if sandbox.proxy is not None:
             await sandbox.proxy.aclose()
+        if sandbox.cgroups is not None:
+            sandbox.cgroups.remove_agent(agent_id)
         if sandbox.config.level == "process":
             shutil.rmtree(sandbox.workdir, ignore_errors=True)
+
+    async def aclose(self) -> None:
+        """Destroy every sandbox left and the directory of the egress sockets."""
+        for agent_id in list(self._sandboxes):
+            await self.destroy_sandbox(agent_id)
+        if self._sockets is not None:
+            shutil.rmtree(self._sockets, ignore_errors=True)
 
     async def get_resource_usage(self, agent_id: str) -> dict[str, Any]:
         """RSS, CPU seconds and open files per process (its children included) and for the agent."""

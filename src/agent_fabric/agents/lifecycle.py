@@ -242,9 +242,8 @@ class LifecycleManager:
         await asyncio.gather(
             *(p.stop("fabric shutting down", drain_timeout=drain_timeout) for p in pools), return_exceptions=True
         )
-        for agent_id in list(self._sandboxes):
-            await self.isolation.destroy_sandbox(agent_id)
         self._sandboxes.clear()
+        await self.isolation.aclose()
 
 
 def _process_health(proc: AgentProcess) -> dict[str, Any]:

@@ -203,9 +203,15 @@ class AgentPool:
         self.status, self.reason = "stopping", reason
         await self._notify()
         if self._maintainer is not None:
-            self._maintainer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintainer
+            # Let a start in progress finish (its process is then stopped with the others): a
+            # cancelled start could leave a process nobody tracks.
+            try:
+                async with asyncio.timeout(self.agent.runtime.ready_timeout + 5):
+                    await asyncio.shield(self._maintainer)
+            except TimeoutError:
+                self._maintainer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._maintainer
             self._maintainer = None
         runtime = self.agent.runtime
         drain = runtime.drain_timeout if drain_timeout is None else drain_timeout
