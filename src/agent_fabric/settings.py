@@ -409,6 +409,10 @@ class ProcessAgentSettings(BaseSettings):
     idle_seconds: float = Field(
         60.0, gt=0, description="A process idle this long while the pool holds more than min_idle is stopped."
     )
+    alert_errors: int = Field(
+        5, ge=1, description="Failed processes or tasks of one agent within alert_window_seconds that raise an alert."
+    )
+    alert_window_seconds: float = Field(60.0, gt=0, description="The error-rate alert's window.")
     isolation: Literal["none", "process", "container"] = Field(
         "process", description="Default isolation level (AGENT_ISOLATION overrides per package)."
     )

@@ -384,3 +384,22 @@ async def test_the_pool_keeps_min_idle_warm_grows_with_demand_and_shrinks_back(t
         assert shrunk["busy"] == 0
         runs = (await app.client.get(f"/api/v1/agents/{agent_id}/runs", headers=app.auth())).json()["items"]
         assert any(r["reason"] == "idle: the pool shrinks" and r["outcome"] == "stopped" for r in runs)
+
+
+async def test_an_error_rate_over_the_threshold_raises_one_alert(tmp_path: Path, nats_url: str, nc: Client) -> None:
+    (tmp_path / "packages").mkdir()
+    touchy = FAST.model_copy(update={"alert_errors": 3, "alert_window_seconds": 120})
+    async with running_app(process_settings(tmp_path, nats_url, None, None, process=touchy)) as app:
+        pod = new_pod()
+        agent_id = await register(app, package(packages(app), "echo"), pod)
+        async with collect(nc, "agent.alerts.agents") as alerts:
+            for n in range(4):
+                job = new_job_id(f"fail{n}")
+                body = {**process_task(job, agent_id, "fail", {"code": "bad_input"}), "tenant_id": pod}
+                await app.client.post("/api/v1/tasks", headers=app.auth(), json=body)
+                record = await task_status(app, job, {"failed"}, pod, timeout=60)
+                assert record["error"]["code"] == "bad_input"
+            await until(lambda: [a for a in alerts if a["data"]["status"] == "error_rate"], what="the error-rate alert")
+            await asyncio.sleep(0.3)
+        rate = [a["data"] for a in alerts if a["data"]["status"] == "error_rate"]
+        assert len(rate) == 1 and rate[0]["errors"] == 3 and rate[0]["agent_id"] == agent_id

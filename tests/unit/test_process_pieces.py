@@ -86,3 +86,14 @@ def test_the_sdk_speaks_the_protocol_over_pipes() -> None:
     fabric_out.write(json.dumps({"type": "stop"}) + "\n")
     worker.join(timeout=5)
     assert not worker.is_alive()
+
+
+def test_error_rate_alerts_once_per_window() -> None:
+    from agent_fabric.agents.error_rate import ErrorRate
+
+    rate = ErrorRate(threshold=3, window=10)
+    assert [rate.record(t) for t in (0, 1)] == [None, None]
+    assert rate.record(2) == 3
+    assert rate.record(3) is None  # alerted within this window already
+    assert rate.record(30) is None  # the old ones aged out
+    assert rate.record(31) is None and rate.record(32) == 3

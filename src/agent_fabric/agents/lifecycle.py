@@ -134,6 +134,9 @@ class LifecycleManager:
                 lambda name: self._spawn_process(agent, sandbox, logs, name),
                 lambda proc, failed: self._process_ended(agent, sandbox, proc, failed),
                 lambda reason, failures: self._crash_loop(agent, reason, failures),
+                lambda errors, window: self._alerts.raise_alert(
+                    agent.id, agent.tenant_id, "error_rate", f"{errors} errors within {window:g} s", errors=errors
+                ),
             )
             self.pools[agent.id] = pool
             pool.start()

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from agent_fabric.agents.agent_process import AgentProcess, ProcState
+from agent_fabric.agents.error_rate import ErrorRate
 from agent_fabric.agents.process_spec import ProcessAgent
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ STABLE_SECONDS = 60.0
 Spawn = Callable[[str], Awaitable[AgentProcess]]
 Ended = Callable[[AgentProcess, bool], Awaitable[None]]
 Failed = Callable[[str, int], Awaitable[None]]
+Alarm = Callable[[int, float], Awaitable[None]]  # (errors in the window, window seconds)
 
 
 class AgentUnavailable(Exception):
@@ -40,7 +42,9 @@ class AgentUnavailable(Exception):
 
 
 class AgentPool:
-    def __init__(self, agent: ProcessAgent, spawn: Spawn, on_end: Ended, on_failed: Failed) -> None:
+    def __init__(
+        self, agent: ProcessAgent, spawn: Spawn, on_end: Ended, on_failed: Failed, on_error_rate: Alarm
+    ) -> None:
         self.agent = agent
         self.status = "running"
         self.reason: str | None = None
@@ -52,6 +56,8 @@ class AgentPool:
         self._spawn = spawn
         self._on_end = on_end
         self._on_failed = on_failed
+        self._on_error_rate = on_error_rate
+        self._errors = ErrorRate(agent.runtime.alert_errors, agent.runtime.alert_window)
         self._waiting = 0
         self._serial = 0
         self._not_before = 0.0
@@ -174,9 +180,16 @@ class AgentPool:
                 await self._failed(proc.end_reason or f"exited with code {proc.exit_code}")
             await self._notify()
 
+    async def error(self) -> None:
+        """A failed task or process of the agent: alert when they come faster than allowed."""
+        burst = self._errors.record(time.monotonic())
+        if burst is not None:
+            await self._on_error_rate(burst, self._errors.window)
+
     async def _failed(self, reason: str) -> None:
         self.failures += 1
         self.failures_total += 1
+        await self.error()
         if self.failures >= self.agent.runtime.max_restarts:
             self.status, self.reason = "failed", f"crash loop: {self.failures} failures in a row, last: {reason}"
             await self._notify()

@@ -75,6 +75,8 @@ class RegistryDirectory:
                 backoff_max=cfg.backoff_max_seconds,
                 max_task_handoffs=cfg.max_task_handoffs,
                 idle_timeout=cfg.idle_seconds,
+                alert_errors=cfg.alert_errors,
+                alert_window=cfg.alert_window_seconds,
             )
             egress = str(hints.get("AGENT_NETWORK_EGRESS", ""))
             isolation = IsolationConfig(

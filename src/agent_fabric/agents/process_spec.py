@@ -58,6 +58,10 @@ class RuntimeConfig(BaseModel):
     idle_timeout: float = Field(
         60.0, gt=0, le=86_400, description="A process idle this long beyond min_idle is stopped (the pool shrinks)."
     )
+    alert_errors: int = Field(
+        5, ge=1, le=10_000, description="Errors (failed processes or tasks) that raise an alert..."
+    )
+    alert_window: float = Field(60.0, gt=0, le=86_400, description="...when they happen within this many seconds.")
     max_task_handoffs: int = Field(
         3, ge=0, le=100, description="Times one attempt of a task moves to a fresh process after its process died."
     )

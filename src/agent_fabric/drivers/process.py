@@ -88,6 +88,8 @@ class ProcessDriver:
             if outcome.kind == "result":
                 return outcome.value
             if outcome.kind == "failure":
+                if outcome.code != "cancelled":
+                    await pool.error()
                 raise TaskFailure(outcome.code, outcome.message)
             if proc.resource_limit:
                 raise TaskFailure("resource_limit", f"agent process {proc.name} {proc.end_reason}")
