@@ -16,6 +16,7 @@ import psutil
 import pytest
 from nats.aio.client import Client
 
+from agent_fabric import names
 from agent_fabric.settings import AgentsSettings, ProcessAgentSettings
 from tests.conftest import RunningApp, make_settings, new_job_id, running_app
 from tests.support.flows import audit, auth_as, collect, for_job, new_pod, structured, task_status, until
@@ -183,11 +184,16 @@ async def test_kill_9_of_the_agent_process_resumes_from_its_checkpoint_once(proc
     assert killed and killed[0]["outcome"] == "failed" and killed[0]["exit_code"] == -9
 
 
-async def test_a_process_that_misses_three_heartbeats_is_failed_and_replaced(sqlite_app: RunningApp) -> None:
+async def test_a_process_that_misses_three_heartbeats_is_failed_and_replaced(
+    sqlite_app: RunningApp, nc: Client
+) -> None:
     app, pod = sqlite_app, new_pod()
     agent_id = await register(app, package(packages(app), "echo"), pod)
-    response = await app.client.post(f"/api/v1/agents/{agent_id}/start", headers=app.auth())
-    assert response.status_code == 202, response.text
+    async with collect(nc, names.agent_heartbeat_subject(agent_id)) as beats:
+        response = await app.client.post(f"/api/v1/agents/{agent_id}/start", headers=app.auth())
+        assert response.status_code == 202, response.text
+        await until(lambda: beats, timeout=20, what="a heartbeat on NATS")
+    assert beats[0]["agent_id"] == agent_id and {"status", "timestamp", "uptime", "process"} <= set(beats[0])
     first = await wait_health(app, agent_id, lambda h: any(p["state"] == "idle" for p in h["processes"]))
     frozen = first["processes"][0]["pid"]
     os.kill(frozen, signal.SIGSTOP)  # alive, silent: only the heartbeats can tell

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -38,7 +39,14 @@ class ProcState(enum.StrEnum):
 
 
 class AgentProcess:
-    def __init__(self, agent_id: str, name: str, launch: Launch, logs: AgentLogs) -> None:
+    def __init__(
+        self,
+        agent_id: str,
+        name: str,
+        launch: Launch,
+        logs: AgentLogs,
+        on_heartbeat: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.agent_id = agent_id
         self.name = name
         self.launch = launch
@@ -58,6 +66,7 @@ class AgentProcess:
         self.end_reason: str | None = None  # why the fabric ended it (None: it exited by itself)
         self.expected_exit = False  # asked to stop: its exit is not a failure
         self.resource_limit = False  # the kernel ended it at its memory limit
+        self._on_heartbeat = on_heartbeat
         self._ready = asyncio.Event()
         self._ended = asyncio.Event()
         self._proc: asyncio.subprocess.Process | None = None
@@ -169,6 +178,8 @@ class AgentProcess:
         if kind == "heartbeat":
             self.last_heartbeat = time.monotonic()
             self.heartbeat = {k: message.get(k) for k in ("agent_id", "status", "timestamp", "uptime")}
+            if self._on_heartbeat is not None:
+                self._on_heartbeat({**self.heartbeat, "agent_id": self.agent_id, "process": self.name})
         elif kind == "ready":
             pid = message.get("pid")
             self.agent_pid = pid if isinstance(pid, int) and not isinstance(pid, bool) else None

@@ -155,7 +155,7 @@ class LifecycleManager:
 
     async def _spawn_process(self, agent: ProcessAgent, sandbox: Sandbox, logs: AgentLogs, name: str) -> AgentProcess:
         launch = sandbox.launch(agent, name, agent.runtime.heartbeat_interval)
-        proc = AgentProcess(agent.id, name, launch, logs)
+        proc = AgentProcess(agent.id, name, launch, logs, self._publish_heartbeat)
         await proc.start()
         assert proc.pid is not None
         sandbox.started(name, proc.pid)
@@ -164,6 +164,15 @@ class LifecycleManager:
         except Exception as exc:  # history is a record, not a reason to refuse work
             log.warning("process run not recorded", extra={"agent_id": agent.id, "error": str(exc)[:300]})
         return proc
+
+    def _publish_heartbeat(self, beat: dict[str, Any]) -> None:
+        """Heartbeats also go to agent.<agent_id>.heartbeat (core NATS, the agent's namespace), for
+        whoever monitors agents fabric-wide; agent_id is the fabric's, not what the process claims."""
+        if self._nc is None or not self._nc.is_connected:
+            return
+        subject = names.agent_heartbeat_subject(str(beat["agent_id"]))
+        task = asyncio.ensure_future(self._nc.publish(subject, orjson.dumps(beat)))
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     async def _process_ended(self, agent: ProcessAgent, sandbox: Sandbox, proc: AgentProcess, failed: bool) -> None:
         reason = proc.end_reason or (f"exited with code {proc.exit_code}" if failed else "stopped")
