@@ -409,3 +409,26 @@ async def test_an_error_rate_over_the_threshold_raises_one_alert(tmp_path: Path,
             await asyncio.sleep(0.3)
         rate = [a["data"] for a in alerts if a["data"]["status"] == "error_rate"]
         assert len(rate) == 1 and rate[0]["errors"] == 3 and rate[0]["agent_id"] == agent_id
+
+
+async def test_a_task_waiting_for_a_process_survives_a_restart(sqlite_app: RunningApp) -> None:
+    app, pod = sqlite_app, new_pod()
+    agent_id = await register(app, package(packages(app), "echo"), pod)
+    sleepers = [new_job_id("sleeper") for _ in range(4)]
+    for job in sleepers:  # every process of the agent (max_concurrent_tasks: 4) busy
+        body = {**process_task(job, agent_id, "sleep", {"seconds": 3}), "tenant_id": pod}
+        await app.client.post("/api/v1/tasks", headers=app.auth(), json=body)
+    await wait_health(app, agent_id, lambda h: h["busy"] == 4, timeout=90)
+    waiter = new_job_id("waiter")
+    body = {**process_task(waiter, agent_id, "echo", {"x": 1}), "tenant_id": pod}
+    await app.client.post("/api/v1/tasks", headers=app.auth(), json=body)
+    pools = app.fabric.processes.lifecycle.pools
+    await until(lambda: pools[agent_id].waiting == 1, timeout=30, what="the fifth task waiting for a process")
+    old_pool = pools[agent_id]
+    response = await app.client.post(f"/api/v1/agents/{agent_id}/restart", headers=app.auth())
+    assert response.status_code == 202, response.text
+    assert pools[agent_id] is not old_pool and pools[agent_id].status == "running"
+    done = await task_status(app, waiter, {"completed", "failed"}, pod, timeout=60)
+    assert done["status"] == "completed" and done["result"] == {"x": 1}
+    for job in sleepers:  # drained: they finished on the old processes
+        assert (await task_status(app, job, {"completed", "failed"}, pod, timeout=30))["status"] == "completed"

@@ -66,6 +66,7 @@ class LifecycleManager:
         self._sandboxes: dict[str, Sandbox] = {}
         self._run_ids: dict[str, str] = {}
         self._starting: dict[str, asyncio.Lock] = {}
+        self._pools_changed = asyncio.Condition()
         self._monitor: asyncio.Task[None] | None = None
         self._sub: Any = None
         self._control_handler: Callable[[str, str], Awaitable[None]] | None = None
@@ -140,8 +141,22 @@ class LifecycleManager:
             )
             self.pools[agent.id] = pool
             pool.start()
+            async with self._pools_changed:
+                self._pools_changed.notify_all()
             await self._status(agent, "running", "started")
             return pool
+
+    async def replacement(self, agent_id: str, old: AgentPool, seconds: float) -> AgentPool | None:
+        """A running pool of the agent other than `old`, if one starts within `seconds` (a restart)."""
+
+        def fresh() -> AgentPool | None:
+            pool = self.pools.get(agent_id)
+            return pool if pool is not None and pool is not old and pool.status == "running" else None
+
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds), self._pools_changed:
+                await self._pools_changed.wait_for(lambda: fresh() is not None)
+        return fresh()
 
     async def broadcast(self, agent_id: str, action: str) -> None:
         """Ask every other replica to apply `action` (start, stop, restart) to the agent too."""

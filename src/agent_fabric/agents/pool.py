@@ -62,6 +62,7 @@ class AgentPool:
         self._serial = 0
         self._not_before = 0.0
         self._changed = asyncio.Event()
+        self.ended = asyncio.Event()  # set once stop() has ended every process
         self._freed = asyncio.Condition()
         self._maintainer: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Task[Any]] = set()
@@ -107,6 +108,11 @@ class AgentPool:
             self._freed.notify_all()
 
     # -- the maintainer --
+
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting for an idle process."""
+        return self._waiting
 
     @property
     def busy(self) -> int:
@@ -236,4 +242,5 @@ class AgentPool:
         for proc in list(self.processes.values()):
             await proc.aclose()
         self.status = status
+        self.ended.set()
         await self._notify()

@@ -33,6 +33,8 @@ from agent_fabric.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
+RESTART_GAP_SECONDS = 2.0  # between a restart's stop and its start, a waiting task waits this long
+
 
 @dataclass
 class _Outcome:
@@ -83,6 +85,10 @@ class ProcessDriver:
             try:
                 proc = await pool.acquire()
             except AgentUnavailable as exc:
+                fresh = await self._successor(agent, pool) if exc.status == "stopping" else None
+                if fresh is not None:
+                    pool = fresh  # restarted while this task waited: it waits for the new processes
+                    continue
                 raise TaskFailure("agent_unavailable", f"agent {agent.id} is {exc.status}: {exc.reason}") from None
             outcome, state = await self._exchange(ctx, agent, pool, proc, state)
             if outcome.kind == "result":
@@ -99,6 +105,14 @@ class ProcessDriver:
                 raise TaskFailure("agent_crashed", f"the agent's process died {handoffs} times; last: {reason}")
             log.warning("agent process died mid-task: handing the task to another", extra={"job_id": spec.job_id})
             await ctx.progress({"handed_back": True, "process": proc.name, "reason": reason})
+
+    async def _successor(self, agent: ProcessAgent, pool: AgentPool) -> AgentPool | None:
+        """The pool that replaces `pool` if this stop is part of a restart, once it is running."""
+        runtime = agent.runtime
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(runtime.drain_timeout + runtime.stop_timeout + 10.0):
+                await pool.ended.wait()
+        return await self.lifecycle.replacement(agent.id, pool, RESTART_GAP_SECONDS)
 
     async def _agent(self, spec: TaskSpec) -> ProcessAgent:
         agent_id = str(spec.agent_definition.agent_id)
