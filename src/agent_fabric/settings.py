@@ -413,6 +413,9 @@ class ProcessAgentSettings(BaseSettings):
         5, ge=1, description="Failed processes or tasks of one agent within alert_window_seconds that raise an alert."
     )
     alert_window_seconds: float = Field(60.0, gt=0, description="The error-rate alert's window.")
+    runs_retention_days: float = Field(
+        30.0, gt=0, description="Process runs (session history) kept this long after they ended."
+    )
     isolation: Literal["none", "process", "container"] = Field(
         "process", description="Default isolation level (AGENT_ISOLATION overrides per package)."
     )

@@ -266,6 +266,8 @@ async def test_stop_drains_the_running_task_then_refuses_new_ones(sqlite_app: Ru
     runs = (await app.client.get(f"/api/v1/agents/{agent_id}/runs", headers=app.auth())).json()["items"]
     assert runs and all(r["outcome"] == "stopped" and r["exit_code"] == 0 for r in runs)
     assert (await health(app, agent_id))["processes"] == []
+    assert await app.fabric.processes.lifecycle.runs.prune(older_than_days=1) == 0  # retention keeps them
+    assert await app.fabric.processes.lifecycle.runs.prune(older_than_days=1e-9) == len(runs)
 
     late = new_job_id("late")
     await app.client.post(

@@ -30,6 +30,7 @@ from agent_fabric.agents.services import AgentServices
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.drivers.factory import Drivers, build_process_driver
 from agent_fabric.errors import NotFound
+from agent_fabric.periodic import Periodic
 from agent_fabric.settings import Settings
 from agent_fabric.storage.agent_run_store import AgentRunStore
 from agent_fabric.telemetry.metrics import FabricMetrics
@@ -104,6 +105,9 @@ async def open_process_runtime(
     runtime = ProcessRuntime(lifecycle, isolation, directory)
     metrics.registry.register(ProcessAgentCollector(lifecycle, isolation))
     await lifecycle.start(control=runtime.apply)
+    prune = Periodic("agent-runs-retention", 3600.0, lambda: lifecycle.runs.prune(cfg.runs_retention_days))
+    prune.start()
+    stack.push_async_callback(prune.stop)
     stack.push_async_callback(lifecycle.shutdown, settings.shutdown_grace_seconds)
     drivers.add(build_process_driver(lifecycle, directory, policies))
     return runtime

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.storage.agent_process_tables import agent_process_runs as runs
@@ -78,3 +78,10 @@ class AgentRunStore:
                 item[key] = moment.isoformat().replace("+00:00", "Z") if moment else None
             items.append(item)
         return items
+
+    async def prune(self, older_than_days: float) -> int:
+        """Drop runs that ended more than `older_than_days` ago (any replica may do it: idempotent)."""
+        cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
+        async with self._engine.begin() as conn:
+            result = await conn.execute(delete(runs).where(runs.c.ended_at < cutoff))
+        return int(result.rowcount or 0)
