@@ -7,6 +7,7 @@ fabric's shutdown grace: SIGTERM of the fabric drains its agents the same way a 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import shutil
@@ -71,6 +72,39 @@ class ProcessRuntime:
             await self.start_agent(agent_id, restart=action == "restart")
 
 
+async def usable_bwrap() -> str | None:
+    """bubblewrap's path if it can make a network namespace here (an unprivileged container without
+    user namespaces cannot: then egress is not enforced, and health says so, rather than every agent
+    failing to start)."""
+    path = shutil.which("bwrap")
+    if path is None:
+        return None
+    try:
+        probe = await asyncio.create_subprocess_exec(
+            path,
+            "--unshare-net",
+            "--dev-bind",
+            "/",
+            "/",
+            "--",
+            "true",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        async with asyncio.timeout(10):
+            _, err = await probe.communicate()
+    except (OSError, TimeoutError) as exc:
+        log.warning("bubblewrap unusable: egress of process agents is not enforced", extra={"error": str(exc)})
+        return None
+    if probe.returncode != 0:
+        log.warning(
+            "bubblewrap cannot make a network namespace here: egress of process agents is not enforced",
+            extra={"error": err.decode(errors="replace")[:300]},
+        )
+        return None
+    return path
+
+
 async def open_process_runtime(
     stack: contextlib.AsyncExitStack,
     settings: Settings,
@@ -89,7 +123,7 @@ async def open_process_runtime(
     manager = cgroups.detect()
     root = Path(cfg.work_dir) if cfg.work_dir else settings.state_dir / "agent-work"
     gate = EgressGate(policies, audit, tenants)
-    isolation = IsolationManager(root.resolve(), manager, gate, shutil.which("bwrap"))
+    isolation = IsolationManager(root.resolve(), manager, gate, await usable_bwrap())
     log.info("process agents isolation", extra={"enforcement": isolation.enforcement})
     directory = RegistryDirectory(agents.registry, agents.configs, cfg)
     lifecycle = LifecycleManager(
