@@ -169,6 +169,12 @@ async def test_egress_allowlist_is_enforced_and_cannot_be_bypassed(app: RunningA
         secret = (await run(app, agent_id, pod, "fetch", {"url": f"http://127.0.0.1:{allowed.port}/secret"}))["result"]
         assert secret["status"] == 403 and "deny" in secret["body"]
 
+        # Without the isolation the same agent reaches the denied site directly.
+        open_agent, pod2 = await hostile(app, AGENT_ISOLATION="none")
+        url = f"http://127.0.0.1:{denied.port}/"
+        unfenced = (await run(app, open_agent, pod2, "fetch", {"url": url, "direct": True}))["result"]
+        assert unfenced == {"status": 200, "body": "denied-site"}
+
     await app.fabric.governance.audit.flush()
     trail = (
         await app.client.get("/api/v1/audit", headers=app.auth(), params={"action": "agent.egress", "tenant_id": pod})
