@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python scripts/bench/ws_relay.py
 	$(BIN)/python scripts/bench/scheduling.py
 	$(BIN)/python scripts/bench/process_agents.py
+	$(BIN)/python scripts/bench/agent_config.py
 
 ## Integration suite against docker-compose.test.yml (machines with a Docker engine).
 compose-test: install

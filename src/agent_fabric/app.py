@@ -60,8 +60,8 @@ def create_app(settings: Settings) -> FastAPI:
         budgets.router,
         audit.router,
         config.router,
+        agent_processes.router,  # before agents.router: its health/metrics/logs extend the registry's
         agents.router,
-        agent_processes.router,
         agent_v2.router,
         agent_tasks.router,
         agent_decisions.router,

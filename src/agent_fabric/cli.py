@@ -12,9 +12,11 @@ from typing import Annotated, Any
 import httpx
 import typer
 
+from agent_fabric.cli_agents import agents_cli
 from agent_fabric.settings import Settings
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, help="agent-fabric: run AI-agent work safely at scale.")
+cli.add_typer(agents_cli, name="agents")
 
 UrlOption = Annotated[str, typer.Option(envvar="AGENT_FABRIC_URL", help="The fabric's HTTP address.")]
 TokenOption = Annotated[
@@ -114,8 +116,9 @@ def setup_streams() -> None:
         import nats
 
         from agent_fabric.jetstream import ensure_topology
+        from agent_fabric.nats_options import connect_options
 
-        nc = await nats.connect(nats_url, connect_timeout=10)
+        nc = await nats.connect(nats_url, connect_timeout=10, **connect_options(settings.nats, None))
         try:
             topology = await ensure_topology(nc.jetstream(), settings.nats, settings.max_event_bytes)
         finally:

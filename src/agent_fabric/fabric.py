@@ -26,7 +26,7 @@ from agent_fabric.agent_zero.fleet_manager import FleetManager, open_fleet_manag
 from agent_fabric.agent_zero.session_events import SessionEvents
 from agent_fabric.agent_zero.sessions import SessionManager
 from agent_fabric.agents.process_runtime import ProcessRuntime, open_process_runtime
-from agent_fabric.agents.services import AgentServices, open_agents
+from agent_fabric.agents.services import AgentDeps, AgentServices, open_agents
 from agent_fabric.audit.store import AuditStore
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.drivers.factory import Drivers, build_drivers
@@ -36,6 +36,7 @@ from agent_fabric.inbound.nats_consumer import TaskConsumer
 from agent_fabric.inbound.rejections import Rejector
 from agent_fabric.inbound.submission import Submitter
 from agent_fabric.jetstream import ensure_topology
+from agent_fabric.nats_options import connect_options
 from agent_fabric.outbound.progress import ProgressBus, open_progress_bus
 from agent_fabric.outbound.results import ResultPublisher
 from agent_fabric.scheduling.cancellation import Canceller
@@ -121,6 +122,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         tracing = Tracing(settings.telemetry)
         stack.callback(tracing.shutdown)  # last out: spans of the shutdown itself are exported
         nats_url = settings.nats.url
+        embedded: EmbeddedNats | None = None
         if nats_url is None:
             embedded = EmbeddedNats(settings.state_dir / "nats", port=settings.nats.embedded_port)
             nats_url = await embedded.start()
@@ -128,6 +130,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
 
         nc = await nats.connect(
             nats_url,
+            **connect_options(settings.nats, embedded),
             name="agent-fabric",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
@@ -220,21 +223,19 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             tracing.tracer,
         )
         rejector = Rejector(store, DeadLetterStore(batcher), results, metrics)
-        admission = Admission(
-            drivers, governance.policies, governance.approvals, governance.budgets, governance.dependencies
+        agents = await open_agents(
+            stack,
+            settings,
+            AgentDeps(
+                engine,
+                governance.docs,
+                governance.tenants.mode_for,
+                tokens,
+                sealer_for(settings),
+                embedded,
+                governance.control,
+            ),
         )
-        consumer = TaskConsumer(settings, js, runner, admission, rejector, store, queue_store, metrics)
-        canceller = Canceller(
-            engine,
-            nc,
-            store,
-            runner,
-            governance.approvals,
-            governance.tenants,
-        )
-        await canceller.start()
-        stack.push_async_callback(canceller.shutdown)
-        agents = await open_agents(stack, settings, engine, governance.docs, governance.tenants.mode_for)
         processes = await open_process_runtime(
             stack,
             settings,
@@ -249,6 +250,25 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             owner,
             metrics,
         )
+        admission = Admission(
+            drivers,
+            governance.policies,
+            governance.approvals,
+            governance.budgets,
+            governance.dependencies,
+            known_agents=agents.directory.check,
+        )
+        consumer = TaskConsumer(settings, js, runner, admission, rejector, store, queue_store, metrics)
+        canceller = Canceller(
+            engine,
+            nc,
+            store,
+            runner,
+            governance.approvals,
+            governance.tenants,
+        )
+        await canceller.start()
+        stack.push_async_callback(canceller.shutdown)
         await consumer.start()
         stack.push_async_callback(runner.drain_background)
         stack.push_async_callback(consumer.shutdown, settings.shutdown_grace_seconds)
@@ -276,7 +296,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             bus=bus,
             drivers=drivers,
             submitter=submitter,
-            scheduler=AgentScheduler(submitter, store, canceller),
+            scheduler=AgentScheduler(submitter, store, canceller, agents.directory.runtime_of),
             consumer=consumer,
             tokens=tokens,
             access=access,

@@ -53,7 +53,7 @@ BUDGET_ALERT_EVENT_TYPE: Final = BUDGET_ALERT_SUBJECT
 # Every replica subscribes; a periodic reload from the database covers a missed message.
 CONTROL_SUBJECT_PREFIX: Final = "agent.control"
 CONTROL_SUBJECTS: Final = f"{CONTROL_SUBJECT_PREFIX}.*"
-CONTROL_TOPICS: Final = ("policies", "budgets", "config", "instances")
+CONTROL_TOPICS: Final = ("policies", "budgets", "config", "instances", "agents")
 # "Cancel this job" to every replica (NATS core): the one running it cancels its driver. The body
 # names the job and the message it ends with: {"tenant_id", "job_id", "message"}. The database
 # mark (tasks.cancel_requested_at) covers a replica that missed it.

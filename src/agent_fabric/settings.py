@@ -45,6 +45,26 @@ class NatsSettings(BaseSettings):
     status_max_age_seconds: float = Field(
         7 * 24 * 3600.0, gt=0, description="How long results stay in the AGENT_STATUS stream."
     )
+    # Credentials and TLS for an external server (the bundled one uses its generated user).
+    user: str | None = Field(None, description="User name for NATS user/password authentication.")
+    password: SecretStr | None = Field(None, description="Password for NATS user/password authentication.")
+    token: SecretStr | None = Field(None, description="NATS authentication token.")
+    nkey_seed_file: Path | None = Field(None, description="File holding the fabric's NKey seed (needs `nkeys`).")
+    creds_file: Path | None = Field(
+        None, description="NATS credentials file (user JWT + NKey seed) from a decentralised-auth operator."
+    )
+    tls_ca_file: Path | None = Field(None, description="CA bundle that verifies the NATS server's certificate.")
+    tls_cert_file: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    tls_key_file: Path | None = Field(None, description="Private key of the client certificate.")
+    tls_hostname: str | None = Field(None, description="Server name to verify when it differs from the URL's host.")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> NatsSettings:
+        if (self.user is None) != (self.password is None):
+            raise ValueError("AGENT_FABRIC_NATS_USER and AGENT_FABRIC_NATS_PASSWORD go together")
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ValueError("AGENT_FABRIC_NATS_TLS_KEY_FILE needs AGENT_FABRIC_NATS_TLS_CERT_FILE")
+        return self
 
 
 class DatabaseSettings(BaseSettings):

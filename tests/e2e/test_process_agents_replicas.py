@@ -15,21 +15,18 @@ from typing import Any
 import httpx
 import pytest
 from nats.aio.client import Client
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agent_fabric.agents.registry import AgentRegistry
-from agent_fabric.agents.states import AgentStatus
 from agent_fabric.settings import DatabaseSettings, Settings
 from agent_fabric.storage.agent_process_tables import agent_process_runs
-from agent_fabric.storage.agent_tables import agents
 from agent_fabric.storage.engine import create_engine
 from agent_fabric.storage.tables import checkpoints, tasks
 from tests.e2e.test_cancel_replicas import running_on
-from tests.e2e.test_governance_replicas import ADMIN, start, status_of, stop
+from tests.e2e.test_governance_replicas import ADMIN, bearer, start, status_of, stop
 from tests.integration.test_process_agents import alive
 from tests.support.flows import collect, for_job
-from tests.support.process_agents import package, process_task
+from tests.support.process_agents import package, process_task, register_over_http
 from tests.support.serve import ServeProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -54,21 +51,10 @@ def env(replica_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     }
 
 
-async def register(db: AsyncEngine, path: Path, tenant: str) -> str:
-    """Bind the package the replica discovered at start-up to `tenant` (the registry's phase-2
-    registration API does this; here one UPDATE and the registry's own transition)."""
-    name = next(
-        line.split("=", 1)[1]
-        for line in (path / ".env.discovery").read_text().splitlines()
-        if line.startswith("AGENT_NAME=")
-    )
-    async with db.begin() as conn:
-        agent_id = (await conn.execute(select(agents.c.id).where(agents.c.name == name))).scalar_one()
-        await conn.execute(update(agents).where(agents.c.id == agent_id).values(tenant_id=tenant))
-    await AgentRegistry(db, lambda _tenant: "SANDBOX").transition(
-        agent_id, AgentStatus.REGISTERED, reason="test", actor="test"
-    )
-    return str(agent_id)
+async def register(server: ServeProcess, path: Path, tenant: str) -> str:
+    """Register the package the replica discovered at start-up, over its HTTP API."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await register_over_http(client, server.url, path, tenant, bearer("ops", "pod_admin", tenant))
 
 
 async def steps_saved(db: AsyncEngine, pod: str, job: str) -> int:
@@ -98,7 +84,7 @@ async def test_kill_9_of_the_fabric_with_its_agent_busy_resumes_on_the_other_rep
     path = package(tmp_path / "packages", "steps")
     a, b = ServeProcess(tmp_path / "a", env, "a"), ServeProcess(tmp_path / "b", env, "b")
     await start(a)
-    agent_id = await register(db, path, pod)
+    agent_id = await register(a, path, pod)
     await start(b)
     job = f"steps-{uuid.uuid4().hex[:8]}"
     try:
@@ -131,7 +117,7 @@ async def test_sigterm_of_the_fabric_stops_its_agents_gracefully(
     path = package(tmp_path / "packages", "echo", AGENT_MIN_IDLE="2")
     a = ServeProcess(tmp_path / "a", env, "a")
     await start(a)
-    agent_id = await register(db, path, pod)
+    agent_id = await register(a, path, pod)
     try:
         async with httpx.AsyncClient(timeout=10) as client:
             response = await client.post(f"{a.url}/api/v1/agents/{agent_id}/start", headers=ADMIN)
@@ -173,7 +159,7 @@ async def test_two_replicas_share_one_agents_tasks(tmp_path: Path, env: dict[str
     path = package(tmp_path / "packages", "echo")
     a, b = ServeProcess(tmp_path / "a", one_at_a_time, "a"), ServeProcess(tmp_path / "b", one_at_a_time, "b")
     await start(a)
-    agent_id = await register(db, path, pod)
+    agent_id = await register(a, path, pod)
     await start(b)
     jobs = [f"share-{i}-{uuid.uuid4().hex[:6]}" for i in range(6)]
     try:

@@ -22,28 +22,7 @@ from agent_fabric.settings import DatabaseSettings, Settings
 from agent_fabric.storage.agent_tables import agents
 from agent_fabric.storage.engine import create_engine, migrate_async
 from agent_fabric.storage.tables import audit_log, metadata
-
-
-def write_package(root: Path, folder: str, **values: str) -> Path:
-    path = root / folder
-    path.mkdir(parents=True, exist_ok=True)
-    script = path / "run.sh"
-    script.write_text("#!/bin/sh\nexec sleep 60\n")
-    script.chmod(0o755)
-    (path / ".env.discovery").write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    return path
-
-
-def good_values(name: str, version: str = "1.0.0") -> dict[str, str]:
-    return {
-        "AGENT_NAME": name,
-        "AGENT_VERSION": version,
-        "AGENT_DESCRIPTION": "watches logs",
-        "AGENT_TYPE": "security",
-        "AGENT_COMMAND": "./run.sh --once",
-        "DEFAULT_SUBSCRIBED_TOPICS": "logs.security,logs.auth",
-        "DEFAULT_FINDINGS_TOPIC": "findings.security",
-    }
+from tests.support.agent_packages import good_values, write_package
 
 
 @pytest.fixture

@@ -359,8 +359,12 @@ async def test_health_metrics_logs_and_prometheus_series_per_agent(sqlite_app: R
     assert f'agent_fabric_agent_memory_rss_bytes{{agent_id="{agent_id}"}}' in scrape
     assert f'agent_fabric_tasks_total{{agent_id="{agent_id}",status="completed"}} 1.0' in scrape
 
-    viewer = auth_as(app, "vic", "viewer", pod)  # logs need config:read
-    assert (await app.client.get(f"/api/v1/agents/{agent_id}/logs", headers=viewer)).status_code == 403
+    viewer = auth_as(app, "vic", "viewer", pod)  # reads in its tenant; lifecycle needs agents:write
+    assert (await app.client.get(f"/api/v1/agents/{agent_id}/logs", headers=viewer)).status_code == 200
+    assert (await app.client.post(f"/api/v1/agents/{agent_id}/stop", headers=viewer)).status_code == 403
+    found = await health(app, agent_id)
+    assert found["source"] == "runtime" and found["heartbeat"]["agent_id"] == agent_id
+    assert found["status"] == "running" and found["since"]  # the registry's part is there too
     outsider = auth_as(app, "eve", "pod_admin", new_pod())
     assert (await app.client.get(f"/api/v1/agents/{agent_id}/health", headers=outsider)).status_code == 404
     assert (await app.client.post(f"/api/v1/agents/{agent_id}/stop", headers=outsider)).status_code == 404

@@ -84,6 +84,18 @@ async def occupy_slot(app: RunningApp, nc: Client, priority: str, tenant: str, s
     return blocker
 
 
+async def register_agents(app: RunningApp, tenant: str, count: int) -> list[str]:
+    """Registered agents of `tenant` (an agent_id must name one, or the task is `unknown_agent`)."""
+    ids = []
+    for i in range(count):
+        done = await app.fabric.agents.registrar.register(
+            name=f"worker-{i}", version="1.0.0", agent_type="worker", actor="test", tenant_id=tenant
+        )
+        app.fabric.agents.directory.add(done.agent.id, tenant, done.agent.runtime)
+        ids.append(done.agent.id)
+    return ids
+
+
 async def most_at_once(app: RunningApp, tenant: str) -> int:
     """The most of the tenant's tasks that ran at the same moment, from their recorded run times."""
     async with app.fabric.engine.connect() as conn:
@@ -239,8 +251,9 @@ async def test_queue_depth_limit_per_agent(
     async with scheduling_app(backend, tmp_path, nats_url, postgres_url, concurrency=1, max_queued_per_agent=2) as app:
         await occupy_slot(app, nc, "normal", tenant, 3.0)
         token = app.token("admin", tenant)
+        a1, a2 = await register_agents(app, tenant, 2)  # an agent_id names a registered agent
         codes = []
-        for agent in ("a1", "a1", "a1", "a2"):
+        for agent in (a1, a1, a1, a2):
             body = {
                 "job_id": new_job_id(agent),
                 "tenant_id": tenant,
@@ -314,6 +327,7 @@ async def test_two_hundred_agents_run_at_once(
     tenant = new_job_id("fleet")
     async with scheduling_app(backend, tmp_path, nats_url, postgres_url, concurrency=200) as app:
         jobs = [new_job_id(f"agent{i}") for i in range(200)]
+        agent_ids = await register_agents(app, tenant, 200)
         await asyncio.gather(
             *(
                 nc.jetstream().publish(
@@ -322,7 +336,7 @@ async def test_two_hundred_agents_run_at_once(
                         {
                             "job_id": job,
                             "tenant_id": tenant,
-                            "agent_definition": {"runtime": "builtin", "agent_id": f"agent-{i}"},
+                            "agent_definition": {"runtime": "builtin", "agent_id": agent_ids[i]},
                             "task": {"type": "sleep", "input": {"seconds": 3}},
                         }
                     ),

@@ -1,21 +1,18 @@
 """Process-agent packages for tests: copied into the fabric's agents directory under a unique
-name, found by the real discovery scan, then registered to a tenant.
-
-Registration (binding a discovered package to a tenant) is the registry's phase 2 API; until it
-lands, `register` binds the discovered row with one UPDATE and the registry's own transition.
-"""
+name, found by the real discovery scan, then registered to a tenant with a one-time discovery
+token through POST /api/v1/agents, as an operator would."""
 
 from __future__ import annotations
 
 import shutil
 import uuid
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import update
+import httpx
 
-from agent_fabric.agents.states import AgentStatus
-from agent_fabric.storage.agent_tables import agents
 from tests.conftest import RunningApp
+from tests.support.flows import auth_as
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "agents"
@@ -39,15 +36,37 @@ def package(agents_dir: Path, source: str, **hints: str) -> Path:
     return target.resolve()
 
 
+def manifest_of(path: Path) -> dict[str, str]:
+    lines = (path / ".env.discovery").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+async def register_over_http(
+    client: httpx.AsyncClient, base: str, path: Path, tenant: str, operator: dict[str, str]
+) -> str:
+    """Register the discovered package at `path` for `tenant`: mint a discovery token as the
+    tenant's operator, then register with it (the agent's side of the handshake)."""
+    minted = await client.post(f"{base}/api/v1/agents/discovery-tokens", headers=operator, json={})
+    assert minted.status_code == 201, minted.text
+    values = manifest_of(path)
+    body = {
+        "agent_name": values["AGENT_NAME"],
+        "agent_version": values["AGENT_VERSION"],
+        "agent_type": values["AGENT_TYPE"],
+        "discovery_token": minted.json()["discovery_token"],
+    }
+    done = await client.post(f"{base}/api/v1/agents", json=body)
+    assert done.status_code == 201, done.text
+    agent: dict[str, Any] = done.json()["agent"]
+    assert agent["tenant_id"] == tenant and agent["package_path"] == str(path)
+    return str(agent["agent_id"])
+
+
 async def register(app: RunningApp, path: Path, tenant: str) -> str:
     report = await app.fabric.agents.discovery.scan()
-    found = [p for p in report.packages if p.path == path]
-    assert found and found[0].agent_id, f"package not discovered: {report.view()}"
-    agent_id = str(found[0].agent_id)
-    async with app.fabric.engine.begin() as conn:
-        await conn.execute(update(agents).where(agents.c.id == agent_id).values(tenant_id=tenant))
-    await app.fabric.agents.registry.transition(agent_id, AgentStatus.REGISTERED, reason="test", actor="test")
-    return agent_id
+    assert [p for p in report.packages if p.path == path and p.status == "discovered"], report.view()
+    operator = auth_as(app, "ops", "pod_admin", tenant)
+    return await register_over_http(app.client, "", path, tenant, operator)
 
 
 def process_task(job_id: str, agent_id: str, kind: str, inp: dict[str, object] | None = None, **extra: object) -> dict:

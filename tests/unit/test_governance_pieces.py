@@ -53,8 +53,12 @@ def test_role_grants() -> None:
         and roles.POLICIES_CHECK in roles.BUILTIN_ROLES["agent"]
     )
     assert roles.POD_ADMIN in roles.BUILTIN_ROLES["pod_admin"] and roles.POD_ADMIN not in roles.BUILTIN_ROLES["agent"]
-    # Beside the tenant binding, admin alone may define roles (they change every tenant's tokens).
-    assert roles.BUILTIN_ROLES["admin"] - roles.BUILTIN_ROLES["pod_admin"] == {roles.ROLES_MANAGE}
+    # Beside the tenant binding, admin alone may define roles (they change every tenant's tokens)
+    # and scan the agents directories (the package catalogue is the whole fabric's).
+    assert roles.BUILTIN_ROLES["admin"] - roles.BUILTIN_ROLES["pod_admin"] == {
+        roles.ROLES_MANAGE,
+        roles.AGENTS_DISCOVER,
+    }
 
 
 def test_budget_entities() -> None:

@@ -1,6 +1,7 @@
 """Admission: what a task must pass before it runs, in order, the same at both doors.
 
-1. RefuseSelfDependency: a task in its own `depends_on` is a cycle (`dependency_cycle`).
+1. RefuseSelfDependency: a task in its own `depends_on` is a cycle (`dependency_cycle`);
+   RefuseUnknownAgent: an `agent_id` that names no registered agent of the tenant (`unknown_agent`).
 2. The runtime's own checks (drivers/*: unknown task types, bad inputs; runtime_unavailable).
 3. ApplyPolicy: the action `task:<TYPE>` against the tenant's, workspace's and agent's policies;
    deny -> `policy_denied`; require_approval -> the task parks until approvers decide (a task
@@ -81,8 +82,14 @@ class Admission:
         approvals: ApprovalDesk | None = None,
         budgets: BudgetManager | None = None,
         dependencies: Dependencies | None = None,
+        known_agents: Check | None = None,
     ) -> None:
-        self._checks: tuple[Check, ...] = (refuse_self_dependency, drivers.check)
+        # known_agents (agents/directory.py): an agent_id must name a registered agent (`unknown_agent`).
+        self._checks: tuple[Check, ...] = (
+            refuse_self_dependency,
+            *((known_agents,) if known_agents else ()),
+            drivers.check,
+        )
         self._dependencies = dependencies
         self._policies = policies
         self._approvals = approvals

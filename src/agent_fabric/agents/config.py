@@ -19,7 +19,7 @@ from agent_fabric import names
 from agent_fabric.agents.manifest import subject_problem
 from agent_fabric.agents.registry import AgentRecord
 from agent_fabric.audit.entries import AuditEntry, append
-from agent_fabric.errors import InvalidDocument, field_errors
+from agent_fabric.errors import Conflict, InvalidDocument, field_errors
 from agent_fabric.events.envelope import fabric_event
 from agent_fabric.storage.documents import DocumentStore, StoredDoc
 from agent_fabric.storage.outbox import OutboxMessage, enqueue
@@ -163,7 +163,7 @@ class AgentConfigs:
         """Store the agent's layer as a new version, audit it and announce the new effective
         configuration on the agent's control subject, all in one transaction."""
         if record.tenant_id is None:
-            raise InvalidDocument(
+            raise Conflict(
                 f"agent {record.id!r} is not registered yet: register it, then configure it", code="not_registered"
             )
         body = config.layer()

@@ -8,131 +8,33 @@ Its effective configuration comes from agents/config.py.
 
 from __future__ import annotations
 
-import shlex
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.agents.manifest import Manifest
+from agent_fabric.agents.records import (
+    AgentRecord,
+    Inserted,
+    Transition,
+    catalogue_row,
+    new_agent_id,
+    record_from_row,
+    registered_row,
+)
 from agent_fabric.agents.states import DELETABLE, AgentStatus, allowed, refusal
 from agent_fabric.audit.entries import AuditEntry, append
 from agent_fabric.errors import Conflict, NotFound
 from agent_fabric.storage.agent_tables import agent_transitions, agents
-from agent_fabric.storage.timestamps import aware, aware_or_none
+from agent_fabric.storage.timestamps import aware
 
 ModeFor = Callable[[str | None], str]
 
-
-def new_agent_id(agent_type: str) -> str:
-    """`{agent_type}-{uuid}` (seed 004 section 4)."""
-    return f"{agent_type}-{uuid.uuid4()}"
-
-
-@dataclass(frozen=True)
-class AgentRecord:
-    id: str
-    tenant_id: str | None  # None: discovered, in the fabric's catalogue, not registered
-    name: str
-    version: str
-    agent_type: str
-    description: str
-    runtime: str  # "process" for packages on disk; "external" for agents that run elsewhere
-    package_path: Path | None
-    command: str | None  # relative to package_path
-    subscribed_topics: tuple[str, ...]
-    findings_topic: str | None
-    manifest: dict[str, Any]  # every key of the package's .env.discovery
-    labels: dict[str, str]
-    status: AgentStatus
-    status_reason: str | None
-    status_changed_at: datetime
-    revision: int
-    created_at: datetime
-    created_by: str
-    registered_at: datetime | None
-    updated_at: datetime
-
-    @property
-    def argv(self) -> list[str]:
-        """The command as arguments; the runtime runs it with `package_path` as working directory."""
-        return shlex.split(self.command) if self.command else []
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "agent_id": self.id,
-            "tenant_id": self.tenant_id,
-            "name": self.name,
-            "version": self.version,
-            "agent_type": self.agent_type,
-            "description": self.description,
-            "runtime": self.runtime,
-            "package_path": str(self.package_path) if self.package_path else None,
-            "command": self.command,
-            "subscribed_topics": list(self.subscribed_topics),
-            "findings_topic": self.findings_topic,
-            "labels": self.labels,
-            "status": self.status.value,
-            "status_reason": self.status_reason,
-            "status_changed_at": self.status_changed_at,
-            "revision": self.revision,
-            "created_at": self.created_at,
-            "created_by": self.created_by,
-            "registered_at": self.registered_at,
-            "updated_at": self.updated_at,
-        }
-
-
-def record_from_row(row: Any) -> AgentRecord:
-    m = row._mapping
-    return AgentRecord(
-        id=m["id"],
-        tenant_id=m["tenant_id"],
-        name=m["name"],
-        version=m["version"],
-        agent_type=m["agent_type"],
-        description=m["description"],
-        runtime=m["runtime"],
-        package_path=Path(m["package_path"]) if m["package_path"] else None,
-        command=m["command"],
-        subscribed_topics=tuple(m["subscribed_topics"] or ()),
-        findings_topic=m["findings_topic"],
-        manifest=dict(m["manifest"] or {}),
-        labels=dict(m["labels"] or {}),
-        status=AgentStatus(m["status"]),
-        status_reason=m["status_reason"],
-        status_changed_at=aware(m["status_changed_at"]),
-        revision=m["revision"],
-        created_at=aware(m["created_at"]),
-        created_by=m["created_by"],
-        registered_at=aware_or_none(m["registered_at"]),
-        updated_at=aware(m["updated_at"]),
-    )
-
-
-@dataclass(frozen=True)
-class Transition:
-    seq: int
-    from_status: str | None
-    to_status: str
-    reason: str | None
-    actor: str
-    at: datetime
-
-    def view(self) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
-            "from": self.from_status,
-            "to": self.to_status,
-            "reason": self.reason,
-            "actor": self.actor,
-            "at": self.at,
-        }
+# The record types live in agents/records.py; they are part of this module's interface too.
+__all__ = ["AgentRecord", "AgentRegistry", "ModeFor", "Transition", "new_agent_id", "record_from_row"]
 
 
 class AgentRegistry:
@@ -202,35 +104,12 @@ class AgentRegistry:
         """A catalogue row for a valid package found on disk."""
         now = datetime.now(UTC)
         agent_id, reason = new_agent_id(manifest.agent_type), f"package found at {manifest.path}"
-        row: dict[str, Any] = {
-            "id": agent_id,
-            "tenant_id": None,
-            "name": manifest.name,
-            "version": manifest.version,
-            "agent_type": manifest.agent_type,
-            "description": manifest.description,
-            "runtime": manifest.runtime,
-            "package_path": str(manifest.path),
-            "command": manifest.command,
-            "subscribed_topics": list(manifest.subscribed_topics),
-            "findings_topic": manifest.findings_topic,
-            "manifest": manifest.values,
-            "labels": {},
-            "status": AgentStatus.DISCOVERED.value,
-            "status_reason": reason,
-            "status_changed_at": now,
-            "nats_password": None,
-            "revision": 1,
-            "created_at": now,
-            "created_by": actor,
-            "registered_at": None,
-            "updated_at": now,
-        }
+        row = catalogue_row(agent_id, manifest, reason, actor, now)
         async with self._engine.begin() as conn:
             await conn.execute(insert(agents).values(row))
             await self._log_transition(conn, agent_id, None, AgentStatus.DISCOVERED, reason, actor, now)
             await append(conn, self._entry("agent.discovered", actor, None, agent_id, request=_package(manifest)))
-        return record_from_row(_Inserted(row))
+        return record_from_row(Inserted(row))
 
     async def refresh_discovered(self, agent_id: str, manifest: Manifest) -> bool:
         """Bring a catalogue row up to date with its package (edited in place, same version)."""
@@ -274,7 +153,7 @@ class AgentRegistry:
                 raise NotFound(f"no agent {agent_id!r}")
             current = AgentStatus(row.status)
             if not allowed(current, target):
-                raise Conflict(refusal(current, target), code="invalid_transition", status=current.value)
+                raise Conflict(refusal(current, target), code="invalid_transition", agent_status=current.value)
             await self._set_status(conn, row, current, target, reason, actor, now)
             await append(
                 conn,
@@ -346,6 +225,58 @@ class AgentRegistry:
             )
         )
 
+    async def register_in(
+        self,
+        conn: AsyncConnection,
+        *,
+        name: str,
+        version: str,
+        agent_type: str,
+        tenant_id: str,
+        actor: str,
+        description: str | None = None,
+        nats_password: str | None = None,
+    ) -> AgentRecord:
+        """Bind an agent to `tenant_id` in the caller's transaction: the package's catalogue row
+        moves discovered -> registered (keeping its id); without one, a new row starts registered,
+        copying the package from an agent already made from it, else `external` (runs elsewhere)."""
+        now = datetime.now(UTC)
+        same = and_(agents.c.name == name, agents.c.version == version, agents.c.agent_type == agent_type)
+        listed = (
+            await conn.execute(
+                select(agents)
+                .where(same, agents.c.status == AgentStatus.DISCOVERED.value, agents.c.tenant_id.is_(None))
+                .limit(1)
+                .with_for_update()
+            )
+        ).first()
+        reason = f"registered in tenant {tenant_id} by {actor}"
+        extra: dict[str, Any] = {"tenant_id": tenant_id, "registered_at": now, "nats_password": nats_password}
+        if description:
+            extra["description"] = description
+        if listed is not None:
+            await self._set_status(
+                conn, listed, AgentStatus.DISCOVERED, AgentStatus.REGISTERED, reason, actor, now, **extra
+            )
+            agent_id = listed.id
+        else:
+            template = (
+                await conn.execute(select(agents).where(same, agents.c.package_path.is_not(None)).limit(1))
+            ).first()
+            agent_id = new_agent_id(agent_type)
+            row = registered_row(agent_id, name, version, agent_type, template, actor, now)
+            row.update(status=AgentStatus.REGISTERED.value, status_reason=reason, **extra)
+            await conn.execute(insert(agents).values(row))
+            await self._log_transition(conn, agent_id, None, AgentStatus.REGISTERED, reason, actor, now)
+        fresh = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one()
+        return record_from_row(fresh)
+
+    async def nats_passwords(self) -> list[tuple[AgentRecord, str]]:
+        """Every agent holding a NATS password for the bundled server (sealed as stored)."""
+        stmt = select(agents).where(agents.c.nats_password.is_not(None), agents.c.tenant_id.is_not(None))
+        async with self._engine.connect() as conn:
+            return [(record_from_row(r), str(r.nats_password)) for r in await conn.execute(stmt)]
+
     async def update(
         self,
         agent_id: str,
@@ -398,7 +329,7 @@ class AgentRegistry:
                 raise Conflict(
                     f"agent {agent_id!r} is {record.status.value}: stop it before deleting it",
                     code="agent_running",
-                    status=record.status.value,
+                    agent_status=record.status.value,
                 )
             await conn.execute(delete(agents).where(agents.c.id == agent_id, agents.c.status == record.status.value))
             await conn.execute(delete(agent_transitions).where(agent_transitions.c.agent_id == agent_id))
@@ -417,10 +348,3 @@ class AgentRegistry:
 
 def _package(manifest: Manifest) -> dict[str, Any]:
     return {"name": manifest.name, "version": manifest.version, "path": str(manifest.path)}
-
-
-class _Inserted:
-    """A freshly inserted row in the shape record_from_row reads (no read-back needed)."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self._mapping = values

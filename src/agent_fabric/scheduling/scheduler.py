@@ -6,15 +6,16 @@ and puts it on `agent.execute.<priority>`, and whichever replica fetches it orde
 fair run queue (scheduling/queue.py). Every method works from any replica: state is read from
 and written to the database, and a cancellation reaches the replica running the task over NATS.
 
-An agent is named by an AgentDefinition or by its label: a registered agent id is not known
-to this fabric yet, so a string is `<runtime>` or `<runtime>/<profile>` (e.g. `builtin`,
-`agent-zero/gpubroker-provisioner`), the same label metrics, caps and list_pending use.
+An agent is named by an AgentDefinition or by a string: a registered agent's id (agents/; admission
+refuses an id that is not a registered agent of the tenant with `unknown_agent`), else `<runtime>`
+or `<runtime>/<profile>` (e.g. `builtin`, `agent-zero/gpubroker-provisioner`), the same label
+metrics, caps and list_pending use.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import get_args
 
@@ -29,6 +30,8 @@ from agent_fabric.storage.tables import tasks
 from agent_fabric.storage.task_store import TaskRecord, TaskStore
 from agent_fabric.tasks import DEFAULT_TENANT, AgentDefinition, Priority, Runtime, TaskBody, TaskSpec, TaskStatus
 
+RuntimeOf = Callable[[str], str | None]  # a registered agent's runtime, None for an unknown id
+
 
 @dataclass(frozen=True, slots=True)
 class TaskHandle:
@@ -38,9 +41,14 @@ class TaskHandle:
     created: bool
 
 
-def agent_definition(agent: AgentDefinition | str) -> AgentDefinition:
+def agent_definition(agent: AgentDefinition | str, runtime_of: RuntimeOf | None = None) -> AgentDefinition:
     if isinstance(agent, AgentDefinition):
         return agent
+    # A registered agent's id (agents/): it runs on its own runtime; admission checks its tenant.
+    registered = runtime_of(agent) if runtime_of is not None else None
+    if registered is not None:
+        runtime = registered if registered in get_args(Runtime) else "process"
+        return AgentDefinition.model_validate({"runtime": runtime, "agent_id": agent})
     runtime, _, profile = agent.partition("/")
     if runtime not in get_args(Runtime):
         raise InvalidTask(
@@ -51,10 +59,13 @@ def agent_definition(agent: AgentDefinition | str) -> AgentDefinition:
 
 
 class AgentScheduler:
-    def __init__(self, submitter: Submitter, store: TaskStore, canceller: Canceller) -> None:
+    def __init__(
+        self, submitter: Submitter, store: TaskStore, canceller: Canceller, runtime_of: RuntimeOf | None = None
+    ) -> None:
         self._submitter = submitter
         self._store = store
         self._canceller = canceller
+        self._runtime_of = runtime_of
 
     async def submit(
         self,
@@ -82,7 +93,7 @@ class AgentScheduler:
         spec = TaskSpec(
             job_id=task_id or f"task-{uuid.uuid4().hex}",
             tenant_id=tenant_id,
-            agent_definition=agent_definition(agent_id),
+            agent_definition=agent_definition(agent_id, self._runtime_of),
             task=task,
             priority=priority,
             depends_on=depends_on or [],

@@ -28,11 +28,17 @@ KEYS_MANAGE: Final = "keys:manage"
 ROLES_MANAGE: Final = "roles:manage"
 # The seed's /api/v2/agent/* surface: POD administrators (and admins) only.
 POD_ADMIN: Final = "pod:admin"
+# Managed agents (/api/v1/agents): read records, configure (an agent: its own), change and register,
+# scan the fabric's agents directories (admins: the catalogue is the whole fabric's).
+AGENTS_READ: Final = "agents:read"
+AGENTS_CONFIGURE: Final = "agents:configure"
+AGENTS_WRITE: Final = "agents:write"
+AGENTS_DISCOVER: Final = "agents:discover"
 # Routes that take no bearer token because they exchange a credential for one.
 PUBLIC: Final = "public"
 
-_READ = frozenset({TASKS_READ, POLICIES_READ, APPROVALS_READ, BUDGETS_READ})
-_AGENT = _READ | {TASKS_SUBMIT, TASKS_CANCEL, POLICIES_CHECK, APPROVALS_REQUEST}
+_READ = frozenset({TASKS_READ, POLICIES_READ, APPROVALS_READ, BUDGETS_READ, AGENTS_READ})
+_AGENT = _READ | {TASKS_SUBMIT, TASKS_CANCEL, POLICIES_CHECK, APPROVALS_REQUEST, AGENTS_CONFIGURE}
 _POD_ADMIN = _AGENT | {
     POLICIES_WRITE,
     APPROVALS_DECIDE,
@@ -42,9 +48,10 @@ _POD_ADMIN = _AGENT | {
     CONFIG_WRITE,
     POD_ADMIN,
     KEYS_MANAGE,
+    AGENTS_WRITE,
 }
 # Defining roles changes what every tenant's tokens may do: admins only.
-_ADMIN = _POD_ADMIN | {ROLES_MANAGE}
+_ADMIN = _POD_ADMIN | {ROLES_MANAGE, AGENTS_DISCOVER}
 
 PERMISSIONS: Final = frozenset(_ADMIN)
 

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Query, status
 from agent_fabric.agents.pod_spec import agent_manifests
 from agent_fabric.agents.registry import AgentRecord
 from agent_fabric.errors import InvalidRequest
-from agent_fabric.inbound.api.deps import ConfigEditor, ConfigViewer, FabricDep, Reader
+from agent_fabric.inbound.api.agents import AgentReader, AgentWriter, agent_health, agent_logs, agent_metrics
+from agent_fabric.inbound.api.deps import FabricDep
 from agent_fabric.security.deps import tenant_scope
 from agent_fabric.security.tokens import Principal
 
@@ -33,7 +34,7 @@ async def _agent(fabric: FabricDep, principal: Principal, agent_id: str) -> Agen
 
 
 @router.post("/{agent_id}/start", status_code=status.HTTP_202_ACCEPTED, summary="Start the agent's processes")
-async def start(agent_id: str, fabric: FabricDep, principal: ConfigEditor) -> dict[str, Any]:
+async def start(agent_id: str, fabric: FabricDep, principal: AgentWriter) -> dict[str, Any]:
     await _agent(fabric, principal, agent_id)
     pool = await fabric.processes.start_agent(agent_id)
     await fabric.processes.lifecycle.broadcast(agent_id, "start")
@@ -44,7 +45,7 @@ async def start(agent_id: str, fabric: FabricDep, principal: ConfigEditor) -> di
 async def stop(
     agent_id: str,
     fabric: FabricDep,
-    principal: ConfigEditor,
+    principal: AgentWriter,
     drain_timeout: Annotated[
         float | None, Query(ge=0, le=3600, description="Seconds a running task may finish.")
     ] = None,
@@ -58,54 +59,65 @@ async def stop(
 
 
 @router.post("/{agent_id}/restart", status_code=status.HTTP_202_ACCEPTED, summary="Drain, stop and start again")
-async def restart(agent_id: str, fabric: FabricDep, principal: ConfigEditor) -> dict[str, Any]:
+async def restart(agent_id: str, fabric: FabricDep, principal: AgentWriter) -> dict[str, Any]:
     await _agent(fabric, principal, agent_id)
     await fabric.processes.lifecycle.broadcast(agent_id, "restart")
     pool = await fabric.processes.start_agent(agent_id, restart=True)
     return await _health(fabric, agent_id) or {"agent_id": agent_id, "status": pool.status}
 
 
-@router.get("/{agent_id}/health", summary="The agent's processes on this replica, with their last heartbeats")
-async def health(agent_id: str, fabric: FabricDep, principal: Reader) -> dict[str, Any]:
-    record = await _agent(fabric, principal, agent_id)
+@router.get("/{agent_id}/health", summary="The agent's status, and its processes on this replica with their heartbeats")
+async def health(agent_id: str, fabric: FabricDep, principal: AgentReader) -> dict[str, Any]:
+    """The registry's answer (status, reason, since), with this replica's processes when it runs
+    any: each with state, pid, uptime, current job and last heartbeat; `heartbeat` is the newest."""
+    base = await agent_health(agent_id, fabric, principal)
     found = await _health(fabric, agent_id)
-    if found is None:  # nothing runs here: the registry's word
-        return {"agent_id": agent_id, "status": record.status.value, "reason": record.status_reason, "processes": []}
-    return found
+    if found is None:
+        return {**base, "processes": []}
+    beats = [p["last_heartbeat"] for p in found["processes"] if p["last_heartbeat"]]
+    newest = max(beats, key=lambda b: str(b.get("timestamp"))) if beats else None
+    local = {k: v for k, v in found.items() if k not in ("status", "reason")}
+    return {**base, **local, "replica_status": found["status"], "source": "runtime", "heartbeat": newest}
 
 
-@router.get("/{agent_id}/metrics", summary="Resource use and counters of the agent's processes on this replica")
-async def metrics(agent_id: str, fabric: FabricDep, principal: Reader) -> dict[str, Any]:
-    await _agent(fabric, principal, agent_id)
+@router.get(
+    "/{agent_id}/metrics", summary="Lifecycle counts, and resource use and counters of this replica's processes"
+)
+async def metrics(agent_id: str, fabric: FabricDep, principal: AgentReader) -> dict[str, Any]:
+    base = await agent_metrics(agent_id, fabric, principal)
     runtime = fabric.processes
     usage = await runtime.isolation.get_resource_usage(agent_id)
     pool = runtime.lifecycle.pools.get(agent_id)
     return {
+        **base,
         **usage,
         "status": pool.status if pool else None,
         "restarts": pool.restarts if pool else 0,
-        "tasks_done": sum(p.tasks_done for p in pool.processes.values()) if pool else 0,
+        "process_failures": pool.failures_total if pool else 0,
+        "tasks_done": pool.tasks_total if pool else 0,
     }
 
 
-@router.get("/{agent_id}/logs", summary="What the agent's processes wrote (stderr), secrets masked")
+@router.get("/{agent_id}/logs", summary="Lifecycle transitions, and what the agent's processes wrote (masked)")
 async def logs(
     agent_id: str,
     fabric: FabricDep,
-    principal: ConfigViewer,
-    limit: Annotated[int, Query(ge=1, le=2000)] = 200,
+    principal: AgentReader,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     process: Annotated[str | None, Query(max_length=160, description="One process, e.g. <agent_id>/3.")] = None,
 ) -> dict[str, Any]:
-    await _agent(fabric, principal, agent_id)
+    """`entries`: the registry's lifecycle log; `items`: this replica's captured stderr (and stray
+    stdout) lines, bounded and aged out, secrets masked."""
+    base = await agent_logs(agent_id, fabric, principal, limit)
     buffer = fabric.processes.lifecycle.logs.get(agent_id)
-    return {"agent_id": agent_id, "items": buffer.tail(limit, process) if buffer else []}
+    return {**base, "items": buffer.tail(limit, process) if buffer else []}
 
 
 @router.get("/{agent_id}/runs", summary="Session history: every process run of the agent (all replicas)")
 async def runs(
     agent_id: str,
     fabric: FabricDep,
-    principal: Reader,
+    principal: AgentReader,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
     await _agent(fabric, principal, agent_id)
@@ -116,7 +128,7 @@ async def runs(
 async def kubernetes(
     agent_id: str,
     fabric: FabricDep,
-    principal: ConfigViewer,
+    principal: AgentReader,
     image: Annotated[str, Query(min_length=1, max_length=512, description="The agent's container image.")],
     namespace: Annotated[str, Query(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")] = "agents",
 ) -> dict[str, Any]:
