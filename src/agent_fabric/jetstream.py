@@ -85,6 +85,8 @@ def build_topology(cfg: NatsSettings, max_event_bytes: int) -> Topology:
         duplicate_window=cfg.duplicate_window_seconds,
         max_msgs_per_subject=10,
         max_age=cfg.status_max_age_seconds,
+        # An agent reads its latest configuration with a direct get, its NATS user allowed just that.
+        allow_direct=True,
     )
     consumers = tuple(
         ConsumerConfig(

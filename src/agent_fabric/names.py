@@ -150,6 +150,11 @@ def agent_control_subject(agent_id: str) -> str:
     return f"{AGENT_CONTROL_PREFIX}.{_token(agent_id)}"
 
 
+def agent_last_control_request(agent_id: str) -> str:
+    """JetStream direct get of the agent's latest control message (AGENT_CONTROL allows direct)."""
+    return f"$JS.API.DIRECT.GET.{AGENT_CONTROL_STREAM}.{agent_control_subject(agent_id)}"
+
+
 def tenant_topic(tenant_id: str, topic: str) -> str:
     """A package's topic as one tenant's agents see it on NATS: `tenant.<tenant_id>.<topic>`."""
     return f"{TENANT_TOPIC_PREFIX}.{_token(tenant_id)}.{topic}"

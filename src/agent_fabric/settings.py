@@ -393,9 +393,7 @@ class AgentsSettings(BaseSettings):
         "by ':' or ','. Empty: STATE_DIR/agents.",
     )
     rescan_seconds: float = Field(60.0, gt=0, description="How often the agents directories are scanned again.")
-    token_ttl_seconds: int = Field(
-        900, ge=30, le=86_400, description="Default lifetime of a one-time discovery token."
-    )
+    token_ttl_seconds: int = Field(900, ge=30, le=86_400, description="Default lifetime of a one-time discovery token.")
     config: dict[str, Any] = Field(
         default_factory=dict,
         description="The environment layer of every agent's configuration (JSON), between the built-in "

@@ -114,7 +114,14 @@ async def test_agent_nats_users_are_limited_to_their_own_subjects(bundled_app: R
         put = await app.client.put(f"/api/v1/agents/{agent_id}/config", headers=app.auth(), json={"log_level": "DEBUG"})
         assert put.status_code == 200
         await until(lambda: len(control) == 1, timeout=10, what="config change on the control subject")
+        # An agent that was away reads its latest configuration from the AGENT_CONTROL stream.
+        js = agent.jetstream(timeout=5)
+        latest = await js.get_last_msg(names.AGENT_CONTROL_STREAM, names.agent_control_subject(agent_id), direct=True)
+        assert latest.data == control[0]
+        with pytest.raises(Exception):  # noqa: B017 - the server refuses it; nats-py times out or errors
+            await js.get_last_msg(names.AGENT_CONTROL_STREAM, names.agent_control_subject(other_id), direct=True)
 
+        errors.clear()  # the refused direct get above
         for forbidden in (f"agent.{other_id}.heartbeat", "agent.status.completed", "agent.execute.critical"):
             await agent.publish(forbidden, b"{}")
         await agent.flush()

@@ -30,7 +30,11 @@ def record(tenant: str = "pod.1") -> AgentRecord:
 
 def test_an_agent_may_use_its_own_subjects_and_its_tenants_topics() -> None:
     perms = agent_permissions(record(), {"subscribed_topics": ["logs.>"], "findings_topic": "findings.x"})
-    assert perms["publish"] == ["agent.security-1.>", "tenant.pod%2E1.findings.x"]
+    assert perms["publish"] == [
+        "agent.security-1.>",
+        "$JS.API.DIRECT.GET.AGENT_CONTROL.agent.control.agents.security-1",
+        "tenant.pod%2E1.findings.x",
+    ]
     assert perms["subscribe"] == [
         "agent.security-1.>",
         "agent.control.agents.security-1",

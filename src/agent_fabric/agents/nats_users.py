@@ -4,7 +4,8 @@ On the bundled nats-server (no AGENT_FABRIC_NATS_URL) every registered agent is 
 by its agent id, with a generated password (stored sealed, shown once at registration) and
 permissions limited to its own subjects:
 
-- publish:   agent.<agent_id>.>, and its findings topic as `tenant.<tenant>.<topic>`
+- publish:   agent.<agent_id>.>, its findings topic as `tenant.<tenant>.<topic>`, and the direct
+             get of its latest control message ($JS.API.DIRECT.GET.AGENT_CONTROL.<control subject>)
 - subscribe: agent.<agent_id>.>, agent.control.agents.<agent_id> (configuration changes),
              `tenant.<tenant>.<topic>` for each subscribed topic, and _INBOX.<agent_id>.> (replies,
              with the client's inbox prefix set to _INBOX.<agent_id>)
@@ -46,7 +47,7 @@ def agent_permissions(record: AgentRecord, effective: dict[str, Any]) -> dict[st
     """The subjects one agent may publish and subscribe to, from its effective configuration."""
     assert record.tenant_id is not None
     own = names.agent_namespace(record.id)
-    publish = [own]
+    publish = [own, names.agent_last_control_request(record.id)]
     findings = effective.get("findings_topic")
     if findings:
         publish.append(names.tenant_topic(record.tenant_id, findings))
