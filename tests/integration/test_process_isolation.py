@@ -15,7 +15,7 @@ import pytest
 from agent_fabric.agents import cgroups
 from tests.conftest import RunningApp, new_job_id, running_app
 from tests.integration.test_process_agents import process_settings
-from tests.support.flows import new_pod, task_status
+from tests.support.flows import new_pod, task_status, until
 from tests.support.process_agents import package, process_task, register
 
 SECRET_VAR = "FABRIC_TEST_DB_PASSWORD"
@@ -183,3 +183,24 @@ async def test_egress_allowlist_is_enforced_and_cannot_be_bypassed(app: RunningA
         (e["request"]["port"], e["request"]["url"].endswith("/secret"), e["response"]["allowed"]) for e in trail
     }
     assert decisions == {(allowed.port, False, True), (denied.port, False, False), (allowed.port, True, False)}
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="the NATS route matters inside a network namespace")
+async def test_an_agent_reaches_the_bundled_nats_with_its_own_user_from_its_sandbox(tmp_path: Path) -> None:
+    (tmp_path / "packages").mkdir()
+    settings = process_settings(tmp_path, None, None, None)  # type: ignore[arg-type]  # bundled nats-server
+    async with running_app(settings) as app:
+        agent_id, pod = await hostile(app)
+        heard: list[bytes] = []
+
+        async def on_msg(msg: Any) -> None:
+            heard.append(msg.data)
+
+        await app.fabric.nc.subscribe(f"agent.{agent_id}.hello", cb=on_msg)
+        record = await run(app, agent_id, pod, "nats", {"text": "from the sandbox"})
+        assert record["status"] == "completed", record
+        result = record["result"]
+        assert result["url"] == "nats://127.0.0.1:4222"  # the relay inside its network namespace
+        await until(lambda: heard, timeout=10, what="the agent's message on its own subject")
+        assert heard == [b"from the sandbox"]
+        assert any("permissions violation" in e.lower() for e in result["errors"]), result  # not others' results

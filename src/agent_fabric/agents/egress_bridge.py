@@ -1,12 +1,13 @@
 """Runs inside an agent's network sandbox: the agent's only way out.
 
-    python -m agent_fabric.agents.egress_bridge <unix socket> <port> -- <agent command...>
+    python -m agent_fabric.agents.egress_bridge <port>=<unix socket> [...] -- <agent command...>
 
 The sandbox (bubblewrap --unshare-net) has a loopback interface and nothing else. This forks a
-small relay that listens on 127.0.0.1:<port> there and carries each connection to the fabric's
-egress proxy over the unix socket bound into the sandbox; then it becomes the agent (exec), whose
-environment names http://127.0.0.1:<port> as HTTP_PROXY/HTTPS_PROXY. The proxy outside decides
-what may pass (agents/egress_proxy.py). Standard library only: it starts before every agent.
+small relay that listens on 127.0.0.1:<port> there for each pair and carries each connection over
+the unix socket to the fabric: the egress proxy (HTTP_PROXY/HTTPS_PROXY name it; it decides what
+may pass, agents/egress_proxy.py) and, for agents with NATS credentials, the NATS server
+(agents/nats_relay.py). Then it becomes the agent (exec). Standard library only: it starts before
+every agent.
 """
 
 from __future__ import annotations
@@ -45,6 +46,27 @@ def _serve(path: str, listener: socket.socket) -> None:
         threading.Thread(target=_pipe, args=(upstream, client), daemon=True).start()
 
 
+def _relay(forwards: list[tuple[int, str]]) -> None:
+    listeners = []
+    for port, path in forwards:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(64)
+        listeners.append((listener, path))
+    if os.fork() == 0:  # the relay: it must not hold the agent's protocol pipes open
+        _die_with_parent()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        os.dup2(devnull, 1)
+        for listener, path in listeners[1:]:
+            threading.Thread(target=_serve, args=(path, listener), daemon=True).start()
+        _serve(listeners[0][1], listeners[0][0])
+        os._exit(0)
+    for listener, _ in listeners:
+        listener.close()
+
+
 def _die_with_parent() -> None:
     """The relay ends when the agent (its parent, after exec) ends: PR_SET_PDEATHSIG."""
     try:
@@ -57,21 +79,14 @@ def _die_with_parent() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 4 or argv[2] != "--":
-        sys.exit("usage: egress_bridge <unix socket> <port> -- <command...>")
-    path, port, command = argv[0], int(argv[1]), argv[3:]
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", port))
-    listener.listen(64)
-    if os.fork() == 0:  # the relay: it must not hold the agent's protocol pipes open
-        _die_with_parent()
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
-        _serve(path, listener)
-        os._exit(0)
-    listener.close()
+    if "--" not in argv:
+        sys.exit("usage: egress_bridge <port>=<unix socket> [...] -- <command...>")
+    split = argv.index("--")
+    pairs, command = argv[:split], argv[split + 1 :]
+    forwards = [(int(port), path) for port, _, path in (pair.partition("=") for pair in pairs)]
+    if not forwards or not command:
+        sys.exit("usage: egress_bridge <port>=<unix socket> [...] -- <command...>")
+    _relay(forwards)
     os.execvp(command[0], command)
 
 

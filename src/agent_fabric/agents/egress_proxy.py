@@ -103,10 +103,10 @@ class EgressProxy:
             headers = [h for h in rest.split("\r\n") if h and not h.lower().startswith(("proxy-", "connection:"))]
             up_writer.write(f"{method} {origin} HTTP/1.1\r\n".encode("latin-1"))
             up_writer.write(("\r\n".join([*headers, "Connection: close"]) + "\r\n\r\n").encode("latin-1"))
-        await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+        await asyncio.gather(copy_stream(reader, up_writer), copy_stream(up_reader, writer))
 
 
-async def _copy(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+async def copy_stream(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
     try:
         while chunk := await source.read(65536):
             sink.write(chunk)

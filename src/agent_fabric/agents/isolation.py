@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import psutil
@@ -31,11 +32,13 @@ import psutil
 from agent_fabric.agents.cgroups import CgroupManager, Group, Limits
 from agent_fabric.agents.egress_gate import EgressGate
 from agent_fabric.agents.egress_proxy import EgressProxy
+from agent_fabric.agents.nats_relay import NatsRelay
 from agent_fabric.agents.process_spec import IsolationConfig, ProcessAgent
 from agent_fabric.errors import ConfigurationError, InvalidRequest
 
 _PASSED_THROUGH = ("LANG", "LC_ALL", "TZ")
 BRIDGE_PORT = 3128  # inside each agent's own network namespace: never a clash
+NATS_PORT = 4222
 SDK_PATH = str(Path(__file__).resolve().parents[2])  # the directory holding the agent_fabric package
 
 
@@ -62,6 +65,7 @@ class Sandbox:
     pids: dict[str, int] = field(default_factory=dict)
     proxy: EgressProxy | None = None  # the only way out of its network namespace (None: no namespace)
     bwrap: str | None = None
+    nats_relay: NatsRelay | None = None  # its route to the NATS server from inside the namespace
 
     def launch(self, agent: ProcessAgent, name: str, heartbeat_interval: float) -> Launch:
         """Prepare process `name` of the agent (its control group, if any) and say how to start it."""
@@ -74,7 +78,8 @@ class Sandbox:
         }
         command = _resolve(agent.command, agent.package_path)
         if self.config.level == "none":
-            env = {**os.environ, **protocol_env, "PYTHONPATH": _pythonpath(os.environ.get("PYTHONPATH"))}
+            env = {**os.environ, **protocol_env, **self._nats_env(agent)}
+            env["PYTHONPATH"] = _pythonpath(os.environ.get("PYTHONPATH"))
             return Launch(command, agent.package_path, env, None, new_session=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "tmp").mkdir(exist_ok=True)
@@ -88,6 +93,7 @@ class Sandbox:
         )
         env.update(agent.env)
         env.update(protocol_env)
+        env.update(self._nats_env(agent))
         group = None
         prelude: list[str] = []
         if self.cgroups is not None:
@@ -103,17 +109,32 @@ class Sandbox:
             proxy_url = f"http://127.0.0.1:{BRIDGE_PORT}"
             env.update(HTTP_PROXY=proxy_url, HTTPS_PROXY=proxy_url, http_proxy=proxy_url, https_proxy=proxy_url)
             env.update(NO_PROXY="", no_proxy="")
+            forwards = [f"{BRIDGE_PORT}={self.proxy.path}"]
+            if self.nats_relay is not None:
+                forwards.append(f"{NATS_PORT}={self.nats_relay.path}")
             command = [
                 *(self.bwrap, "--unshare-net", "--die-with-parent", "--dev-bind", "/", "/"),
                 *("--chdir", str(self.workdir), "--"),
-                *(sys.executable, "-m", "agent_fabric.agents.egress_bridge", str(self.proxy.path), str(BRIDGE_PORT)),
-                "--",
+                *(sys.executable, "-m", "agent_fabric.agents.egress_bridge", *forwards, "--"),
                 *command,
             ]
         # A shell enters the limits, then becomes the agent (exec): nothing runs outside them.
         script = " && ".join([*prelude, 'exec "$@"'])
         argv = ["/bin/sh", "-c", script, "agent-launch", *command]
         return Launch(argv, self.workdir, env, group, new_session=True, netns=self.proxy is not None)
+
+    def _nats_env(self, agent: ProcessAgent) -> dict[str, str]:
+        """The agent's own NATS credentials; inside a network namespace its URL is the relay's."""
+        if agent.nats is None:
+            return {}
+        url = f"nats://127.0.0.1:{NATS_PORT}" if self.nats_relay is not None else agent.nats["url"]
+        return {
+            "AGENT_NATS_URL": url,
+            "AGENT_NATS_USER": agent.nats["user"],
+            "AGENT_NATS_PASSWORD": agent.nats["password"],
+            "AGENT_NATS_INBOX_PREFIX": agent.nats["inbox_prefix"],
+            "AGENT_NATS_CONTROL_SUBJECT": agent.nats["control_subject"],
+        }
 
     def started(self, name: str, pid: int) -> None:
         self.pids[name] = pid
@@ -172,7 +193,9 @@ class IsolationManager:
             return f"{limits}; network not isolated (bubblewrap missing): egress allowlist NOT enforced"
         return f"{limits}; network namespace (bubblewrap), egress only through the fabric's allowlist proxy"
 
-    async def create_sandbox(self, agent_id: str, config: IsolationConfig, *, tenant_id: str = "default") -> Sandbox:
+    async def create_sandbox(
+        self, agent_id: str, config: IsolationConfig, *, tenant_id: str = "default", nats_url: str | None = None
+    ) -> Sandbox:
         if config.level == "container":
             raise InvalidRequest(
                 "isolation level 'container' needs a container runtime (Kubernetes); this fabric runs agents "
@@ -198,6 +221,12 @@ class IsolationManager:
             sandbox.proxy = EgressProxy(self._sockets / f"{self._serial}.sock", decide)
             sandbox.bwrap = self._bwrap
             await sandbox.proxy.start()
+            parts = urlsplit(nats_url) if nats_url else None
+            if parts is not None and parts.hostname:
+                sandbox.nats_relay = NatsRelay(
+                    self._sockets / f"{self._serial}n.sock", parts.hostname, parts.port or 4222
+                )
+                await sandbox.nats_relay.start()
         self._sandboxes[agent_id] = sandbox
         return sandbox
 
@@ -210,6 +239,8 @@ class IsolationManager:
             sandbox.finished(name)
         if sandbox.proxy is not None:
             await sandbox.proxy.aclose()
+        if sandbox.nats_relay is not None:
+            await sandbox.nats_relay.aclose()
         if sandbox.cgroups is not None:
             sandbox.cgroups.remove_agent(agent_id)
         if sandbox.config.level == "process":

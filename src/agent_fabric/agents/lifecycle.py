@@ -127,7 +127,10 @@ class LifecycleManager:
                 return pool
             if pool is not None and not restart:
                 raise AgentUnavailable(pool.status, pool.reason or f"agent is {pool.status}")
-            sandbox = await self.isolation.create_sandbox(agent.id, agent.isolation, tenant_id=agent.tenant_id)
+            nats_url = agent.nats["url"] if agent.nats else None
+            sandbox = await self.isolation.create_sandbox(
+                agent.id, agent.isolation, tenant_id=agent.tenant_id, nats_url=nats_url
+            )
             self._sandboxes[agent.id] = sandbox
             logs = self.logs.setdefault(agent.id, AgentLogs(self._log_lines, self._log_retention))
             pool = AgentPool(

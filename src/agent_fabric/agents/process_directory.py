@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agent_fabric.agents.config import AgentConfigs
+from agent_fabric.agents.nats_credentials import NatsCredentials
 from agent_fabric.agents.process_spec import IsolationConfig, ProcessAgent, RuntimeConfig
 from agent_fabric.agents.registry import AgentRecord, AgentRegistry
 from agent_fabric.agents.states import AgentStatus
@@ -30,10 +31,17 @@ RUNNABLE = frozenset({AgentStatus.REGISTERED, AgentStatus.RUNNING, AgentStatus.F
 
 
 class RegistryDirectory:
-    def __init__(self, registry: AgentRegistry, configs: AgentConfigs, cfg: ProcessAgentSettings) -> None:
+    def __init__(
+        self,
+        registry: AgentRegistry,
+        configs: AgentConfigs,
+        cfg: ProcessAgentSettings,
+        nats: NatsCredentials | None = None,
+    ) -> None:
         self.registry = registry
         self._configs = configs
         self._cfg = cfg
+        self._nats = nats
         self._cache: dict[str, tuple[float, ProcessAgent | None]] = {}
 
     async def process_agent(self, agent_id: str) -> ProcessAgent | None:
@@ -105,6 +113,7 @@ class RegistryDirectory:
             isolation=isolation,
             env=dict(env),
             status=record.status.value,
+            nats=await self._nats.for_agent(record.id) if self._nats is not None else None,
         )
 
     async def set_status(self, agent_id: str, status: str, reason: str) -> None:

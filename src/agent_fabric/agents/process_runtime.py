@@ -23,6 +23,7 @@ from agent_fabric.agents import cgroups
 from agent_fabric.agents.egress_gate import EgressGate
 from agent_fabric.agents.isolation import IsolationManager
 from agent_fabric.agents.lifecycle import LifecycleManager
+from agent_fabric.agents.nats_credentials import NatsCredentials
 from agent_fabric.agents.pool import AgentPool
 from agent_fabric.agents.process_alerts import AgentAlerts
 from agent_fabric.agents.process_directory import RegistryDirectory
@@ -32,6 +33,7 @@ from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.drivers.factory import Drivers, build_process_driver
 from agent_fabric.errors import NotFound
 from agent_fabric.periodic import Periodic
+from agent_fabric.security.sealing import sealer_for
 from agent_fabric.settings import Settings
 from agent_fabric.storage.agent_run_store import AgentRunStore
 from agent_fabric.telemetry.metrics import FabricMetrics
@@ -125,7 +127,8 @@ async def open_process_runtime(
     gate = EgressGate(policies, audit, tenants)
     isolation = IsolationManager(root.resolve(), manager, gate, await usable_bwrap())
     log.info("process agents isolation", extra={"enforcement": isolation.enforcement})
-    directory = RegistryDirectory(agents.registry, agents.configs, cfg)
+    credentials = NatsCredentials(engine, agents.nats_users, sealer_for(settings))
+    directory = RegistryDirectory(agents.registry, agents.configs, cfg, credentials)
     lifecycle = LifecycleManager(
         isolation,
         AgentRunStore(engine, owner),

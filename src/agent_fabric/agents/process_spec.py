@@ -88,6 +88,7 @@ class ProcessAgent:
     isolation: IsolationConfig = field(default_factory=IsolationConfig)
     env: dict[str, str] = field(default_factory=dict)  # the agent's own variables (its configuration)
     status: str = "registered"  # in the registry when looked up
+    nats: dict[str, str] | None = None  # its own NATS user on the bundled server: url, user, password, ...
 
 
 class AgentSettingsDoc(BaseModel):

@@ -7,11 +7,14 @@
 - `fork`: forks children that each fork, for input.seconds; returns how many forks failed;
 - `ignore_cancel`: sleeps input.seconds without ever calling the SDK (a cancel cannot reach it);
 - `say`: prints input.line to stderr (the agent's log) and returns;
-- `fetch`: GETs input.url through the proxy the environment names (input.direct: around it).
+- `fetch`: GETs input.url through the proxy the environment names (input.direct: around it);
+- `nats`: connects with its own NATS credentials (AGENT_NATS_*), publishes input.text on
+  agent.<its id>.hello, and tries to read every task result (agent.status.>), which it may not.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -44,6 +47,8 @@ def handle(task: Task) -> Any:
         return {"ignored": True}
     if task.type == "fetch":
         return _fetch(str(task.input["url"]), bool(task.input.get("direct")))
+    if task.type == "nats":
+        return asyncio.run(_nats(str(task.input.get("text", "hello"))))
     if task.type == "say":
         print(task.input["line"], file=sys.stderr, flush=True)
         return {"said": True}
@@ -60,6 +65,31 @@ def _fetch(url: str, direct: bool) -> dict[str, Any]:
         return {"status": exc.code, "body": exc.read().decode(errors="replace")}
     except OSError as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+async def _nats(text: str) -> dict[str, Any]:
+    import nats  # the fabric's own client library, present where the fabric runs
+
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    client = await nats.connect(
+        os.environ["AGENT_NATS_URL"],
+        user=os.environ["AGENT_NATS_USER"],
+        password=os.environ["AGENT_NATS_PASSWORD"],
+        inbox_prefix=os.environ["AGENT_NATS_INBOX_PREFIX"],
+        error_cb=on_error,
+        allow_reconnect=False,
+        connect_timeout=5,
+    )
+    await client.publish(f"agent.{os.environ['AGENT_FABRIC_AGENT_ID']}.hello", text.encode())
+    await client.subscribe("agent.status.>")
+    await client.flush()
+    await asyncio.sleep(0.5)  # the server's permissions violation arrives asynchronously
+    await client.close()
+    return {"url": os.environ["AGENT_NATS_URL"], "errors": errors}
 
 
 def _fork_bomb(seconds: float) -> dict[str, Any]:
