@@ -437,6 +437,11 @@ class ProcessAgentSettings(BaseSettings):
     isolation: Literal["none", "process", "container"] = Field(
         "process", description="Default isolation level (AGENT_ISOLATION overrides per package)."
     )
+    allow_unisolated: bool = Field(
+        False,
+        description="Let a package ask for AGENT_ISOLATION=none (a plain child with the fabric's environment, "
+        "secrets included). Off: such an agent is refused with `isolation_refused`.",
+    )
     memory_mb: int = Field(512, ge=16, description="Default memory limit per process (AGENT_MEMORY_MB overrides).")
     cpu_cores: float = Field(1.0, gt=0, description="Default CPU limit per process (AGENT_CPU_CORES overrides).")
     max_pids: int = Field(256, ge=8, description="Default process/thread limit per process (AGENT_MAX_PIDS).")

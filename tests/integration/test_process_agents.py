@@ -74,12 +74,16 @@ async def health(app: RunningApp, agent_id: str) -> dict[str, Any]:
 
 
 async def wait_health(app: RunningApp, agent_id: str, check: Any, timeout: float = 30) -> dict[str, Any]:
-    async with asyncio.timeout(timeout):
-        while True:
-            found = await health(app, agent_id)
-            if check(found):
-                return found
-            await asyncio.sleep(0.1)
+    found: dict[str, Any] = {}
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                found = await health(app, agent_id)
+                if check(found):
+                    return found
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"health never matched within {timeout}s; last: {found}") from None
 
 
 def busy_pid(app: RunningApp, agent_id: str, job: str) -> int | None:
@@ -292,7 +296,8 @@ async def test_cancel_and_timeout_reach_the_process(sqlite_app: RunningApp) -> N
     assert cancel.status_code == 202, cancel.text
     assert (await task_status(app, polite, {"cancelled"}, pod, timeout=15))["status"] == "cancelled"
     runs = (await app.client.get(f"/api/v1/agents/{echo}/runs", headers=app.auth())).json()["items"]
-    assert pid is not None and alive(pid), runs  # it stopped the task itself: the process stays and is reused
+    reasons = [(r["pid"], r["reason"]) for r in runs]
+    assert pid is not None and alive(pid), reasons  # it stopped the task itself: the process stays and is reused
     await wait_health(app, echo, lambda h: any(p["pid"] == pid and p["state"] == "idle" for p in h["processes"]))
 
     timed = new_job_id("timed")
@@ -434,3 +439,16 @@ async def test_a_task_waiting_for_a_process_survives_a_restart(sqlite_app: Runni
     assert done["status"] == "completed" and done["result"] == {"x": 1}
     for job in sleepers:  # drained: they finished on the old processes
         assert (await task_status(app, job, {"completed", "failed"}, pod, timeout=30))["status"] == "completed"
+
+
+async def test_a_package_asking_for_no_isolation_is_refused_unless_allowed(sqlite_app: RunningApp) -> None:
+    app, pod = sqlite_app, new_pod()
+    agent_id = await register(app, package(packages(app), "echo", AGENT_ISOLATION="none"), pod)
+    job = new_job_id("bare")
+    await app.client.post(
+        "/api/v1/tasks", headers=app.auth(), json={**process_task(job, agent_id, "echo"), "tenant_id": pod}
+    )
+    record = await task_status(app, job, {"failed"}, pod, timeout=30)
+    assert record["error"]["code"] == "isolation_refused" and "ALLOW_UNISOLATED" in record["error"]["message"]
+    response = await app.client.post(f"/api/v1/agents/{agent_id}/start", headers=app.auth())
+    assert response.status_code == 422 and response.json()["code"] == "isolation_refused"

@@ -14,7 +14,7 @@ import pytest
 
 from agent_fabric.agents import cgroups
 from tests.conftest import RunningApp, new_job_id, running_app
-from tests.integration.test_process_agents import process_settings
+from tests.integration.test_process_agents import FAST, process_settings
 from tests.support.flows import new_pod, task_status, until
 from tests.support.process_agents import package, process_task, register
 
@@ -25,7 +25,8 @@ SECRET_VAR = "FABRIC_TEST_DB_PASSWORD"
 async def app(tmp_path: Path, nats_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RunningApp]:
     monkeypatch.setenv(SECRET_VAR, "s3cret-value")  # in the fabric's environment, as a real secret would be
     (tmp_path / "packages").mkdir()
-    async with running_app(process_settings(tmp_path, nats_url, None, None)) as running:
+    trusting = FAST.model_copy(update={"allow_unisolated": True})  # to show what `none` leaves open
+    async with running_app(process_settings(tmp_path, nats_url, None, None, process=trusting)) as running:
         yield running
 
 

@@ -27,6 +27,7 @@ from agent_fabric.agents.pool import AgentPool, AgentUnavailable
 from agent_fabric.agents.process_alerts import AgentAlerts
 from agent_fabric.agents.process_logs import AgentLogs
 from agent_fabric.agents.process_spec import ProcessAgent
+from agent_fabric.agents.run_history import RunHistory
 from agent_fabric.storage.agent_run_store import AgentRunStore
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class LifecycleManager:
         self.pools: dict[str, AgentPool] = {}
         self.logs: dict[str, AgentLogs] = {}
         self._sandboxes: dict[str, Sandbox] = {}
-        self._run_ids: dict[str, str] = {}
+        self.history = RunHistory(runs)
         self._starting: dict[str, asyncio.Lock] = {}
         self._pools_changed = asyncio.Condition()
         self._monitor: asyncio.Task[None] | None = None
@@ -93,6 +94,7 @@ class LifecycleManager:
         await pool.stop("stopped by request", drain_timeout=drain_timeout if graceful else 0.0)
         await self.isolation.destroy_sandbox(agent_id)
         self._sandboxes.pop(agent_id, None)
+        await self.history.flush()
         await self._status(pool.agent, "stopped", "stopped by request")
 
     async def heartbeat(self, agent_id: str) -> None:
@@ -143,10 +145,11 @@ class LifecycleManager:
                 ),
             )
             self.pools[agent.id] = pool
+            # Recorded before the pool starts: a crash loop's `failed` must come after `running`.
+            await self._status(agent, "running", "started")
             pool.start()
             async with self._pools_changed:
                 self._pools_changed.notify_all()
-            await self._status(agent, "running", "started")
             return pool
 
     async def replacement(self, agent_id: str, old: AgentPool, seconds: float) -> AgentPool | None:
@@ -177,10 +180,7 @@ class LifecycleManager:
         await proc.start()
         assert proc.pid is not None
         sandbox.started(name, proc.pid)
-        try:
-            self._run_ids[name] = await self.runs.started(agent.id, agent.tenant_id, name, proc.pid, proc.started_at)
-        except Exception as exc:  # history is a record, not a reason to refuse work
-            log.warning("process run not recorded", extra={"agent_id": agent.id, "error": str(exc)[:300]})
+        self.history.started(agent.id, agent.tenant_id, name, proc.pid, proc.started_at)
         return proc
 
     def _publish_heartbeat(self, beat: dict[str, Any]) -> None:
@@ -200,21 +200,15 @@ class LifecycleManager:
             extra={"agent_id": agent.id, "agent_process": proc.name, "exit_code": proc.exit_code, "reason": reason},
         )
         sandbox.finished(proc.name)
-        run_id = self._run_ids.pop(proc.name, None)
-        if run_id is None:
-            return
-        try:
-            await self.runs.ended(
-                run_id,
-                pid=proc.agent_pid,
-                ready_at=proc.ready_at,
-                exit_code=proc.exit_code,
-                outcome="failed" if failed else "stopped",
-                reason=reason,
-                tasks_done=proc.tasks_done,
-            )
-        except Exception as exc:
-            log.warning("process run end not recorded", extra={"agent_id": agent.id, "error": str(exc)[:300]})
+        self.history.ended(
+            proc.name,
+            pid=proc.agent_pid,
+            ready_at=proc.ready_at,
+            exit_code=proc.exit_code,
+            outcome="failed" if failed else "stopped",
+            reason=reason,
+            tasks_done=proc.tasks_done,
+        )
 
     async def _crash_loop(self, agent: ProcessAgent, reason: str, failures: int) -> None:
         log.error("agent failed: crash loop", extra={"agent_id": agent.id, "reason": reason})
@@ -225,10 +219,15 @@ class LifecycleManager:
         await self._alerts.raise_alert(agent.id, agent.tenant_id, status, reason, **detail)
         if self._status_hook is None:
             return
-        try:
-            await self._status_hook(agent.id, status, reason)
-        except Exception as exc:
-            log.warning("agent status not recorded", extra={"agent_id": agent.id, "error": str(exc)[:300]})
+        for delay in (0.1, 0.3, 1.0, 2.0, None):  # a busy database (SQLite locked) must not lose the move
+            try:
+                await self._status_hook(agent.id, status, reason)
+                return
+            except Exception as exc:
+                if delay is None:
+                    log.warning("agent status not recorded", extra={"agent_id": agent.id, "error": str(exc)[:300]})
+                    return
+                await asyncio.sleep(delay)
 
     def _summary(self, pool: AgentPool) -> dict[str, Any]:
         return {
@@ -274,6 +273,7 @@ class LifecycleManager:
         )
         self._sandboxes.clear()
         await self.isolation.aclose()
+        await self.history.flush()
 
 
 def _process_health(proc: AgentProcess) -> dict[str, Any]:

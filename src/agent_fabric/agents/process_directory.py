@@ -99,6 +99,12 @@ class RegistryDirectory:
             raise InvalidRequest(
                 f"agent {record.id}: its package's runtime hints are invalid: {exc}"[:1000], code="invalid_agent"
             ) from None
+        if hints.get("AGENT_ISOLATION") == "none" and cfg.isolation != "none" and not cfg.allow_unisolated:
+            raise InvalidRequest(
+                f"agent {record.id}: its package asks for isolation 'none' (the fabric's own environment, "
+                "secrets included); this fabric refuses that (AGENT_FABRIC_PROCESS_ALLOW_UNISOLATED)",
+                code="isolation_refused",
+            )
         assert record.package_path is not None and record.tenant_id is not None
         env = effective.get("env") or {}
         config: dict[str, Any] = {"settings": effective.get("settings") or {}, "log_level": effective.get("log_level")}

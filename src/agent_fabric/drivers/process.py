@@ -116,7 +116,10 @@ class ProcessDriver:
 
     async def _agent(self, spec: TaskSpec) -> ProcessAgent:
         agent_id = str(spec.agent_definition.agent_id)
-        agent = await self._directory.process_agent(agent_id)
+        try:
+            agent = await self._directory.process_agent(agent_id)
+        except FabricError as exc:  # the agent exists but cannot run here as configured
+            raise TaskFailure(exc.code, exc.message) from None
         if agent is None or agent.tenant_id != spec.tenant_id:  # another tenant's agent is not there
             raise InvalidTask(
                 f"no process agent {agent_id!r} is registered in tenant {spec.tenant_id!r}",

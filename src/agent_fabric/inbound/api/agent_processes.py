@@ -68,16 +68,18 @@ async def restart(agent_id: str, fabric: FabricDep, principal: AgentWriter) -> d
 
 @router.get("/{agent_id}/health", summary="The agent's status, and its processes on this replica with their heartbeats")
 async def health(agent_id: str, fabric: FabricDep, principal: AgentReader) -> dict[str, Any]:
-    """The registry's answer (status, reason, since), with this replica's processes when it runs
-    any: each with state, pid, uptime, current job and last heartbeat; `heartbeat` is the newest."""
+    """The registry's answer (status, reason, since) when no process of the agent runs here; else
+    this replica's: its status and reason, its processes (state, pid, uptime, current job, last
+    heartbeat), `heartbeat` the newest, and the registry's status beside them."""
     base = await agent_health(agent_id, fabric, principal)
     found = await _health(fabric, agent_id)
     if found is None:
         return {**base, "processes": []}
     beats = [p["last_heartbeat"] for p in found["processes"] if p["last_heartbeat"]]
     newest = max(beats, key=lambda b: str(b.get("timestamp"))) if beats else None
-    local = {k: v for k, v in found.items() if k not in ("status", "reason")}
-    return {**base, **local, "replica_status": found["status"], "source": "runtime", "heartbeat": newest}
+    # This replica's processes are the live truth here; the registry's word stays beside it.
+    registry = {"registry_status": base["status"], "registry_reason": base["reason"]}
+    return {**base, **found, **registry, "source": "runtime", "heartbeat": newest}
 
 
 @router.get(
@@ -121,6 +123,7 @@ async def runs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict[str, Any]:
     await _agent(fabric, principal, agent_id)
+    await fabric.processes.lifecycle.history.flush()  # runs that ended here a moment ago are in
     return {"agent_id": agent_id, "items": await fabric.processes.lifecycle.runs.history(agent_id, limit)}
 
 
