@@ -45,7 +45,7 @@ def env(replica_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     return {
         **replica_env,
         "AGENT_FABRIC_AGENTS_DIR": str(tmp_path / "packages"),
-        "AGENT_FABRIC_AGENTS_CONFIG": '{"heartbeat_interval_seconds": 1}',
+        "AGENT_FABRIC_AGENTS_CONFIG": '{"heartbeat_interval_seconds": 2}',
         "AGENT_FABRIC_PROCESS_BACKOFF_BASE_SECONDS": "0.1",
         "AGENT_FABRIC_SHUTDOWN_GRACE_SECONDS": "5",
     }

@@ -39,7 +39,7 @@ def process_settings(tmp_path: Path, nats_url: str, db: str | None, redis: str |
         database_url=db,
         redis_url=redis,
         agents=AgentsSettings(
-            dir=str(tmp_path / "packages"), rescan_seconds=3600, config={"heartbeat_interval_seconds": 1}
+            dir=str(tmp_path / "packages"), rescan_seconds=3600, config={"heartbeat_interval_seconds": 2}
         ),
         process=over.pop("process", FAST),
         **over,
@@ -279,8 +279,17 @@ async def test_stop_drains_the_running_task_then_refuses_new_ones(sqlite_app: Ru
     assert started.status_code == 202 and started.json()["status"] == "running"
 
 
-async def test_cancel_and_timeout_reach_the_process(sqlite_app: RunningApp) -> None:
-    app, pod = sqlite_app, new_pod()
+@pytest.fixture
+async def patient_app(tmp_path: Path, nats_url: str) -> AsyncIterator[RunningApp]:
+    """A cancel grace long enough that a loaded machine never decides for the agent."""
+    (tmp_path / "packages").mkdir()
+    patient = FAST.model_copy(update={"cancel_grace_seconds": 15})
+    async with running_app(process_settings(tmp_path, nats_url, None, None, process=patient)) as app:
+        yield app
+
+
+async def test_cancel_and_timeout_reach_the_process(patient_app: RunningApp) -> None:
+    app, pod = patient_app, new_pod()
     echo = await register(app, package(packages(app), "echo"), pod)
     hostile = await register(app, package(packages(app), "hostile"), pod)
 
@@ -319,9 +328,9 @@ async def test_cancel_and_timeout_reach_the_process(sqlite_app: RunningApp) -> N
     await until(lambda: busy_pid(app, hostile, stubborn) is not None, timeout=60, what="the stubborn task")
     deaf = busy_pid(app, hostile, stubborn)
     await app.client.post(f"/api/v1/tasks/{stubborn}/cancel?tenant_id={pod}", headers=app.auth())
-    assert (await task_status(app, stubborn, {"cancelled"}, pod, timeout=30))["status"] == "cancelled"
+    assert (await task_status(app, stubborn, {"cancelled"}, pod, timeout=60))["status"] == "cancelled"
     assert deaf is not None
-    await until(lambda: not alive(deaf), timeout=10, what="the deaf process killed after the grace")
+    await until(lambda: not alive(deaf), timeout=30, what="the deaf process killed after the grace")
     runs = (await app.client.get(f"/api/v1/agents/{hostile}/runs", headers=app.auth())).json()["items"]
     ended = next(r for r in runs if r["pid"] == deaf)
     assert ended["outcome"] == "stopped" and "did not stop its cancelled task" in ended["reason"]
