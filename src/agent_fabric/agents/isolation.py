@@ -39,6 +39,7 @@ from agent_fabric.errors import ConfigurationError, InvalidRequest
 _PASSED_THROUGH = ("LANG", "LC_ALL", "TZ")
 BRIDGE_PORT = 3128  # inside each agent's own network namespace: never a clash
 NATS_PORT = 4222
+SOCKET_DIR_PREFIX = "af-egress-"
 SDK_PATH = str(Path(__file__).resolve().parents[2])  # the directory holding the agent_fabric package
 
 
@@ -177,7 +178,7 @@ class IsolationManager:
         self._cgroups = cgroups
         self._egress = egress
         self._bwrap = bwrap if egress is not None else None
-        self._sockets = Path(tempfile.mkdtemp(prefix="af-egress-")) if self._bwrap else None  # short: 108-byte limit
+        self._sockets = _socket_dir() if self._bwrap else None
         self._sandboxes: dict[str, Sandbox] = {}
         self._serial = 0
 
@@ -288,6 +289,16 @@ def _usage_of(pid: int) -> dict[str, Any]:
         pass
     usage["cpu_seconds"] = round(float(usage["cpu_seconds"]), 3)
     return usage
+
+
+def _socket_dir() -> Path:
+    """A short directory for the unix sockets (their paths may not exceed 108 bytes), named by this
+    process; those left by fabrics that died (kill -9) are removed on the way."""
+    for stale in Path(tempfile.gettempdir()).glob(f"{SOCKET_DIR_PREFIX}*"):
+        owner = stale.name[len(SOCKET_DIR_PREFIX) :].split("-", 1)[0]
+        if owner.isdigit() and not psutil.pid_exists(int(owner)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{SOCKET_DIR_PREFIX}{os.getpid()}-"))
 
 
 def _safe(agent_id: str) -> str:
