@@ -43,6 +43,7 @@ bench: install
 	$(BIN)/python scripts/bench/ws_relay.py
 	$(BIN)/python scripts/bench/scheduling.py
 	$(BIN)/python scripts/bench/telemetry_overhead.py
+	$(BIN)/python scripts/bench/process_agents.py
 	$(BIN)/python scripts/bench/agent_config.py
 	$(BIN)/python scripts/bench/llm_gateway.py
 

@@ -60,6 +60,12 @@ if [ ! -x /usr/bin/chromium ]; then
   echo "services: /usr/bin/chromium is missing; installing the Debian package chromium"
   apt_install chromium || echo "services: could not install chromium; the console browser tests will fail" >&2
 fi
+# Process agents' egress allowlist runs them in a network namespace through bubblewrap (README
+# "Process agents"); without it the egress tests are skipped and egress is not enforced.
+if ! command -v bwrap >/dev/null; then
+  echo "services: installing bubblewrap (network sandbox of process agents)"
+  apt_install bubblewrap || echo "services: bubblewrap could not be installed; egress tests will be skipped" >&2
+fi
 
 # Whatever the address, say plainly if a service is still not there.
 pg_host=$(sed -E 's|.*@([^:/]+):([0-9]+)/.*|\1|' <<<"$PG_DSN"); pg_port=$(sed -E 's|.*@([^:/]+):([0-9]+)/.*|\2|' <<<"$PG_DSN")

@@ -14,6 +14,7 @@ from agent_fabric.inbound.api import (
     agent_decisions,
     agent_fleet,
     agent_instances,
+    agent_processes,
     agent_sessions,
     agent_tasks,
     agent_v2,
@@ -66,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
         budgets.router,
         audit.router,
         config.router,
+        agent_processes.router,  # before agents.router: its health/metrics/logs extend the registry's
         agents.router,
         agent_v2.router,
         agent_tasks.router,

@@ -25,6 +25,7 @@ from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.agent_zero.fleet_manager import FleetManager, open_fleet_manager
 from agent_fabric.agent_zero.session_events import SessionEvents
 from agent_fabric.agent_zero.sessions import SessionManager
+from agent_fabric.agents.process_runtime import ProcessRuntime, open_process_runtime
 from agent_fabric.agents.services import AgentDeps, AgentServices, open_agents
 from agent_fabric.audit.store import AuditStore
 from agent_fabric.audit.writer import AuditWriter
@@ -105,6 +106,7 @@ class Fabric:
     llm: LlmGateway
     llm_keys: GatewayKeys
     task_llm: TaskModelAccess
+    processes: ProcessRuntime
 
 
 @dataclass
@@ -275,6 +277,20 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
                 governance.control,
             ),
         )
+        processes = await open_process_runtime(
+            stack,
+            settings,
+            engine,
+            nc,
+            js,
+            agents,
+            governance.policies,
+            governance.audit,
+            governance.tenants,
+            drivers,
+            owner,
+            metrics,
+        )
         admission = Admission(
             drivers,
             governance.policies,
@@ -355,6 +371,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
             llm=llm,
             llm_keys=llm_keys,
             task_llm=task_llm,
+            processes=processes,
         )
         log.info("fabric shutting down", extra={"grace_s": settings.shutdown_grace_seconds})
 

@@ -171,3 +171,9 @@ def tenant_topic(tenant_id: str, topic: str) -> str:
 TASK_FAIL_SUBJECT: Final = f"{CONTROL_SUBJECT_PREFIX}.fail"
 # Gateway keys revoked (their SHA-256 hashes): every replica drops them from its key cache.
 LLM_KEYS_REVOKED_SUBJECT: Final = f"{CONTROL_SUBJECT_PREFIX}.llm_keys"
+# Process agents (agents/lifecycle.py). An agent whose processes failed for good (crash loop) or
+# changed status raises an alert in the governance stream (kept, audited). Start/stop/restart asked
+# of one replica is broadcast on the control subject so every replica's processes follow (core NATS).
+AGENT_ALERT_SUBJECT: Final = f"{ALERTS_SUBJECT_PREFIX}.agents"
+AGENT_ALERT_EVENT_TYPE: Final = AGENT_ALERT_SUBJECT
+AGENT_PROCESS_CONTROL_SUBJECT: Final = f"{CONTROL_SUBJECT_PREFIX}.processes"

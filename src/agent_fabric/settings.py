@@ -545,6 +545,54 @@ class LlmSettings(BaseSettings):
     )
 
 
+class ProcessAgentSettings(BaseSettings):
+    """The `process` runtime (agents/lifecycle.py, drivers/process.py; README "Process agents").
+    Fabric-wide defaults; a package's .env.discovery may set the per-agent ones (AGENT_MIN_IDLE, ...)."""
+
+    model_config = _section("AGENT_FABRIC_PROCESS_")
+
+    work_dir: str = Field("", description="Parent of agents' working directories. Empty: STATE_DIR/agent-work.")
+    missed_heartbeats: int = Field(3, ge=1, le=100, description="Heartbeats missed before a process is failed.")
+    ready_timeout_seconds: float = Field(30.0, gt=0, description="Longest wait for a new process's `ready`.")
+    min_idle: int = Field(1, ge=0, le=64, description="Warm processes per started agent (AGENT_MIN_IDLE overrides).")
+    drain_timeout_seconds: float = Field(
+        30.0, ge=0, description="Graceful stop: how long a running task may finish (AGENT_DRAIN_TIMEOUT overrides)."
+    )
+    stop_timeout_seconds: float = Field(5.0, ge=0, description="After SIGTERM, how long before SIGKILL.")
+    cancel_grace_seconds: float = Field(
+        5.0, ge=0, description="A process that does not stop a cancelled (or timed-out) task in this long is killed."
+    )
+    max_restarts: int = Field(5, ge=1, description="Process failures in a row before the agent stays `failed`.")
+    backoff_base_seconds: float = Field(0.5, ge=0, description="First restart delay; doubles with each failure.")
+    backoff_max_seconds: float = Field(60.0, ge=0, description="Longest restart delay.")
+    max_task_handoffs: int = Field(
+        3, ge=0, description="Times one attempt of a task moves to a fresh process after its process died."
+    )
+    idle_seconds: float = Field(
+        60.0, gt=0, description="A process idle this long while the pool holds more than min_idle is stopped."
+    )
+    alert_errors: int = Field(
+        5, ge=1, description="Failed processes or tasks of one agent within alert_window_seconds that raise an alert."
+    )
+    alert_window_seconds: float = Field(60.0, gt=0, description="The error-rate alert's window.")
+    runs_retention_days: float = Field(
+        30.0, gt=0, description="Process runs (session history) kept this long after they ended."
+    )
+    isolation: Literal["none", "process", "container"] = Field(
+        "process", description="Default isolation level (AGENT_ISOLATION overrides per package)."
+    )
+    allow_unisolated: bool = Field(
+        False,
+        description="Let a package ask for AGENT_ISOLATION=none (a plain child with the fabric's environment, "
+        "secrets included). Off: such an agent is refused with `isolation_refused`.",
+    )
+    memory_mb: int = Field(512, ge=16, description="Default memory limit per process (AGENT_MEMORY_MB overrides).")
+    cpu_cores: float = Field(1.0, gt=0, description="Default CPU limit per process (AGENT_CPU_CORES overrides).")
+    max_pids: int = Field(256, ge=8, description="Default process/thread limit per process (AGENT_MAX_PIDS).")
+    log_lines: int = Field(2000, ge=10, description="Log lines kept in memory per agent (stderr, stray stdout).")
+    log_retention_seconds: float = Field(3600.0, gt=0, description="Log lines older than this are dropped.")
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it once in `cli.py` or a test and pass it down."""
 
@@ -603,6 +651,7 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     agents: AgentsSettings = Field(default_factory=AgentsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
+    process: ProcessAgentSettings = Field(default_factory=ProcessAgentSettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from agent_fabric.admission.policy import PolicyEngine
 from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.agent_zero.fleet_routing import FleetRouter
+from agent_fabric.agents.lifecycle import AgentDirectory, LifecycleManager
 from agent_fabric.drivers.agent_zero import AgentZeroDriver
 from agent_fabric.drivers.base import Driver
 from agent_fabric.drivers.builtin import BuiltinDriver
+from agent_fabric.drivers.process import ProcessDriver
 from agent_fabric.errors import InvalidTask
 from agent_fabric.settings import Settings
 from agent_fabric.tasks import TaskSpec
@@ -28,6 +31,10 @@ class Drivers:
             )
         return driver
 
+    def add(self, driver: Driver) -> None:
+        """A runtime whose parts open after the others (process: it needs the agent registry)."""
+        self._drivers[driver.runtime] = driver
+
     def get(self, runtime: str) -> Driver | None:
         return self._drivers.get(runtime)
 
@@ -48,3 +55,10 @@ def build_drivers(settings: Settings, fleet: Fleet, router: FleetRouter | None =
     router, tasks of a POD with a started fleet run in its agents' chats)."""
     drivers: list[Driver] = [BuiltinDriver(), AgentZeroDriver(settings.agent_zero, fleet, router)]
     return Drivers({driver.runtime: driver for driver in drivers})
+
+
+def build_process_driver(
+    lifecycle: LifecycleManager, directory: AgentDirectory, policies: PolicyEngine, *, model_gateway: bool = False
+) -> Driver:
+    """The `process` runtime: tasks run in processes of registered agents (agents/lifecycle.py)."""
+    return ProcessDriver(lifecycle, directory, policies, model_gateway=model_gateway)

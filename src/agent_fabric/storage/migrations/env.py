@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import agent_fabric.storage.llm_tables  # noqa: F401  # its tables join the metadata
-from agent_fabric.storage import agent_tables  # noqa: F401  (registers its tables on the shared MetaData)
+from agent_fabric.storage import agent_process_tables, agent_tables  # noqa: F401  (register their tables)
 from agent_fabric.storage.engine import MIGRATION_LOCK_KEY
 from agent_fabric.storage.tables import metadata
 
