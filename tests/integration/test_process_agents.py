@@ -121,7 +121,7 @@ async def test_a_task_runs_on_a_process_agent_through_both_doors(proc_app: Runni
         assert record["result"] == {"msg": "hi"}
 
         body = {**process_task(nats_job, agent_id, "sleep", {"seconds": 0.5}), "tenant_id": pod}
-        await nc.jetstream().publish("agent.execute.normal", structured(body), headers=auth_as(app, "alice", "agent", pod))
+        await nc.jetstream().publish("agent.execute.normal", structured(body), headers=alice)
         await until(
             lambda: [e for e in for_job(results, nats_job) if e["type"] == "agent.status.completed"],
             timeout=60,
