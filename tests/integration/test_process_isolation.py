@@ -205,3 +205,12 @@ async def test_an_agent_reaches_the_bundled_nats_with_its_own_user_from_its_sand
         await until(lambda: heard, timeout=10, what="the agent's message on its own subject")
         assert heard == [b"from the sandbox"]
         assert any("permissions violation" in e.lower() for e in result["errors"]), result  # not others' results
+
+
+async def test_an_exit_is_seen_even_when_a_child_keeps_the_pipes_open(app: RunningApp) -> None:
+    agent_id, pod = await hostile(app)
+    record = await run(app, agent_id, pod, "orphan", {})
+    # Every process it lands on dies the same way: handed on, then the agent's crash loop stops it.
+    assert record["status"] == "failed", record
+    assert record["error"]["code"] in ("agent_crashed", "agent_unavailable"), record
+    assert "exited with code 7" in record["error"]["message"]

@@ -207,13 +207,28 @@ class AgentProcess:
 
     async def _watch_exit(self) -> None:
         assert self._proc is not None
-        self.exit_code = await self._proc.wait()
+        proc = self._proc
+        # asyncio's wait() also waits for the pipes to close, which a descendant that inherited
+        # them (a daemon the agent left behind) may never do: the exit itself is the returncode.
+        waited = asyncio.ensure_future(proc.wait())
+        while not waited.done() and proc.returncode is None:
+            await asyncio.wait({waited}, timeout=0.1)
+        code = proc.returncode
+        self.exit_code = code if code is not None else waited.result()
         if self.launch.netns and self.exit_code > 128:  # bubblewrap reports a signal as 128 + n
             self.exit_code = 128 - self.exit_code
         # Let the readers take what the pipes still hold (a checkpoint written just before dying).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2.0):
                 await asyncio.gather(*self._tasks[:2], return_exceptions=True)
+        if not waited.done():  # what it left behind belongs to the agent and ends with it
+            if self.launch.new_session and self.pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0):
+                    await asyncio.shield(waited)
+            waited.cancel()
         group = self.launch.group
         if group is not None and group.hit_memory_limit():
             self.resource_limit = True

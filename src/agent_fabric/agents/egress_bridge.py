@@ -54,11 +54,14 @@ def _relay(forwards: list[tuple[int, str]]) -> None:
         listener.bind(("127.0.0.1", port))
         listener.listen(64)
         listeners.append((listener, path))
-    if os.fork() == 0:  # the relay: it must not hold the agent's protocol pipes open
+    agent = os.getpid()  # after exec, the agent itself
+    if os.fork() == 0:  # the relay: it must hold none of the agent's pipes (protocol and log)
         _die_with_parent()
+        if os.getppid() != agent:  # the agent was already gone before the death signal was armed
+            os._exit(0)
         devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
         for listener, path in listeners[1:]:
             threading.Thread(target=_serve, args=(path, listener), daemon=True).start()
         _serve(listeners[0][1], listeners[0][0])

@@ -6,6 +6,7 @@
   a file there;
 - `fork`: forks children that each fork, for input.seconds; returns how many forks failed;
 - `ignore_cancel`: sleeps input.seconds without ever calling the SDK (a cancel cannot reach it);
+- `orphan`: leaves a child holding its pipes (sleeping a minute) and exits with code 7 mid-task;
 - `say`: prints input.line to stderr (the agent's log) and returns;
 - `fetch`: GETs input.url through the proxy the environment names (input.direct: around it);
 - `nats`: connects with its own NATS credentials (AGENT_NATS_*), publishes input.text on
@@ -49,6 +50,11 @@ def handle(task: Task) -> Any:
         return _fetch(str(task.input["url"]), bool(task.input.get("direct")))
     if task.type == "nats":
         return asyncio.run(_nats(str(task.input.get("text", "hello"))))
+    if task.type == "orphan":
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        os._exit(7)
     if task.type == "say":
         print(task.input["line"], file=sys.stderr, flush=True)
         return {"said": True}
