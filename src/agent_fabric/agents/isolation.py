@@ -166,6 +166,19 @@ def _limits(config: IsolationConfig) -> Limits:
     return Limits(config.memory_mb * 1024 * 1024, config.cpu_cores, config.max_pids)
 
 
+def level_unavailable(level: str) -> str | None:
+    """Why this fabric cannot run an agent's processes at isolation `level`, None if it can. The one
+    check: the start of its processes refuses with it, registration (registration_notices.py) warns.
+    Level `container` needs a container runtime, and this fabric has none on any host: it runs
+    agents as local processes (Kubernetes runs them from GET /api/v1/agents/{id}/kubernetes)."""
+    if level == "container":
+        return (
+            "isolation level 'container' needs a container runtime (Kubernetes); this fabric runs agents "
+            "as local processes: use level 'process'"
+        )
+    return None
+
+
 class IsolationManager:
     def __init__(
         self,
@@ -197,12 +210,9 @@ class IsolationManager:
     async def create_sandbox(
         self, agent_id: str, config: IsolationConfig, *, tenant_id: str = "default", nats_url: str | None = None
     ) -> Sandbox:
-        if config.level == "container":
-            raise InvalidRequest(
-                "isolation level 'container' needs a container runtime (Kubernetes); this fabric runs agents "
-                "as local processes: use level 'process'",
-                code="isolation_unavailable",
-            )
+        problem = level_unavailable(config.level)
+        if problem is not None:
+            raise InvalidRequest(problem, code="isolation_unavailable")
         existing = self._sandboxes.get(agent_id)
         if existing is not None and existing.config == config:
             return existing

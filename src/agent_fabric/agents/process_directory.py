@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from agent_fabric.agents.config import AgentConfigs
 from agent_fabric.agents.nats_credentials import NatsCredentials
-from agent_fabric.agents.process_spec import IsolationConfig, ProcessAgent, RuntimeConfig
+from agent_fabric.agents.process_spec import IsolationConfig, ProcessAgent, RuntimeConfig, requested_isolation
 from agent_fabric.agents.registry import AgentRecord, AgentRegistry
 from agent_fabric.agents.states import AgentStatus
 from agent_fabric.errors import Conflict, InvalidRequest
@@ -88,7 +88,7 @@ class RegistryDirectory:
             )
             egress = str(hints.get("AGENT_NETWORK_EGRESS", ""))
             isolation = IsolationConfig(
-                level=hints.get("AGENT_ISOLATION", cfg.isolation),
+                level=requested_isolation(hints, cfg.isolation),
                 memory_mb=int(hints.get("AGENT_MEMORY_MB", cfg.memory_mb)),
                 cpu_cores=float(hints.get("AGENT_CPU_CORES", cfg.cpu_cores)),
                 max_pids=int(hints.get("AGENT_MAX_PIDS", cfg.max_pids)),

@@ -9,6 +9,7 @@ may carry a `process` section (RuntimeConfig) and an `isolation` section (Isolat
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -65,6 +66,11 @@ class RuntimeConfig(BaseModel):
     max_task_handoffs: int = Field(
         3, ge=0, le=100, description="Times one attempt of a task moves to a fresh process after its process died."
     )
+
+
+def requested_isolation(hints: Mapping[str, Any], default: str) -> str:
+    """The isolation level a package asks for (AGENT_ISOLATION in its .env.discovery), else the fabric's."""
+    return str(hints.get("AGENT_ISOLATION", default))
 
 
 def parse_command(command: str | list[str] | None) -> list[str]:

@@ -4,7 +4,8 @@ agent, and, on the bundled nats-server, a NATS user limited to the agent's own s
 
 Everything that must hold together commits in one transaction: the claim of the agent, the spent
 token, the API key, the sealed NATS password, the audit entry. The NATS server learns the new user
-right after the commit (agents/nats_users.py).
+right after the commit (agents/nats_users.py). What the fabric already knows it cannot do for the
+agent (registration_notices.py) is in the answer's `notices`, the status reason, the audit and the log.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.agents.credentials import DiscoveryTokens, agent_subject, create_agent_key
 from agent_fabric.agents.nats_users import NatsUsers
+from agent_fabric.agents.registration_notices import Notice, registration_notices
 from agent_fabric.agents.registry import AgentRecord, AgentRegistry, ModeFor
 from agent_fabric.audit.entries import AuditEntry, append
 from agent_fabric.security.sealing import Sealer
 from agent_fabric.security.tokens import TokenService
+from agent_fabric.settings import ProcessAgentSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ class Registration:
     access_token: str
     expires_in: int
     nats: dict[str, Any]
+    notices: tuple[Notice, ...] = ()
 
     def view(self) -> dict[str, Any]:
         return {
@@ -46,6 +50,7 @@ class Registration:
                 "expires_in": self.expires_in,
             },
             "nats": self.nats,
+            "notices": [n.view() for n in self.notices],
         }
 
 
@@ -60,6 +65,7 @@ class Registrar:
         nats_users: NatsUsers,
         mode_for: ModeFor,
         access_ttl_seconds: int,
+        process: ProcessAgentSettings,
     ) -> None:
         self._engine = engine
         self._registry = registry
@@ -69,6 +75,7 @@ class Registrar:
         self._nats = nats_users
         self._mode_for = mode_for
         self._ttl = access_ttl_seconds
+        self._process = process
 
     async def register(
         self,
@@ -100,6 +107,9 @@ class Registrar:
             )
             if spent is not None:
                 await self._tokens.attribute(conn, spent, record.id)
+            notices = registration_notices(record, self._process)
+            if notices:
+                record = await self._registry.note_in(conn, record.id, "; ".join(n.message for n in notices))
             assert record.tenant_id
             key = await create_agent_key(conn, record.id, record.tenant_id, actor)
             await append(
@@ -116,7 +126,11 @@ class Registrar:
                         "agent_type": agent_type,
                         "with_discovery_token": discovery_token is not None,
                     },
-                    response={"api_key_id": key.key_id, "status": record.status.value},
+                    response={
+                        "api_key_id": key.key_id,
+                        "status": record.status.value,
+                        "notices": [n.view() for n in notices],
+                    },
                 ),
             )
         access = self._jwt.issue(
@@ -128,4 +142,14 @@ class Registrar:
         )
         nats = await self._nats.after_registration(record, password)
         log.info("agent registered", extra={"agent_id": record.id, "tenant_id": record.tenant_id})
-        return Registration(record, key.key_id, key.api_key, access, self._ttl, nats)
+        for notice in notices:
+            log.warning(
+                "agent registered with a notice",
+                extra={
+                    "agent_id": record.id,
+                    "tenant_id": record.tenant_id,
+                    "code": notice.code,
+                    "notice": notice.message,
+                },
+            )
+        return Registration(record, key.key_id, key.api_key, access, self._ttl, nats, tuple(notices))

@@ -271,6 +271,21 @@ class AgentRegistry:
         fresh = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one()
         return record_from_row(fresh)
 
+    async def note_in(self, conn: AsyncConnection, agent_id: str, note: str) -> AgentRecord:
+        """Add `note` to the reason of the agent's current status and of the transition that made it,
+        in the caller's transaction (registration: what the fabric cannot do for the agent)."""
+        row = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one()
+        reason = f"{row.status_reason}; {note}" if row.status_reason else note
+        await conn.execute(update(agents).where(agents.c.id == agent_id).values(status_reason=reason))
+        last = select(func.max(agent_transitions.c.seq)).where(agent_transitions.c.agent_id == agent_id)
+        await conn.execute(
+            update(agent_transitions)
+            .where(agent_transitions.c.agent_id == agent_id, agent_transitions.c.seq == last.scalar_subquery())
+            .values(reason=reason)
+        )
+        fresh = (await conn.execute(select(agents).where(agents.c.id == agent_id))).one()
+        return record_from_row(fresh)
+
     async def nats_passwords(self) -> list[tuple[AgentRecord, str]]:
         """Every agent holding a NATS password for the bundled server (sealed as stored)."""
         stmt = select(agents).where(agents.c.nats_password.is_not(None), agents.c.tenant_id.is_not(None))

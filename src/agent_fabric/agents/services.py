@@ -77,6 +77,7 @@ async def open_agents(stack: contextlib.AsyncExitStack, settings: Settings, deps
         nats_users,
         deps.mode_for,
         settings.jwt.access_ttl_seconds,
+        settings.process,
     )
     dirs = settings.agents_dirs
     if not settings.agents.dir:
