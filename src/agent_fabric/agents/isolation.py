@@ -11,7 +11,8 @@ Level `process`, what each process gets:
 
 Level `none` runs the command as a plain child with the fabric's environment, in the package
 directory: for trusted agents only. Level `container` needs a container runtime; this fabric runs
-local processes only, so it is refused with a message saying so.
+local processes only, so it is refused with a message saying so (level_unavailable), which
+registration already tells (registration_notices.py).
 """
 
 from __future__ import annotations
