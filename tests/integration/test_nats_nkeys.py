@@ -122,7 +122,7 @@ def operator_nats(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     operator, account, system, user = new_operator_key(), new_account_key(), new_account_key(), new_user_key()
     accounts = {
         account.public: account_jwt(operator, account, "FABRIC"),
-        system.public: account_jwt(operator, system, "SYS"),
+        system.public: account_jwt(operator, system, "SYS", jetstream=False),
     }
     preload = ", ".join(f"{q(key)}: {q(jwt)}" for key, jwt in accounts.items())
     auth = (

@@ -89,8 +89,10 @@ def operator_jwt(operator: NKey) -> str:
     return encode_jwt(operator, operator.public, "test-operator", {"type": "operator"})
 
 
-def account_jwt(operator: NKey, account: NKey, name: str) -> str:
-    nats = {"type": "account", "limits": OPEN_ACCOUNT_LIMITS, "default_permissions": {"pub": {}, "sub": {}}}
+def account_jwt(operator: NKey, account: NKey, name: str, *, jetstream: bool = True) -> str:
+    """An account; the system account must be issued with `jetstream=False` (the server refuses it)."""
+    limits = OPEN_ACCOUNT_LIMITS if jetstream else {**OPEN_ACCOUNT_LIMITS, "mem_storage": 0, "disk_storage": 0}
+    nats = {"type": "account", "limits": limits, "default_permissions": {"pub": {}, "sub": {}}}
     return encode_jwt(operator, account.public, name, nats)
 
 
