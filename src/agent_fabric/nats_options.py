@@ -7,9 +7,11 @@ whatever its operator issued: a user and password, a token, an NKey seed file, a
 
 from __future__ import annotations
 
-import importlib.util
 import ssl
+from pathlib import Path
 from typing import Any
+
+import nkeys
 
 from agent_fabric.embedded_nats import EmbeddedNats
 from agent_fabric.errors import ConfigurationError
@@ -29,6 +31,45 @@ def tls_context(cfg: NatsSettings) -> ssl.SSLContext | None:
     return context
 
 
+def _read_secret_file(path: Path, setting: str) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"AGENT_FABRIC_NATS_{setting}: cannot read {path}: {exc.__class__.__name__}") from None
+
+
+def _check_seed(seed: str, setting: str, path: Path) -> None:
+    try:
+        nkeys.from_seed(bytearray(seed.strip().encode())).wipe()
+    except Exception:  # nkeys raises its own errors and binascii/struct errors alike for a bad seed
+        # The seed itself never reaches the message: it is the fabric's private key.
+        raise ConfigurationError(f"AGENT_FABRIC_NATS_{setting}: {path} holds no valid NKey seed") from None
+
+
+def check_seed_file(path: Path) -> None:
+    """Fail at start-up, not at connect, when the NKey seed file is missing or holds no seed."""
+    _check_seed(_read_secret_file(path, "NKEY_SEED_FILE"), "NKEY_SEED_FILE", path)
+
+
+def check_creds_file(path: Path) -> None:
+    """A credentials file must hold a user JWT block and a user seed block.
+
+    nats-py reads the file line by line until it finds the JWT marker and would wait forever on a
+    file without one, so the shape is checked here, before connecting.
+    """
+    lines = _read_secret_file(path, "CREDS_FILE").splitlines()
+    blocks: dict[str, str] = {}
+    for index, line in enumerate(lines[:-1]):
+        for marker in ("BEGIN NATS USER JWT", "BEGIN USER NKEY SEED"):
+            if marker in line:
+                blocks[marker] = lines[index + 1].strip()
+    if not blocks.get("BEGIN NATS USER JWT") or not blocks.get("BEGIN USER NKEY SEED"):
+        raise ConfigurationError(
+            f"AGENT_FABRIC_NATS_CREDS_FILE: {path} is not a NATS credentials file (user JWT and user seed blocks)"
+        )
+    _check_seed(blocks["BEGIN USER NKEY SEED"], "CREDS_FILE", path)
+
+
 def connect_options(cfg: NatsSettings, embedded: EmbeddedNats | None) -> dict[str, Any]:
     """Keyword arguments for `nats.connect` besides the servers."""
     if embedded is not None:
@@ -40,14 +81,11 @@ def connect_options(cfg: NatsSettings, embedded: EmbeddedNats | None) -> dict[st
         options["password"] = cfg.password.get_secret_value()
     if cfg.token is not None:
         options["token"] = cfg.token.get_secret_value()
-    if (cfg.nkey_seed_file or cfg.creds_file) and importlib.util.find_spec("nkeys") is None:
-        # nats-py signs the server's nonce with the `nkeys` package; say so before connecting.
-        raise ConfigurationError(
-            "AGENT_FABRIC_NATS_NKEY_SEED_FILE / _CREDS_FILE need the nkeys package: pip install nkeys"
-        )
     if cfg.nkey_seed_file:
+        check_seed_file(cfg.nkey_seed_file)
         options["nkeys_seed"] = str(cfg.nkey_seed_file)
     if cfg.creds_file:
+        check_creds_file(cfg.creds_file)
         options["user_credentials"] = str(cfg.creds_file)
     context = tls_context(cfg)
     if context is not None:

@@ -50,7 +50,7 @@ class NatsSettings(BaseSettings):
     user: str | None = Field(None, description="User name for NATS user/password authentication.")
     password: SecretStr | None = Field(None, description="Password for NATS user/password authentication.")
     token: SecretStr | None = Field(None, description="NATS authentication token.")
-    nkey_seed_file: Path | None = Field(None, description="File holding the fabric's NKey seed (needs `nkeys`).")
+    nkey_seed_file: Path | None = Field(None, description="File holding the fabric's NKey user seed (SU...).")
     creds_file: Path | None = Field(
         None, description="NATS credentials file (user JWT + NKey seed) from a decentralised-auth operator."
     )

@@ -3,7 +3,6 @@ permissions, and the connect options the fabric derives from its settings."""
 
 from __future__ import annotations
 
-import importlib.util
 import ssl
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +16,7 @@ from agent_fabric.embedded_nats import NatsUser, render_config
 from agent_fabric.errors import ConfigurationError
 from agent_fabric.nats_options import connect_options
 from agent_fabric.settings import NatsSettings
+from tests.support.nats_jwt import creds_file_text, new_user_key
 from tests.support.tls_certs import make_tls_files
 
 
@@ -77,7 +77,25 @@ def test_connect_options_follow_the_settings(tmp_path: Path) -> None:
         NatsSettings(url="nats://n:4222", user="only-user")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("nkeys") is not None, reason="nkeys is installed here")
-def test_nkey_settings_without_the_nkeys_package_fail_clearly(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match="nkeys"):
-        connect_options(NatsSettings(url="nats://n:4222", creds_file=tmp_path / "x.creds"), None)
+def test_nkey_and_creds_files_are_checked_before_connecting(tmp_path: Path) -> None:
+    user = new_user_key()
+    seed_file = tmp_path / "user.nk"
+    seed_file.write_text(user.seed + "\n")
+    assert connect_options(NatsSettings(url="nats://n:4222", nkey_seed_file=seed_file), None) == {
+        "nkeys_seed": str(seed_file)
+    }
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        connect_options(NatsSettings(url="nats://n:4222", nkey_seed_file=tmp_path / "absent.nk"), None)
+    bad_seed = tmp_path / "bad.nk"
+    bad_seed.write_text("SUNOTASEED\n")
+    with pytest.raises(ConfigurationError, match="no valid NKey seed") as caught:
+        connect_options(NatsSettings(url="nats://n:4222", nkey_seed_file=bad_seed), None)
+    assert "SUNOTASEED" not in str(caught.value)  # a seed is a private key: never in a message
+    creds = tmp_path / "user.creds"
+    creds.write_text(creds_file_text("header.payload.sig", user.seed))
+    assert connect_options(NatsSettings(url="nats://n:4222", creds_file=creds), None) == {
+        "user_credentials": str(creds)
+    }
+    creds.write_text(user.seed + "\n")  # a bare seed: nats-py would read forever looking for the JWT
+    with pytest.raises(ConfigurationError, match="not a NATS credentials file"):
+        connect_options(NatsSettings(url="nats://n:4222", creds_file=creds), None)
