@@ -126,7 +126,9 @@ async def open_process_runtime(
     manager = cgroups.detect()
     root = Path(cfg.work_dir) if cfg.work_dir else settings.state_dir / "agent-work"
     gate = EgressGate(policies, audit, tenants)
-    isolation = IsolationManager(root.resolve(), manager, gate, await usable_bwrap())
+    # With the LLM gateway on, sandboxed agents get a relay to this fabric's HTTP port (its /v1).
+    gateway_port = settings.http_port if settings.llm.upstreams else None
+    isolation = IsolationManager(root.resolve(), manager, gate, await usable_bwrap(), gateway_port)
     log.info("process agents isolation", extra={"enforcement": isolation.enforcement})
     credentials = NatsCredentials(engine, agents.nats_users, sealer_for(settings))
     directory = RegistryDirectory(agents.registry, agents.configs, cfg, credentials)
