@@ -186,10 +186,10 @@ class IsolationManager:
         cgroups: CgroupManager | None,
         egress: EgressGate | None = None,
         bwrap: str | None = None,
-        gateway_port: int | None = None,
+        gateway: tuple[str, int] | None = None,
     ) -> None:
         self._root = default_root
-        self._gateway_port = gateway_port  # this fabric's HTTP port when it serves the LLM gateway
+        self._gateway = gateway  # this fabric's HTTP (host, port) when it serves the LLM gateway
         self._cgroups = cgroups
         self._egress = egress
         self._bwrap = bwrap if egress is not None else None
@@ -243,10 +243,9 @@ class IsolationManager:
                     self._sockets / f"{self._serial}n.sock", parts.hostname, parts.port or 4222
                 )
                 await sandbox.nats_relay.start()
-            if self._gateway_port is not None:
-                sandbox.gateway_relay = NatsRelay(
-                    self._sockets / f"{self._serial}g.sock", "127.0.0.1", self._gateway_port
-                )
+            if self._gateway is not None:
+                host, port = self._gateway
+                sandbox.gateway_relay = NatsRelay(self._sockets / f"{self._serial}g.sock", host, port)
                 await sandbox.gateway_relay.start()
         self._sandboxes[agent_id] = sandbox
         return sandbox

@@ -127,8 +127,9 @@ async def open_process_runtime(
     root = Path(cfg.work_dir) if cfg.work_dir else settings.state_dir / "agent-work"
     gate = EgressGate(policies, audit, tenants)
     # With the LLM gateway on, sandboxed agents get a relay to this fabric's HTTP port (its /v1).
-    gateway_port = settings.http_port if settings.llm.upstreams else None
-    isolation = IsolationManager(root.resolve(), manager, gate, await usable_bwrap(), gateway_port)
+    bound = settings.http_host if settings.http_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    gateway = (bound, settings.http_port) if settings.llm.upstreams else None
+    isolation = IsolationManager(root.resolve(), manager, gate, await usable_bwrap(), gateway)
     log.info("process agents isolation", extra={"enforcement": isolation.enforcement})
     credentials = NatsCredentials(engine, agents.nats_users, sealer_for(settings))
     directory = RegistryDirectory(agents.registry, agents.configs, cfg, credentials)
