@@ -72,10 +72,11 @@ class Sandbox:
 
     def model_base_url(self, base_url: str) -> str:
         """The gateway's base URL as the agent's processes reach it: inside a network namespace,
-        the in-sandbox relay (127.0.0.1:GATEWAY_PORT, straight to this fabric's HTTP port)."""
+        the in-sandbox relay (127.0.0.1:GATEWAY_PORT, straight to this fabric's HTTP port, where the
+        gateway is /v1 whatever path LLM_PUBLIC_BASE_URL shows the world)."""
         if self.gateway_relay is None:
             return base_url
-        return f"http://127.0.0.1:{GATEWAY_PORT}{urlsplit(base_url).path or '/v1'}"
+        return f"http://127.0.0.1:{GATEWAY_PORT}/v1"
 
     def launch(self, agent: ProcessAgent, name: str, heartbeat_interval: float) -> Launch:
         """Prepare process `name` of the agent (its control group, if any) and say how to start it."""
