@@ -40,6 +40,7 @@ from agent_fabric.errors import ConfigurationError, InvalidRequest
 _PASSED_THROUGH = ("LANG", "LC_ALL", "TZ")
 BRIDGE_PORT = 3128  # inside each agent's own network namespace: never a clash
 NATS_PORT = 4222
+GATEWAY_PORT = 4080  # the fabric's LLM gateway (its /v1), relayed into the namespace like NATS
 SOCKET_DIR_PREFIX = "af-egress-"
 SDK_PATH = str(Path(__file__).resolve().parents[2])  # the directory holding the agent_fabric package
 
@@ -68,6 +69,15 @@ class Sandbox:
     proxy: EgressProxy | None = None  # the only way out of its network namespace (None: no namespace)
     bwrap: str | None = None
     nats_relay: NatsRelay | None = None  # its route to the NATS server from inside the namespace
+    gateway_relay: NatsRelay | None = None  # its route to the fabric's own HTTP port (the LLM gateway)
+
+    def model_base_url(self, base_url: str) -> str:
+        """The gateway's base URL as the agent's processes reach it: inside a network namespace,
+        the in-sandbox relay (127.0.0.1:GATEWAY_PORT, straight to this fabric's HTTP port, where the
+        gateway is /v1 whatever path LLM_PUBLIC_BASE_URL shows the world)."""
+        if self.gateway_relay is None:
+            return base_url
+        return f"http://127.0.0.1:{GATEWAY_PORT}/v1"
 
     def launch(self, agent: ProcessAgent, name: str, heartbeat_interval: float) -> Launch:
         """Prepare process `name` of the agent (its control group, if any) and say how to start it."""
@@ -110,10 +120,14 @@ class Sandbox:
         if self.proxy is not None and self.bwrap is not None:
             proxy_url = f"http://127.0.0.1:{BRIDGE_PORT}"
             env.update(HTTP_PROXY=proxy_url, HTTPS_PROXY=proxy_url, http_proxy=proxy_url, https_proxy=proxy_url)
-            env.update(NO_PROXY="", no_proxy="")
+            # Only the fabric's own gateway bypasses the proxy (it is a relay inside the namespace).
+            bypass = f"127.0.0.1:{GATEWAY_PORT}" if self.gateway_relay is not None else ""
+            env.update(NO_PROXY=bypass, no_proxy=bypass)
             forwards = [f"{BRIDGE_PORT}={self.proxy.path}"]
             if self.nats_relay is not None:
                 forwards.append(f"{NATS_PORT}={self.nats_relay.path}")
+            if self.gateway_relay is not None:
+                forwards.append(f"{GATEWAY_PORT}={self.gateway_relay.path}")
             command = [
                 *(self.bwrap, "--unshare-net", "--die-with-parent", "--dev-bind", "/", "/"),
                 *("--chdir", str(self.workdir), "--"),
@@ -187,8 +201,10 @@ class IsolationManager:
         cgroups: CgroupManager | None,
         egress: EgressGate | None = None,
         bwrap: str | None = None,
+        gateway: tuple[str, int] | None = None,
     ) -> None:
         self._root = default_root
+        self._gateway = gateway  # this fabric's HTTP (host, port) when it serves the LLM gateway
         self._cgroups = cgroups
         self._egress = egress
         self._bwrap = bwrap if egress is not None else None
@@ -239,6 +255,10 @@ class IsolationManager:
                     self._sockets / f"{self._serial}n.sock", parts.hostname, parts.port or 4222
                 )
                 await sandbox.nats_relay.start()
+            if self._gateway is not None:
+                host, port = self._gateway
+                sandbox.gateway_relay = NatsRelay(self._sockets / f"{self._serial}g.sock", host, port)
+                await sandbox.gateway_relay.start()
         self._sandboxes[agent_id] = sandbox
         return sandbox
 
@@ -253,6 +273,8 @@ class IsolationManager:
             await sandbox.proxy.aclose()
         if sandbox.nats_relay is not None:
             await sandbox.nats_relay.aclose()
+        if sandbox.gateway_relay is not None:
+            await sandbox.gateway_relay.aclose()
         if sandbox.cgroups is not None:
             sandbox.cgroups.remove_agent(agent_id)
         if sandbox.config.level == "process":

@@ -123,6 +123,11 @@ class LifecycleManager:
 
     # -- used by the driver and the API --
 
+    def model_base_url(self, agent_id: str, base_url: str) -> str:
+        """The LLM gateway's URL as the agent's processes reach it (a relay inside its sandbox)."""
+        sandbox = self._sandboxes.get(agent_id)
+        return sandbox.model_base_url(base_url) if sandbox is not None else base_url
+
     async def ensure_running(self, agent: ProcessAgent, *, restart: bool = False) -> AgentPool:
         """The agent's running pool, started if it has none (or restart: a failed/stopped one anew)."""
         lock = self._starting.setdefault(agent.id, asyncio.Lock())

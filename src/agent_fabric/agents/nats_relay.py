@@ -1,6 +1,7 @@
 """The agent's way to the fabric's NATS server out of its network sandbox: a unix socket bound
 into the sandbox (the in-sandbox relay listens on 127.0.0.1:4222 there) whose every connection is
-carried, unread, to the NATS server. The server authenticates the agent's own NATS user and
+carried, unread, to the NATS server (the same relay carries sandboxed agents to the fabric's LLM
+gateway, its HTTP port, isolation.GATEWAY_PORT). The server authenticates the agent's own NATS user and
 enforces its subject permissions (agents/nats_users.py); the relay only gives it the route."""
 
 from __future__ import annotations

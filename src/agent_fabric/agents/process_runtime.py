@@ -126,7 +126,10 @@ async def open_process_runtime(
     manager = cgroups.detect()
     root = Path(cfg.work_dir) if cfg.work_dir else settings.state_dir / "agent-work"
     gate = EgressGate(policies, audit, tenants)
-    isolation = IsolationManager(root.resolve(), manager, gate, await usable_bwrap())
+    # With the LLM gateway on, sandboxed agents get a relay to this fabric's HTTP port (its /v1).
+    bound = settings.http_host if settings.http_host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    gateway = (bound, settings.http_port) if settings.llm.upstreams else None
+    isolation = IsolationManager(root.resolve(), manager, gate, await usable_bwrap(), gateway)
     log.info("process agents isolation", extra={"enforcement": isolation.enforcement})
     credentials = NatsCredentials(engine, agents.nats_users, sealer_for(settings))
     directory = RegistryDirectory(agents.registry, agents.configs, cfg, credentials)

@@ -160,7 +160,8 @@ class ProcessDriver:
             }
             if self._model_gateway:
                 endpoint = await ctx.model_endpoint()
-                assignment["model"] = {"base_url": endpoint["OPENAI_BASE_URL"], "api_key": endpoint["OPENAI_API_KEY"]}
+                base_url = self.lifecycle.model_base_url(agent.id, endpoint["OPENAI_BASE_URL"])
+                assignment["model"] = {"base_url": base_url, "api_key": endpoint["OPENAI_API_KEY"]}
             await proc.send(assignment)
             while True:
                 message = await proc.inbox.get()
