@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_
+from sqlalchemy import ARRAY, String, Text, and_, bindparam, func, or_, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agent_fabric.storage.tables import tasks
+from agent_fabric.storage.tables import Timestamp, tasks
 from agent_fabric.storage.task_rows import (
     TERMINAL_VALUES,
     Claim,
@@ -34,6 +34,7 @@ from agent_fabric.storage.task_rows import (
     _insert_events,
     _insert_for,
     _new_row,
+    json_text,
 )
 from agent_fabric.storage.timestamps import aware
 from agent_fabric.tasks import TaskStatus
@@ -81,7 +82,11 @@ async def settle_op(conn: AsyncConnection, items: Sequence[SettledRun]) -> list[
     # creation time comes back, an existing queued row keeps its own. No spec or result read back.
     won: dict[tuple[str, str], TaskRecord] = {}
     rows = {(row["tenant_id"], row["job_id"]): row for row in values}
-    for r in await conn.execute(_settle_statement(conn), values):
+    if conn.dialect.name == "postgresql":
+        result = await conn.execute(_PG_SETTLE, _pg_arrays(values))
+    else:
+        result = await conn.execute(_settle_statement(conn), values)
+    for r in result:
         if r.tenant_id is not None:  # (a row the statement did not write may come back as all None)
             won[(r.tenant_id, r.job_id)] = _written(rows[(r.tenant_id, r.job_id)], aware(r.created_at))
     await _insert_events(
@@ -93,6 +98,59 @@ async def settle_op(conn: AsyncConnection, items: Sequence[SettledRun]) -> list[
         for s in items
         for key in [(s.claim.spec.tenant_id, s.claim.spec.job_id)]
     ]
+
+
+_TAKEN_ONLY_FROM = ", ".join(f"'{v}'" for v in (*TERMINAL_VALUES, TaskStatus.WAITING.value))
+
+# Postgres: the same statement over unnest()ed arrays, compiled and prepared once whatever the
+# batch size (SQLAlchemy's executemany spent more building parameters than the database did).
+_PG_SETTLE = text(f"""
+INSERT INTO tasks (tenant_id, job_id, status, priority, runtime, agent_label, spec, spec_hash, event_id,
+                   attempts, owner, lease_until, result, error_code, error_message, usage, result_published,
+                   created_at, started_at, finished_at, updated_at)
+SELECT t, j, st, pr, rt, al, sp::jsonb, sh, ev, 1, ow, NULL, rs::jsonb, ec, em, us::jsonb, false, n, n, n, n
+FROM unnest(:tenants, :jobs, :statuses, :priorities, :runtimes, :labels, :specs, :hashes, :events, :owners,
+            :results, :codes, :messages, :usages, :nows)
+     AS v(t, j, st, pr, rt, al, sp, sh, ev, ow, rs, ec, em, us, n)
+ON CONFLICT (tenant_id, job_id) DO UPDATE SET
+    status = excluded.status, attempts = tasks.attempts + 1, owner = excluded.owner, lease_until = NULL,
+    result = excluded.result, error_code = excluded.error_code, error_message = excluded.error_message,
+    usage = excluded.usage, started_at = coalesce(tasks.started_at, excluded.started_at),
+    finished_at = excluded.finished_at, updated_at = excluded.updated_at
+WHERE tasks.status NOT IN ({_TAKEN_ONLY_FROM})
+  AND (tasks.owner IS NULL OR tasks.lease_until < excluded.updated_at)
+  AND tasks.attempts = 0 AND tasks.cancel_requested_at IS NULL
+RETURNING tasks.tenant_id, tasks.job_id, tasks.created_at
+""").bindparams(
+    *(
+        bindparam(name, type_=ARRAY(String))
+        for name in ("tenants", "jobs", "statuses", "priorities", "runtimes", "labels", "specs", "hashes")
+    ),
+    *(bindparam(name, type_=ARRAY(String)) for name in ("events", "owners", "results", "codes")),
+    bindparam("messages", type_=ARRAY(Text)),
+    bindparam("usages", type_=ARRAY(Text)),
+    bindparam("nows", type_=ARRAY(Timestamp)),
+)
+
+
+def _pg_arrays(values: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    return {
+        "tenants": [v["tenant_id"] for v in values],
+        "jobs": [v["job_id"] for v in values],
+        "statuses": [v["status"] for v in values],
+        "priorities": [v["priority"] for v in values],
+        "runtimes": [v["runtime"] for v in values],
+        "labels": [v["agent_label"] for v in values],
+        "specs": [json_text(v["spec"]) for v in values],
+        "hashes": [v["spec_hash"] for v in values],
+        "events": [v["event_id"] for v in values],
+        "owners": [v["owner"] for v in values],
+        "results": [json_text(v["result"]) for v in values],
+        "codes": [v["error_code"] for v in values],
+        "messages": [v["error_message"] for v in values],
+        "usages": [json_text(v["usage"]) for v in values],
+        "nows": [v["updated_at"] for v in values],
+    }
 
 
 def _written(row: dict[str, Any], created_at: datetime) -> TaskRecord:
