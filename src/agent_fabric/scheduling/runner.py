@@ -38,7 +38,7 @@ from agent_fabric.storage.task_store import (
     spec_hash,
     utcnow,
 )
-from agent_fabric.tasks import TaskSpec, TaskStatus
+from agent_fabric.tasks import Priority, TaskSpec, TaskStatus
 from agent_fabric.telemetry.log_context import bound, task_fields
 from agent_fabric.telemetry.metrics import FabricMetrics
 from agent_fabric.telemetry.tracing import parent_context, trace_attributes
@@ -197,6 +197,11 @@ class TaskRunner:
         claim and finish it in one write (storage/task_settle.py). False when that does not apply
         or the task was not free to take (nothing written): the caller takes the ordinary path."""
         spec = delivery.event.spec
+        if spec.priority is Priority.CRITICAL:
+            # A critical task's `running` waits only for its claim (its own writer, no linger):
+            # the one write here carries the outcome and the finish hooks too, which measured
+            # 48-57 ms p50 from publish to running behind a backlog against 17-24 ms claiming first.
+            return False
         driver = self.drivers.get(spec.agent_definition.runtime)
         at_once = getattr(driver, "settles_at_once", None)
         if driver is None or at_once is None or not at_once(spec):

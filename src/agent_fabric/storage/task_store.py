@@ -134,8 +134,7 @@ class TaskStore:
     async def settle_at_once(self, run: SettledRun) -> TaskRecord | None:
         """Claim and finish a run that is already over, in one write (storage/task_settle.py): the
         finished record, or None if the task was not free to take (then nothing was written)."""
-        writer = self._urgent if run.claim.spec.priority is Priority.CRITICAL else self._batcher
-        record: TaskRecord | None = await writer.submit(self._settle_with_hooks, run)
+        record: TaskRecord | None = await self._batcher.submit(self._settle_with_hooks, run)
         return record
 
     async def reject(self, rejection: Rejection) -> bool:
