@@ -278,3 +278,46 @@ async def next_event_n(conn: AsyncConnection, tenant_id: str, job_id: str, attem
         )
     ).scalar()
     return 0 if current is None else int(current) + 1
+
+
+# Postgres: new rows (status as given, never claimed) from arrays, skipping jobs that have a row
+# already; one statement prepared once whatever the batch size (queued records of a flood).
+_PG_INSERT_NEW = text("""
+INSERT INTO tasks (tenant_id, job_id, status, priority, runtime, agent_label, spec, spec_hash, event_id,
+                   attempts, result_published, created_at, updated_at)
+SELECT t, j, st, pr, rt, al, sp::jsonb, sh, ev, 0, false, n, n
+FROM unnest(:tenants, :jobs, :statuses, :priorities, :runtimes, :labels, :specs, :hashes, :events, :nows)
+     AS v(t, j, st, pr, rt, al, sp, sh, ev, n)
+ON CONFLICT (tenant_id, job_id) DO NOTHING
+RETURNING tasks.tenant_id, tasks.job_id
+""").bindparams(
+    *(
+        bindparam(name, type_=ARRAY(String))
+        for name in ("tenants", "jobs", "statuses", "priorities", "runtimes", "labels", "specs", "hashes", "events")
+    ),
+    bindparam("nows", type_=ARRAY(Timestamp)),
+)
+
+
+async def insert_new_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """Insert rows built by `_new_row` (not claimed: attempts 0, no owner, no outcome) where the
+    job has no row yet; the keys that went in. Rows must have distinct keys."""
+    if conn.dialect.name != "postgresql":
+        stmt = _insert_for(conn)(tasks).on_conflict_do_nothing().returning(tasks.c.tenant_id, tasks.c.job_id)
+        return {(r.tenant_id, r.job_id) for r in await conn.execute(stmt, rows)}
+    result = await conn.execute(
+        _PG_INSERT_NEW,
+        {
+            "tenants": [r["tenant_id"] for r in rows],
+            "jobs": [r["job_id"] for r in rows],
+            "statuses": [r["status"] for r in rows],
+            "priorities": [r["priority"] for r in rows],
+            "runtimes": [r["runtime"] for r in rows],
+            "labels": [r["agent_label"] for r in rows],
+            "specs": [json_text(r["spec"]) for r in rows],
+            "hashes": [r["spec_hash"] for r in rows],
+            "events": [r["event_id"] for r in rows],
+            "nows": [r["created_at"] for r in rows],
+        },
+    )
+    return {(r.tenant_id, r.job_id) for r in result}
