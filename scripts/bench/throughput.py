@@ -135,7 +135,18 @@ async def raw_round_trip(url: str, n: int, inflight: int) -> dict[str, float]:
         await nc.close()
 
 
-async def fabric_round_trip(url: str, n: int, inflight: int) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc), 0.0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def fabric_round_trip(url: str, n: int, inflight: int, pid: int | None = None) -> dict[str, float]:
+    """`pid`: the serve process, whose CPU time per task is reported too: on a shared machine the
+    rate follows the CPU share the process gets, its CPU time per task much less so."""
     nc = await nats.connect(url)
     js = nc.jetstream()
     headers = publisher_headers()
@@ -156,7 +167,11 @@ async def fabric_round_trip(url: str, n: int, inflight: int) -> dict[str, float]
 
     try:
         await drive(nc, min(2000, n), inflight, publish, "agent.status.completed")  # warm-up
-        return await drive(nc, n, inflight, publish, "agent.status.completed")
+        cpu = cpu_seconds(pid) if pid else 0.0
+        result = await drive(nc, n, inflight, publish, "agent.status.completed")
+        if pid:
+            result["cpu_ms"] = (cpu_seconds(pid) - cpu) / n * 1000
+        return result
     finally:
         await nc.close()
 
@@ -209,7 +224,8 @@ def main() -> None:
         )
         try:
             server.start()
-            fabric = asyncio.run(fabric_round_trip(url, args.tasks, args.inflight))
+            assert server.proc is not None
+            fabric = asyncio.run(fabric_round_trip(url, args.tasks, args.inflight, server.proc.pid))
         finally:
             server.stop()
             asyncio.run(drop_database(db_name))
@@ -222,6 +238,8 @@ def main() -> None:
     for name, r in (("raw JetStream round trip", raw), ("agent-fabric end to end (Postgres + Redis)", fabric)):
         print(f"| {name} | {r['rate']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} |")
     print(f"\nfabric / raw = {fabric['rate'] / raw['rate']:.2f}")
+    if "cpu_ms" in fabric:
+        print(f"serve CPU per task: {fabric['cpu_ms']:.2f} ms; load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

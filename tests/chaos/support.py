@@ -42,9 +42,8 @@ def task_event(job_id: str, kind: str = "echo", inp: dict[str, Any] | None = Non
 
 def publisher_auth(jwt_secret: str) -> dict[str, str]:
     """The credential header a NATS publisher sends (issue 15), for a fabric with this JWT secret."""
-    token = TokenService(Settings(jwt=SecuritySettings(secret=jwt_secret))).issue(
-        role="admin", subject="chaos", tenant_id=None
-    )
+    tokens = TokenService(Settings(jwt=SecuritySettings(secret=jwt_secret)))
+    token = tokens.issue(role="admin", subject="chaos", tenant_id=None)
     return {"Authorization": f"Bearer {token}"}
 
 

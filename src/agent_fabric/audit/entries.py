@@ -110,7 +110,12 @@ def scrub(value: Any) -> Any:
         return None
     if hasattr(value, "as_dict"):  # a decision handed over as is: converted here, off the hot path
         value = value.as_dict()
-    clean = _redact(orjson.loads(orjson.dumps(value, default=str)))
+    encoded = orjson.dumps(value, default=str)
+    if len(encoded) <= MAX_PAYLOAD_BYTES and not _MAYBE_SECRET_JSON.search(encoded):
+        # Nothing in it could be masked (the common case: a policy decision on every task), so
+        # the walk over every key and string is skipped; the result is the same.
+        return orjson.loads(encoded)
+    clean = _redact(orjson.loads(encoded))
     encoded = orjson.dumps(clean)
     if len(encoded) > MAX_PAYLOAD_BYTES:
         return {"truncated": True, "bytes": len(encoded), "preview": encoded[:2048].decode(errors="replace")}
@@ -119,6 +124,14 @@ def scrub(value: Any) -> Any:
 
 # Cheap test before the masking patterns: every one of them needs one of these.
 _MAYBE_SECRET = re.compile(r"(?i)bearer|eyJ|@")
+
+
+# The same test on the encoded JSON, a superset of both the masked keys (quoted or after a
+# separator) and the strings _redact looks into: no match, nothing to mask.
+_MAYBE_SECRET_JSON = re.compile(
+    rb"(?i)bearer|eyJ|@|[\"_\-.](pass(word|wd)?|secrets?|token|api[_\-]?key|authorization|credentials?"
+    rb"|private[_\-]?key|cookie|session[_\-]?key)[\"_\-.]"
+)
 
 
 def _redact(value: Any) -> Any:

@@ -62,6 +62,13 @@ class BuiltinDriver:
                         f"spend needs input.{key} as a number >= 0", job_id=spec.job_id, tenant_id=spec.tenant_id
                     )
 
+    def settles_at_once(self, spec: TaskSpec) -> bool:
+        """Whether this task's run has no effect outside its RunContext and never waits (echo,
+        fail, spend without seconds): the runner may run it before claiming it, and write claim
+        and outcome together (storage/task_settle.py)."""
+        kind = spec.task.type
+        return kind in ("echo", "fail") or (kind == "spend" and "seconds" not in spec.task.input)
+
     async def run(self, ctx: RunContext) -> Any:
         kind = ctx.spec.task.type
         if kind == "echo":

@@ -33,12 +33,13 @@ from agent_fabric.storage.task_store import (
     Claim,
     EventRow,
     Outcome,
+    SettledRun,
     TaskRecord,
     TaskStore,
     spec_hash,
     utcnow,
 )
-from agent_fabric.tasks import TaskSpec, TaskStatus
+from agent_fabric.tasks import Priority, TaskSpec, TaskStatus
 from agent_fabric.telemetry.log_context import bound, task_fields
 from agent_fabric.telemetry.metrics import FabricMetrics
 from agent_fabric.telemetry.tracing import parent_context, trace_attributes
@@ -183,16 +184,9 @@ class TaskRunner:
 
     async def _handle(self, delivery: Delivery) -> None:
         spec = delivery.event.spec
-        claim = await self.store.claim(
-            Claim(
-                spec=spec,
-                spec_hash=spec_hash(spec),
-                event_id=delivery.event.id,
-                owner=self.owner,
-                lease_until=utcnow() + self._lease,
-                now=utcnow(),
-            )
-        )
+        if delivery.num_delivered == 1 and await self._settle_at_once(delivery):
+            return
+        claim = await self.store.claim(self._claim(delivery))
         if not claim.claimed:
             await self._not_ours(delivery, claim.current)
             return
@@ -203,6 +197,83 @@ class TaskRunner:
             await self._run_claimed(delivery, claim.attempts, driving)
         finally:
             self._driving.pop(key, None)
+
+    def _claim(self, delivery: Delivery) -> Claim:
+        spec = delivery.event.spec
+        now = utcnow()
+        return Claim(
+            spec=spec,
+            spec_hash=spec_hash(spec),
+            event_id=delivery.event.id,
+            owner=self.owner,
+            lease_until=now + self._lease,
+            now=now,
+        )
+
+    async def _settle_at_once(self, delivery: Delivery) -> bool:
+        """A first delivery of a task its driver settles at once (drivers/builtin.py): run it, then
+        claim and finish it in one write (storage/task_settle.py). False when that does not apply
+        or the task was not free to take (nothing written): the caller takes the ordinary path."""
+        spec = delivery.event.spec
+        if spec.priority is Priority.CRITICAL:
+            # A critical task's `running` waits only for its claim (its own writer, no linger):
+            # the one write here carries the outcome and the finish hooks too, which measured
+            # 48-57 ms p50 from publish to running behind a backlog against 17-24 ms claiming first.
+            return False
+        driver = self.drivers.get(spec.agent_definition.runtime)
+        at_once = getattr(driver, "settles_at_once", None)
+        if driver is None or at_once is None or not at_once(spec):
+            return False
+        run = _Run(spec, 1, None, 0, self)
+        label = spec.agent_definition.label
+        self._agent_started(label)
+        started = time.monotonic()
+        try:
+            outcome: tuple[TaskStatus, Any, str | None, str | None] = (
+                TaskStatus.COMPLETED,
+                await driver.run(run),
+                None,
+                None,
+            )
+        except TaskFailure as exc:
+            outcome = (TaskStatus.FAILED, None, exc.code, exc.message)
+        except InvalidTask as exc:
+            outcome = (TaskStatus.REJECTED, None, exc.code, exc.message)
+        except Exception:
+            return False  # the ordinary path runs it again and records what went wrong
+        finally:
+            self._agent_finished(label)
+        elapsed = time.monotonic() - started
+        status, result, code, message = outcome
+        if run.usage["compute_seconds"] == 0.0:
+            run.usage["compute_seconds"] = round(elapsed, 6)
+        claim = self._claim(delivery)
+        running = EventRow(1, 0, "state", TaskStatus.RUNNING.value, {"attempt": 1}, claim.now)
+        final = EventRow(1, run.next_n(), "state", status.value, {"code": code, "message": message} if code else None)
+        end = EventRow(1, run.next_n(), "end", status.value, None)
+        settled = SettledRun(claim, status, result, code, message, dict(run.usage), (running, final, end))
+        try:
+            record = await self.store.settle_at_once(settled)
+        except Exception as exc:
+            # The database may be away: the ordinary path waits for it (and finds this task
+            # finished if the write landed after all).
+            log.warning("settle at once failed; claiming instead", extra={"error": str(exc)})
+            return False
+        if record is None:
+            return False
+        self.metrics.task_duration.observe(elapsed)
+        self.metrics.tasks_total.labels(label, status.value).inc()
+        span = trace.get_current_span()
+        span.set_attribute("agent_fabric.status", status.value)
+        span.set_attribute("agent_fabric.attempt", 1)
+        if code is not None:
+            span.set_status(StatusCode.ERROR, f"{code}: {message}"[:300])
+        if self.settings.publish_transitions:
+            await self.results.publish_transition(spec.tenant_id, spec.job_id, TaskStatus.RUNNING, 1)
+        for row in (running, final, end):
+            await self._publish_live(run, row)
+        await self._publish_and_ack(delivery, record)
+        return True
 
     async def _run_claimed(self, delivery: Delivery, attempts: int, driving: _Driving) -> None:
         spec = delivery.event.spec

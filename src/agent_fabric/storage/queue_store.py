@@ -20,12 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.storage.batcher import WriteBatcher
 from agent_fabric.storage.tables import tasks
+from agent_fabric.storage.task_rows import insert_new_rows
 from agent_fabric.storage.task_store import (
     EventRow,
     TaskRecord,
     _event_dict,
     _insert_events,
-    _insert_for,
     _new_row,
     _select_rows,
     utcnow,
@@ -96,9 +96,7 @@ async def _record(conn: AsyncConnection, items: Sequence[Enqueue], counts: Queue
     new = [item for key, item in firsts.items() if key not in over and key not in existing]
     inserted: set[tuple[str, str]] = set()
     if new:
-        stmt = _insert_for(conn)(tasks).on_conflict_do_nothing().returning(tasks.c.tenant_id, tasks.c.job_id)
-        rows = [_new_row(i.spec, i.spec_hash, i.event_id, i.now) for i in new]
-        inserted = {(r.tenant_id, r.job_id) for r in await conn.execute(stmt, rows)}
+        inserted = await insert_new_rows(conn, [_new_row(i.spec, i.spec_hash, i.event_id, i.now) for i in new])
         await _insert_events(
             conn,
             [
