@@ -140,11 +140,21 @@ async def test_live_budget_cuts_the_task_mid_run_across_replicas(replicas: Repli
     assert report["used"]["tokens"] == spent and report["reserved"]["tokens"] == 0
     assert tokens_counted(a) > 0 and tokens_counted(b) > 0
     # The refusal was audited as an enforced overrun; the soft thresholds raised their alerts.
-    over = await audit(a, action="budget.over_limit", tenant_id=pod)
+    # Audit entries are written in batches by whichever replica refused: wait for them to land.
+    over = await _audited(a, "budget.over_limit", pod)
     assert len(over) == 1 and over[0]["response"]["enforced"] and over[0]["request"]["job_id"] == "cut-1"
-    warnings = await audit(a, action="budget.warning", tenant_id=pod)
+    warnings = await _audited(a, "budget.warning", pod, at_least=2)
     assert {w["request"]["threshold_percent"] for w in warnings} >= {50.0, 75.0}
     assert all(k.revoked_at is not None for k in await keys_of(a, pod, "cut-1"))
+
+
+async def _audited(app: RunningApp, action: str, pod: str, at_least: int = 1) -> list[dict[str, Any]]:
+    entries: list[dict[str, Any]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(15):
+            while len(entries := await audit(app, action=action, tenant_id=pod)) < at_least:
+                await asyncio.sleep(0.2)
+    return entries
 
 
 async def _sse_events(base: str, app: RunningApp, pod: str, job: str, seen: list[dict[str, Any]]) -> None:
