@@ -87,6 +87,21 @@ async def until_all_completed(engine: AsyncEngine, jobs: list[str], timeout: flo
             await asyncio.sleep(0.3)
 
 
+async def until_all_published(engine: AsyncEngine, jobs: list[str], timeout: float = 60) -> None:
+    """Until every job's result is noted as published: a task is `completed` in the database a
+    moment before its result is in AGENT_STATUS, longer on a loaded machine."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                async with engine.connect() as conn:
+                    query = select(tasks.c.job_id).where(tasks.c.job_id.in_(jobs), tasks.c.result_published.is_(True))
+                    if len((await conn.execute(query)).all()) == len(jobs):
+                        return
+            except Exception:  # the database may be the thing that is away
+                pass
+            await asyncio.sleep(0.3)
+
+
 async def stored_results(nc: Client, timeout: float = 30) -> Counter[str]:
     """How many times each result CloudEvent id is stored in AGENT_STATUS (results only)."""
     js = nc.jetstream()

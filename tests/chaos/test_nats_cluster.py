@@ -22,6 +22,7 @@ from tests.chaos.support import (
     stored_results,
     task_event,
     until_all_completed,
+    until_all_published,
 )
 from tests.conftest import new_job_id
 from tests.support.nats_cluster import Cluster, running_nats_cluster
@@ -83,6 +84,7 @@ async def test_serve_on_a_cluster_survives_losing_the_stream_leader(
         for job in after:
             await publish_through(nc, "agent.execute.high", *task_event(job), auth=publisher_auth(JWT_SECRET))
         await until_all_completed(engine, before + after, timeout=150)
+        await until_all_published(engine, before + after)
         assert fabric.proc is not None and fabric.proc.poll() is None, fabric.log()
 
         stored = await stored_results(nc)

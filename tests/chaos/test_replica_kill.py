@@ -23,6 +23,7 @@ from tests.chaos.support import (
     stored_results,
     task_event,
     until_all_completed,
+    until_all_published,
 )
 from tests.conftest import new_job_id
 from tests.support.serve import JWT_SECRET, ServeProcess
@@ -66,6 +67,7 @@ async def test_killing_a_replica_mid_run_completes_everything_and_repeats_nothin
         await asyncio.wait_for(busy(), timeout=60)
         replicas[0].kill9()
         await until_all_completed(engine, jobs, timeout=150)
+        await until_all_published(engine, jobs)
         await asyncio.sleep(2)
         wanted = {result_event_id("default", job) for job in jobs}
         assert {event_id: n for event_id, n in seen.items() if event_id in wanted and n > 1} == {}

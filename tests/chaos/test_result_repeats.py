@@ -27,6 +27,7 @@ from tests.chaos.support import (
     stored_results,
     task_event,
     until_all_completed,
+    until_all_published,
 )
 from tests.conftest import JWT_SECRET, make_settings, new_job_id, running_app
 from tests.support.nats_restartable import RestartableNats
@@ -79,6 +80,7 @@ async def test_a_nats_restart_repeats_no_result_on_the_core_subject(
             await asyncio.sleep(7)
             server.start()
             await until_all_completed(engine, jobs, timeout=150)
+            await until_all_published(engine, jobs)
             await asyncio.sleep(2)  # stragglers of a repeat would arrive by now
         wanted = {result_event_id("default", job) for job in jobs}
         repeated = {event_id: n for event_id, n in seen.items() if event_id in wanted and n > 1}
