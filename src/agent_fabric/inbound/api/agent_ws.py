@@ -172,7 +172,7 @@ class Relay:
         await self._ws.send_text(orjson.dumps(frame).decode())
 
 
-MAX_FRAME_CHARS = 6 * MAX_MESSAGE_CHARS + 1024  # the message, every character escaped as \uXXXX, and the rest
+MAX_FRAME_CHARS = 6 * MAX_MESSAGE_CHARS + 1024  # the message with every character as a six-character unicode escape, and the rest
 
 
 def _message_of(frame: str) -> str:
