@@ -257,7 +257,8 @@ async def test_a_task_handed_back_after_an_error_is_not_kept_by_its_lease(
 ) -> None:
     """A claimed task whose run raised before its driver started (a progress-bus hiccup, injected
     here) goes back to JetStream. This process must stop renewing its lease, or the redelivery
-    could never take it over: it would sit `running` for as long as the process lives."""
+    could never take it over: it would sit `running` for as long as the process lives. (A sleep
+    task: an echo task settles in one write before any claim, so it has no claimed attempt to lose.)"""
     settings = make_settings(tmp_path, nats_url, database_url=postgres_url, nats={"ack_wait_seconds": 3.0})
     async with running_app(settings) as app:
         runner = app.fabric.consumer._runner
@@ -273,7 +274,9 @@ async def test_a_task_handed_back_after_an_error_is_not_kept_by_its_lease(
 
         monkeypatch.setattr(runner, "_publish_live", publish_live)
         async with collect(nc, "agent.status.completed") as completed:
-            await nc.jetstream().publish("agent.execute.normal", structured(task(job)), headers=app.auth())
+            await nc.jetstream().publish(
+                "agent.execute.normal", structured(task(job, "sleep", {"seconds": 0.2})), headers=app.auth()
+            )
             await until(lambda: for_job(completed, job), timeout=45)
         record = await app.fabric.store.get("default", job)
         assert record is not None and record.status.value == "completed" and record.attempts == 2

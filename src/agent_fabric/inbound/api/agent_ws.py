@@ -172,7 +172,8 @@ class Relay:
         await self._ws.send_text(orjson.dumps(frame).decode())
 
 
-MAX_FRAME_CHARS = 6 * MAX_MESSAGE_CHARS + 1024  # the message with every character as a six-character unicode escape, and the rest
+# The message with every character as a six-character unicode escape, and the rest of the frame.
+MAX_FRAME_CHARS = 6 * MAX_MESSAGE_CHARS + 1024
 
 
 def _message_of(frame: str) -> str:
