@@ -40,17 +40,34 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+def _start(store_dir: Path, tries: int = 3) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Start a server on free ports. A port picked free can be taken by another test's process
+    before the server binds it: then the server exits, and it is started again on new ports."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1, tries + 1):
+        port, http_port = free_port(), free_port()
+        args = ["-a", "127.0.0.1", "-p", str(port), "-m", str(http_port), "-js", "-sd", str(store_dir)]
+        with (store_dir / "server.log").open("ab") as log:
+            proc = subprocess.Popen([nats_server_binary(), *args], stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 30.0
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return proc, port, http_port
+            time.sleep(0.05)
+        if proc.poll() is None:  # neither up nor gone: give up on this one
+            proc.kill()
+            proc.wait(timeout=10)
+        if attempt == tries:
+            log_text = (store_dir / "server.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"nats-server did not start on 127.0.0.1:{port} ({tries} tries):\n{log_text}")
+    raise AssertionError("unreachable")
+
+
 @contextlib.contextmanager
 def running_nats_server(store_dir: Path) -> Iterator[tuple[str, int]]:
     """Yield (nats_url, monitoring_port) of a fresh JetStream-enabled server."""
-    port, http_port = free_port(), free_port()
-    proc = subprocess.Popen(
-        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-m", str(http_port), "-js", "-sd", str(store_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc, port, http_port = _start(store_dir)
     try:
-        wait_for_port(port)
         yield f"nats://127.0.0.1:{port}", http_port
     finally:
         proc.terminate()
