@@ -108,8 +108,14 @@ async def test_agent_nats_users_are_limited_to_their_own_subjects(bundled_app: R
         watch: list[str] = []
         spy = await fabric_nc.subscribe(">", cb=into(watch, "subject"))
         await fabric_nc.flush()
-        await agent.publish(names.tenant_topic(pod, "findings.security"), b"finding")
-        await until(lambda: findings == [b"finding"], what="the agent's findings topic")
+        # Core NATS delivers at most once (a busy test machine can drop a message to a slow
+        # subscriber): what is shown is that the server lets it through, so publish until it does.
+        async with asyncio.timeout(30):
+            while not findings:
+                await agent.publish(names.tenant_topic(pod, "findings.security"), b"finding")
+                await agent.flush()
+                await asyncio.sleep(0.5)
+        assert set(findings) == {b"finding"}
 
         put = await app.client.put(f"/api/v1/agents/{agent_id}/config", headers=app.auth(), json={"log_level": "DEBUG"})
         assert put.status_code == 200
