@@ -251,8 +251,12 @@ async def test_a_caller_leaving_mid_stream_is_still_metered_and_settled(
     async with asyncio.timeout(15):
         while not await recorded():
             await asyncio.sleep(0.05)
-    assert rows[0].outcome == "stream_aborted" and rows[0].estimated
-    assert rows[0].completion_tokens >= 1  # what it had received is counted
+    # The gateway sees the caller gone at its next write; if the released upstream finished first,
+    # the call completed with the provider's own usage instead. Either way it is metered and settled.
+    if rows[0].outcome == "stream_aborted":
+        assert rows[0].estimated and rows[0].completion_tokens >= 1  # what it had received is counted
+    else:
+        assert rows[0].outcome == "ok" and rows[0].completion_tokens >= 2
     await app.fabric.governance.budgets.fold()
     report = (await app.client.get(f"/api/v1/budgets/tenant?tenant_id={pod}", headers=app.auth())).json()
     assert report["reserved"]["tokens"] == 0 and report["used"]["tokens"] == rows[0].total_tokens
