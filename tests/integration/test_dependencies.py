@@ -46,7 +46,7 @@ def at(value: str) -> datetime:
 async def test_a_chain_runs_in_order(app: RunningApp) -> None:
     pod = new_pod()
     a, b = new_job_id("a"), new_job_id("b")
-    assert (await submit(app, pod, task(a, "sleep", {"seconds": 0.4})))["status"] == "queued"
+    assert (await submit(app, pod, task(a, "sleep", {"seconds": 3})))["status"] == "queued"
     answered = await submit(app, pod, task(b, "echo", {"after": a}, depends_on=[a]))
     assert answered["status"] == "waiting" and answered["created"]
     assert (await task_status(app, b, {"waiting"}, pod))["status"] == "waiting"
