@@ -49,6 +49,7 @@ from agent_fabric.llm_gateway.task_stopper import TaskStopper
 from agent_fabric.llm_gateway.upstreams import Upstreams
 from agent_fabric.nats_options import connect_options
 from agent_fabric.outbound.progress import ProgressBus, open_progress_bus
+from agent_fabric.outbound.result_sweep import ResultSweeper
 from agent_fabric.outbound.results import ResultPublisher
 from agent_fabric.scheduling.cancellation import Canceller
 from agent_fabric.scheduling.runner import TaskRunner
@@ -238,6 +239,9 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         stack.push_async_callback(drivers.aclose)
         await drivers.start()
         results = ResultPublisher(nc, js)
+        result_sweep = ResultSweeper(engine, results, metrics)
+        result_sweep.start()
+        stack.push_async_callback(result_sweep.shutdown)
         owner = process_identity()
         key_cache = GrantCache(nc, settings.llm.key_cache_seconds, seal)
         await key_cache.start()

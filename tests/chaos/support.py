@@ -87,9 +87,10 @@ async def until_all_completed(engine: AsyncEngine, jobs: list[str], timeout: flo
             await asyncio.sleep(0.3)
 
 
-async def until_all_published(engine: AsyncEngine, jobs: list[str], timeout: float = 60) -> None:
+async def until_all_published(engine: AsyncEngine, jobs: list[str], timeout: float = 90) -> None:
     """Until every job's result is noted as published: a task is `completed` in the database a
-    moment before its result is in AGENT_STATUS, longer on a loaded machine."""
+    moment before its result is in AGENT_STATUS, longer on a loaded machine; and a replica killed
+    between its ack and its note leaves the note to the result sweep (30 s grace, every 10 s)."""
     async with asyncio.timeout(timeout):
         while True:
             try:

@@ -112,7 +112,7 @@ async def test_a_tasks_calls_are_its_spend(replicas: Replicas) -> None:
     # Its key died with it.
     keys = await keys_of(a, pod, "att-1")
     assert len(keys) == 1 and keys[0].revoked_at is not None and keys[0].kind == "task"
-    entries = await audit(a, action="llm.call", tenant_id=pod)
+    entries = await _audited(a, "llm.call", pod, at_least=4)  # batched by whichever replica served
     assert len(entries) == 4 and {e["request"]["job_id"] for e in entries} == {"att-1"}
 
 

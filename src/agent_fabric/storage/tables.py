@@ -61,6 +61,13 @@ tasks = Table(
     Index("ix_tasks_tenant_created", "tenant_id", "created_at"),
     # Queue depth per tenant and per agent (queue_full), and list_pending(agent_id).
     Index("ix_tasks_tenant_status_agent", "tenant_id", "status", "agent_label"),
+    # Finished tasks whose result is not noted published yet: what the result sweep reads.
+    Index(
+        "ix_tasks_result_unpublished",
+        "finished_at",
+        postgresql_where=text("NOT result_published AND finished_at IS NOT NULL"),
+        sqlite_where=text("NOT result_published AND finished_at IS NOT NULL"),
+    ),
 )
 
 # `depends_on` edges: job_id waits for depends_on (same tenant). Looked up from the finished side

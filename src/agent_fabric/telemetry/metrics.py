@@ -78,6 +78,11 @@ class FabricMetrics:
         self.duplicates = Counter(
             "agent_fabric_duplicate_deliveries_total", "Deliveries for a job already finished or running.", registry=r
         )
+        self.results_swept = Counter(
+            "agent_fabric_results_swept_total",
+            "Finished tasks whose result the sweep published or found published, its mark lost in a crash.",
+            registry=r,
+        )
         self.consumer_pending = Gauge(
             "agent_fabric_consumer_pending",
             "JetStream lag per consumer (pending + ack pending), as KEDA sees it.",
