@@ -47,10 +47,30 @@ async def test_token_revocations_are_audited(fabric_app: RunningApp) -> None:
     token = fabric_app.fabric.tokens.issue(role="agent", subject="leaked", tenant_id=pod)
     jti = jwt.get_unverified_claims(token)["jti"]
     boss = auth_as(fabric_app, "boss", "pod_admin", pod)
-    response = await fabric_app.client.post("/api/v1/auth/revocations", json={"jti": jti}, headers=boss)
+    response = await fabric_app.client.post("/api/v1/auth/revocations", json={"token": token}, headers=boss)
     assert response.status_code == 204, response.text
     rows = [r for r in await committed(fabric_app, "auth.token.revoked", tenant_id=pod) if r.request["jti"] == jti]
     assert len(rows) == 1 and rows[0].actor == "boss"
+    used = await fabric_app.client.get("/api/v1/tasks", headers={"Authorization": f"Bearer {token}"})
+    assert used.status_code == 401
+
+
+async def test_a_tenants_key_manager_revokes_only_its_own_tenants_tokens(fabric_app: RunningApp) -> None:
+    pod, other = new_pod(), new_pod()
+    theirs = fabric_app.fabric.tokens.issue(role="agent", subject="victim", tenant_id=other)
+    boss = auth_as(fabric_app, "boss", "pod_admin", pod)
+    revoke = "/api/v1/auth/revocations"
+    by_jti = await fabric_app.client.post(revoke, json={"jti": jwt.get_unverified_claims(theirs)["jti"]}, headers=boss)
+    assert by_jti.status_code == 403 and "presenting it" in by_jti.json()["detail"]
+    by_token = await fabric_app.client.post(revoke, json={"token": theirs}, headers=boss)
+    assert by_token.status_code == 403 and "another tenant" in by_token.json()["detail"]
+    forged = theirs[:-4] + ("AAAA" if not theirs.endswith("AAAA") else "BBBB")
+    assert (await fabric_app.client.post(revoke, json={"token": forged}, headers=boss)).status_code == 401
+    both = {"jti": "x", "token": theirs}
+    assert (await fabric_app.client.post(revoke, json=both, headers=boss)).status_code == 422
+    assert (await fabric_app.client.post(revoke, json={}, headers=boss)).status_code == 422
+    still = await fabric_app.client.get("/api/v1/tasks", headers={"Authorization": f"Bearer {theirs}"})
+    assert still.status_code == 200
 
 
 async def test_custom_roles_defined_and_deleted_are_audited(fabric_app: RunningApp) -> None:

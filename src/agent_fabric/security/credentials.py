@@ -144,7 +144,18 @@ class CredentialService:
             )
         await self._revoke("key", key_id, None, actor)
 
-    async def revoke_token(self, actor: Principal, jti: str, expires: int | None) -> None:
+    async def revoke_token(
+        self, actor: Principal, jti: str | None, expires: int | None, token: str | None = None
+    ) -> None:
+        """By jti (admin only: a jti names no tenant), or by presenting the token itself, which
+        proves whose it is: a tenant's key manager revokes only its own tenant's tokens."""
+        if token is not None:
+            jti, owner, expires = await self._tokens.owner_of(token)
+            if actor.tenant_id is not None and owner != actor.tenant_id:
+                raise Forbidden(f"a {actor.role} of tenant {actor.tenant_id!r} cannot revoke another tenant's token")
+        elif actor.tenant_id is not None:
+            raise Forbidden(f"a {actor.role} revokes a token by presenting it (`token`): a jti alone names no tenant")
+        assert jti is not None  # the body requires one of the two
         await self._revoke("token", jti, datetime.fromtimestamp(expires, UTC) if expires else None, actor, audit=True)
 
     async def _revoke(

@@ -140,6 +140,31 @@ class TokenService:
             amr=tuple(str(a) for a in amr) if isinstance(amr, list) else (),
         )
 
+    async def owner_of(self, token: str) -> tuple[str, str | None, int | None]:
+        """(jti, tenant_id, exp) of a token this fabric trusts, whether or not it is still usable:
+        what a revocation by a tenant's key manager proves ownership with. Signature, issuer and
+        audience are checked; expiry and revocation are not (revoking twice is harmless)."""
+        key = await self._key_for(token)
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[self._cfg.algorithm],
+                audience=self._cfg.audience,
+                issuer=self._cfg.issuer,
+                options={"verify_exp": False, "require_sub": True},
+            )
+        except JWTError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from None
+        jti, tenant_id, exp = claims.get("jti"), claims.get("tenant_id"), claims.get("exp")
+        if not isinstance(jti, str) or not jti:
+            raise Unauthenticated("the token carries no jti, so it cannot be revoked alone (revoke its key)")
+        return (
+            jti,
+            tenant_id if isinstance(tenant_id, str) else None,
+            int(exp) if isinstance(exp, int | float) else None,
+        )
+
     def _permissions(self, role: Any) -> frozenset[str] | None:
         if not isinstance(role, str):
             return None

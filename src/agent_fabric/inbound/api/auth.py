@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agent_fabric.inbound.api.deps import FabricDep
 from agent_fabric.security import roles
@@ -46,14 +46,28 @@ class Refresh(BaseModel):
 
 
 class Revocation(BaseModel):
+    """One of `jti` (admin) or `token` (anyone with keys:manage, for a token of their tenant)."""
+
     model_config = ConfigDict(extra="forbid")
-    jti: str = Field(..., pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    jti: str | None = Field(None, pattern=r"^[A-Za-z0-9._:-]{1,128}$")
+    token: str | None = Field(
+        None,
+        min_length=1,
+        max_length=8192,
+        description="The token itself: proves whose it is, and gives its jti and exp.",
+    )
     expires_at: int | None = Field(
         None,
         ge=0,
         le=253_402_300_799,
         description="The token's exp (epoch seconds), so the entry can be forgotten after it.",
     )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Revocation:
+        if (self.jti is None) == (self.token is None):
+            raise ValueError("give exactly one of `jti` and `token`")
+        return self
 
 
 class RoleBody(BaseModel):
@@ -95,7 +109,7 @@ async def refresh(body: Refresh, fabric: FabricDep) -> dict[str, Any]:
 
 @router.post("/revocations", status_code=204, summary="Revoke one token by its jti (all replicas, at once)")
 async def revoke_token(body: Revocation, fabric: FabricDep, actor: KeyManager) -> Response:
-    await fabric.credentials.revoke_token(actor, body.jti, body.expires_at)
+    await fabric.credentials.revoke_token(actor, body.jti, body.expires_at, body.token)
     return Response(status_code=204)
 
 
