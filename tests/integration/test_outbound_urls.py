@@ -63,17 +63,57 @@ async def test_an_operator_allowlist_admits_its_host(tmp_path: Path, nats_url: s
             assert status == 422 and problem["rule"] == "allowlist"
 
 
-async def test_every_request_is_checked_again() -> None:
-    """A name may resolve elsewhere after registration: the request hook refuses before connecting."""
+async def test_every_connection_is_checked_again() -> None:
+    """A name may resolve elsewhere after registration: the connection is refused before it is made."""
     with http_server("127.0.0.1", None) as (url, hits):
         closed = OutboundGuard(OutboundSettings())
-        client = AgentZeroClient(url, KEY, retries=0, on_request=[closed.on_request])
+        client = AgentZeroClient(url, KEY, retries=0, transport=closed.transport())
         try:
             with pytest.raises(UrlRefused, match="loopback"):
                 await client.health()
         finally:
             await client.aclose()
         assert hits.paths == []
+
+
+async def test_a_name_that_rebinds_between_check_and_connect_is_refused() -> None:
+    """DNS rebinding: the name answers a public address to the check, then loopback. The client
+    dials only what the guard itself resolved and passed, so it never reaches the loopback server
+    the system resolver would have given it for `localhost`."""
+    answers = [["203.0.113.10"], ["127.0.0.1"]]
+
+    async def rebinding(host: str, port: int) -> list[str]:
+        return answers.pop(0) if answers else ["127.0.0.1"]
+
+    with http_server("127.0.0.1", None) as (url, hits):
+        port = url.rsplit(":", 1)[1]
+        guard = OutboundGuard(OutboundSettings(), resolve=rebinding)
+        await guard.check(f"http://localhost:{port}")  # registered: the first answer passes
+        client = AgentZeroClient(f"http://localhost:{port}", KEY, retries=0, transport=guard.transport())
+        try:
+            with pytest.raises(UrlRefused, match="loopback"):
+                await client.health()
+        finally:
+            await client.aclose()
+        assert hits.paths == []
+
+
+async def test_a_passed_address_is_the_one_dialled() -> None:
+    """The guard's answer is what the connection uses: a name the system cannot resolve reaches
+    the server at the address the guard resolved and passed."""
+
+    async def pinned(host: str, port: int) -> list[str]:
+        return ["127.0.0.1"]
+
+    with http_server("127.0.0.1", None) as (url, hits):
+        port = url.rsplit(":", 1)[1]
+        guard = OutboundGuard(OutboundSettings(allowed_ranges="127.0.0.0/8"), resolve=pinned)
+        client = AgentZeroClient(f"http://agent-zero.invalid:{port}", KEY, retries=0, transport=guard.transport())
+        try:
+            assert (await client.health())["error"] is None
+        finally:
+            await client.aclose()
+        assert hits.paths == ["/api/health"]
 
 
 class _Hits:

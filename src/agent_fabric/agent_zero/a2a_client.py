@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
-from agent_fabric.agent_zero.client import AgentZeroError, RequestHooks
+from agent_fabric.agent_zero.client import AgentZeroError
 
 FINAL_STATES = frozenset({"completed", "failed", "canceled", "rejected"})
 
@@ -29,14 +29,14 @@ class AgentZeroA2AClient:
         *,
         timeout: float = 300.0,
         poll_seconds: float = 1.0,
-        on_request: RequestHooks = (),
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._endpoint = f"{base_url.rstrip('/')}/a2a/t-{api_key}/"
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=10.0),
             # Redirects are never followed: a registered URL must not lead the fabric to another host.
             follow_redirects=False,
-            event_hooks={"request": list(on_request)},
+            transport=transport,
         )
         self._poll = poll_seconds
         self._ids = itertools.count(1)

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,6 @@ class Reply:
 
 
 # Checks run before every request (security/outbound_urls.py for tenant-registered instances).
-RequestHooks = Sequence[Callable[[httpx.Request], Awaitable[None]]]
 
 
 class AgentZeroClient:
@@ -62,7 +61,7 @@ class AgentZeroClient:
         timeout: float = 300.0,
         retries: int = 3,
         backoff: float = 0.25,
-        on_request: RequestHooks = (),
+        transport: httpx.AsyncBaseTransport | None = None,
         observe: CallObserver | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -77,7 +76,7 @@ class AgentZeroClient:
             timeout=httpx.Timeout(timeout, connect=10.0),
             # Redirects are never followed: a registered URL must not lead the fabric to another host.
             follow_redirects=False,
-            event_hooks={"request": list(on_request)},
+            transport=transport,  # a tenant-registered URL: dials only addresses its outbound rules pass
         )
 
     async def aclose(self) -> None:

@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+
 from agent_fabric.agent_zero.a2a_client import AgentZeroA2AClient
-from agent_fabric.agent_zero.client import AgentZeroClient, AgentZeroError, CallObserver, RequestHooks
+from agent_fabric.agent_zero.client import AgentZeroClient, AgentZeroError, CallObserver
 from agent_fabric.agent_zero.mcp_client import AgentZeroMcpClient
 from agent_fabric.periodic import Periodic
+from agent_fabric.security.outbound_urls import OutboundGuard
 from agent_fabric.settings import AgentZeroSettings, Mode
 
 LIVE_SET: Mode = "LIVE"
@@ -115,18 +118,29 @@ class Fleet:
         *,
         tenant_id: str | None = None,
         instance_id: str | None = None,
-        on_request: RequestHooks = (),
+        guard: OutboundGuard | None = None,
     ) -> Instance:
-        """`on_request`: checks before every request (a tenant-registered URL's outbound rules)."""
+        """`guard`: a tenant-registered URL's outbound rules, applied to every connection its
+        clients open (URLs from the operator's environment have none)."""
         cfg = self._cfg
-        hooks = on_request
+
+        def transport() -> httpx.AsyncBaseTransport | None:
+            return guard.transport() if guard is not None else None
+
         return Instance(
             url,
             AgentZeroClient(
-                url, key, timeout=cfg.timeout_seconds, retries=cfg.retries, on_request=hooks, observe=self._observe
+                url,
+                key,
+                timeout=cfg.timeout_seconds,
+                retries=cfg.retries,
+                transport=transport(),
+                observe=self._observe,
             ),
-            AgentZeroMcpClient(url, key, timeout=cfg.timeout_seconds, on_request=hooks),
-            AgentZeroA2AClient(url, key, timeout=cfg.timeout_seconds, poll_seconds=cfg.poll_seconds, on_request=hooks),
+            AgentZeroMcpClient(url, key, timeout=cfg.timeout_seconds, transport=transport()),
+            AgentZeroA2AClient(
+                url, key, timeout=cfg.timeout_seconds, poll_seconds=cfg.poll_seconds, transport=transport()
+            ),
             asyncio.Semaphore(cfg.max_in_flight),
             mode_set=mode_set,
             tenant_id=tenant_id,

@@ -14,20 +14,22 @@ from typing import Any
 import httpx
 import orjson
 
-from agent_fabric.agent_zero.client import AgentZeroError, RequestHooks
+from agent_fabric.agent_zero.client import AgentZeroError
 
 PROTOCOL_VERSION = "2025-06-18"
 CLIENT_INFO = {"name": "agent-fabric", "version": "0.1.0"}
 
 
 class AgentZeroMcpClient:
-    def __init__(self, base_url: str, api_key: str, *, timeout: float = 300.0, on_request: RequestHooks = ()) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, *, timeout: float = 300.0, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
         self._endpoint = f"{base_url.rstrip('/')}/mcp/t-{api_key}/http/"
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout, connect=10.0),
             # Redirects are never followed: a registered URL must not lead the fabric to another host.
             follow_redirects=False,
-            event_hooks={"request": list(on_request)},
+            transport=transport,
         )
         self._session: str | None = None
         self._ids = itertools.count(1)

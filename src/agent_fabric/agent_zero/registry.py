@@ -184,7 +184,7 @@ class InstanceRegistry:
             record.mode_set,
             tenant_id=record.tenant_id,
             instance_id=record.id,
-            on_request=[self._guard.on_request],
+            guard=self._guard,
         )
         self._records[record.id] = record
         await self._fleet.add(instance)

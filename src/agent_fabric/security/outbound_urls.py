@@ -15,6 +15,11 @@ every request to it (a name may resolve elsewhere later), it must pass these rul
 IPv4-mapped and NAT64 IPv6 addresses are judged as the IPv4 address they carry. Redirects are
 never followed by the fabric's HTTP clients (httpx's default), so a redirect cannot lead to
 another host. The refusal names the rule, the address and how an operator opens it.
+
+The clients of such a URL connect through `transport()`: every new connection resolves the name
+once, checks every address, and dials one of those very addresses. A name that answers a public
+address to the check and a private one to the connect (DNS rebinding) has no second answer to
+give. TLS still verifies the certificate against the name.
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 
 from agent_fabric.errors import InvalidRequest
@@ -33,6 +39,7 @@ from agent_fabric.settings import OutboundSettings
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolve = Callable[[str, int], Awaitable[list[str]]]
+SocketOption = tuple[int, int, int] | tuple[int, int, bytes | bytearray] | tuple[int, int, None, int]  # as httpcore's
 
 # Most specific first: the metadata address is link-local too, and should be named for what it is.
 REFUSED_RANGES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -81,9 +88,14 @@ class OutboundGuard:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
             raise UrlRefused("url is not a valid URL", rule="scheme") from None
-        host = (parts.hostname or "").rstrip(".").lower()
+        host = parts.hostname or ""
         if parts.scheme not in ("http", "https") or not host:
             raise UrlRefused("url must be an http:// or https:// URL with a host", rule="scheme")
+        await self.addresses_to_dial(host, port)
+
+    async def addresses_to_dial(self, host: str, port: int) -> list[IpAddress]:
+        """Every address `host` resolves to now, if all of them pass the rules; else UrlRefused."""
+        host = host.strip("[]").rstrip(".").lower()
         addresses = await self._addresses(host, port)
         if (self._names or self._cidrs) and not self._allowlisted(host, addresses):
             raise UrlRefused(
@@ -91,6 +103,14 @@ class OutboundGuard:
             )
         for address in addresses:
             self._check_address(host, address)
+        return addresses
+
+    def transport(self) -> httpx.AsyncHTTPTransport:
+        """An httpx transport whose every connection goes only to an address these rules pass."""
+        transport = httpx.AsyncHTTPTransport()
+        # httpx takes no network backend; its connection pool does (httpcore's documented hook).
+        transport._pool._network_backend = _CheckedDialer(self)
+        return transport
 
     async def _addresses(self, host: str, port: int) -> list[IpAddress]:
         try:
@@ -110,10 +130,6 @@ class OutboundGuard:
             if host == name or (name.startswith("*.") and host.endswith(name[1:])):
                 return True
         return bool(self._cidrs) and all(_within(_carried(a), self._cidrs) for a in addresses)
-
-    async def on_request(self, request: httpx.Request) -> None:
-        """httpx request hook: the check again before every request, as the name may resolve elsewhere now."""
-        await self.check(str(request.url))
 
     def _check_address(self, host: str, address: IpAddress) -> None:
         judged = _carried(address)
@@ -142,3 +158,41 @@ def _carried(address: IpAddress) -> IpAddress:
         if address in _NAT64:
             return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return address
+
+
+class _CheckedDialer(httpcore.AsyncNetworkBackend):
+    """Resolves a connection's host through the guard and dials only the addresses it passed."""
+
+    def __init__(self, guard: OutboundGuard) -> None:
+        self._guard = guard
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
+        local_address: str | None = None,
+        socket_options: Iterable[SocketOption] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        failure: Exception | None = None
+        for address in await self._guard.addresses_to_dial(host, port):
+            try:
+                return await self._inner.connect_tcp(
+                    str(address), port, timeout=timeout, local_address=local_address, socket_options=socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failure = exc
+        assert failure is not None  # addresses_to_dial returns at least one address or raises
+        raise failure
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
+        socket_options: Iterable[SocketOption] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("a tenant-registered URL is never a unix socket")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
