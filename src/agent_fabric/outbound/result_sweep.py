@@ -13,8 +13,6 @@ together split them.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 
@@ -22,6 +20,7 @@ from sqlalchemy import not_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.outbound.results import ResultPublisher
+from agent_fabric.periodic import Periodic
 from agent_fabric.storage.tables import tasks
 from agent_fabric.storage.task_rows import TERMINAL_VALUES, TaskRecord, utcnow
 from agent_fabric.telemetry.metrics import FabricMetrics
@@ -36,41 +35,18 @@ LOOK_BACK = timedelta(days=1)
 
 
 class ResultSweeper:
+    """`sweep()` is the step; `periodic()` runs it every few seconds on every replica."""
+
     def __init__(
-        self,
-        engine: AsyncEngine,
-        results: ResultPublisher,
-        metrics: FabricMetrics,
-        *,
-        every_seconds: float = 10.0,
-        grace_seconds: float = 30.0,
+        self, engine: AsyncEngine, results: ResultPublisher, metrics: FabricMetrics, *, grace_seconds: float = 30.0
     ) -> None:
         self._engine = engine
         self._results = results
         self._metrics = metrics
-        self._every = every_seconds
         self._grace = timedelta(seconds=grace_seconds)
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="result-sweep")
-
-    async def shutdown(self) -> None:
-        if self._task is None:
-            return
-        task, self._task = self._task, None
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self._every)
-            try:
-                await self.sweep()
-            except Exception as exc:  # database or NATS away: the rows wait for the next round
-                log.warning("result sweep failed; retrying", extra={"error": str(exc)[:300]})
+    def periodic(self, every_seconds: float = 10.0) -> Periodic:
+        return Periodic("result-sweep", every_seconds, self.sweep)
 
     async def sweep(self) -> int:
         """Publish (where missing) and note every result left unnoted; returns how many were noted."""
