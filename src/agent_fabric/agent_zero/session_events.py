@@ -23,7 +23,8 @@ from nats.aio.client import Client as NatsClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric import names
-from agent_fabric.security.internal_seal import InternalSeal, broadcast_headers, is_sealed_broadcast
+from agent_fabric.security.internal_seal import InternalSeal
+from agent_fabric.security.replica_channel import ReplicaChannel
 from agent_fabric.storage import session_store as store
 from agent_fabric.storage.task_store import utcnow
 
@@ -35,27 +36,24 @@ class SessionEvents:
 
     def __init__(self, engine: AsyncEngine, nc: NatsClient, seal: InternalSeal) -> None:
         self.engine = engine
-        self._nc = nc
-        self._seal = seal  # what reaches a POD administrator's WebSocket comes from a replica
+        self._channel = ReplicaChannel(nc, seal)  # what reaches a POD administrator's WebSocket comes from a replica
 
     async def publish(self, session_id: str, events: list[store.Event]) -> None:
         subject = names.agent_session_subject(session_id)
         for event in events:
             body = orjson.dumps(event.wire(session_id))
-            await self._nc.publish(subject, body, headers=broadcast_headers(self._seal, subject, body))
+            await self._channel.publish(subject, body)
 
     @contextlib.asynccontextmanager
     async def subscribe(self, session_id: str) -> AsyncIterator[asyncio.Queue[dict[str, Any]]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
         async def on_message(msg: Any) -> None:
-            if not is_sealed_broadcast(self._seal, msg):
-                log.warning("ignored an unsealed session event (not from a replica)", extra={"session": session_id})
-                return
             queue.put_nowait(orjson.loads(msg.data))
 
-        sub = await self._nc.subscribe(names.agent_session_subject(session_id), cb=on_message)
-        await self._nc.flush()  # the subscription must reach the server before the caller replays the log
+        subject = names.agent_session_subject(session_id)
+        sub = await self._channel.subscribe(subject, on_message, what="session event")
+        await self._channel.flush()  # the subscription must reach the server before the caller replays the log
         try:
             yield queue
         finally:

@@ -28,7 +28,8 @@ from agent_fabric.agents.process_alerts import AgentAlerts
 from agent_fabric.agents.process_logs import AgentLogs
 from agent_fabric.agents.process_spec import ProcessAgent
 from agent_fabric.agents.run_history import RunHistory
-from agent_fabric.security.internal_seal import InternalSeal, broadcast_headers, is_sealed_broadcast
+from agent_fabric.security.internal_seal import InternalSeal
+from agent_fabric.security.replica_channel import ReplicaChannel
 from agent_fabric.storage.agent_run_store import AgentRunStore
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,12 @@ class LifecycleManager:
         owner: str,
         status_hook: StatusHook | None = None,
         *,
-        seal: InternalSeal | None = None,
+        seal: InternalSeal,
         log_lines: int = 2000,
         log_retention: float = 3600.0,
     ) -> None:
-        self._seal = seal  # start/stop broadcasts are sealed: only a replica may stop an agent's processes
+        # Start/stop broadcasts are sealed: only a replica may stop an agent's processes.
+        self._channel = ReplicaChannel(nc, seal) if nc is not None else None
         self.isolation = isolation
         self.runs = runs
         self._alerts = alerts
@@ -79,8 +81,10 @@ class LifecycleManager:
         """Watch heartbeats; follow start/stop broadcasts (handled by `control(agent_id, action)`)."""
         self._monitor = asyncio.create_task(self._watch_heartbeats(), name="agent heartbeats")
         self._control_handler = control
-        if self._nc is not None and control is not None:
-            self._sub = await self._nc.subscribe(names.AGENT_PROCESS_CONTROL_SUBJECT, cb=self._on_control)
+        if self._channel is not None and control is not None:
+            self._sub = await self._channel.subscribe(
+                names.AGENT_PROCESS_CONTROL_SUBJECT, self._on_control, what="agent process control"
+            )
 
     # -- the seed's interface --
 
@@ -174,13 +178,11 @@ class LifecycleManager:
 
     async def broadcast(self, agent_id: str, action: str) -> None:
         """Ask every other replica to apply `action` (start, stop, restart) to the agent too."""
-        if self._nc is None:
+        if self._channel is None:
             return
         body = orjson.dumps({"agent_id": agent_id, "action": action, "origin": self._owner})
-        subject = names.AGENT_PROCESS_CONTROL_SUBJECT
-        headers = broadcast_headers(self._seal, subject, body) if self._seal is not None else None
         with contextlib.suppress(Exception):
-            await self._nc.publish(subject, body, headers=headers)
+            await self._channel.publish(names.AGENT_PROCESS_CONTROL_SUBJECT, body)
 
     # -- internals --
 
@@ -260,9 +262,6 @@ class LifecycleManager:
                 pool.check_heartbeats()
 
     async def _on_control(self, msg: Any) -> None:
-        if self._seal is not None and not is_sealed_broadcast(self._seal, msg):
-            log.warning("ignored an unsealed agent process control message")
-            return
         try:
             body = orjson.loads(msg.data)
             if body.get("origin") == self._owner or self._control_handler is None:

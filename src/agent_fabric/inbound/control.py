@@ -18,7 +18,8 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 
 from agent_fabric import names
-from agent_fabric.security.internal_seal import InternalSeal, broadcast_headers, is_sealed_broadcast
+from agent_fabric.security.internal_seal import InternalSeal
+from agent_fabric.security.replica_channel import ReplicaChannel
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,8 @@ Reload = Callable[[], Awaitable[None]]
 
 class ControlChannel:
     def __init__(self, nc: NatsClient, interval: float, seal: InternalSeal) -> None:
-        self._nc = nc
-        self._seal = seal  # only a replica's announcement counts (a forged one would force reloads)
+        # Only a replica's announcement counts (a forged one would force reloads).
+        self._channel = ReplicaChannel(nc, seal)
         self._interval = interval
         self._reloaders: dict[str, Reload] = {}
         self._dirty: dict[str, asyncio.Event] = {}
@@ -48,7 +49,7 @@ class ControlChannel:
         """Load every topic once, then follow announcements."""
         for reload in self._reloaders.values():
             await reload()
-        self._sub = await self._nc.subscribe(names.CONTROL_SUBJECTS, cb=self._on_message)
+        self._sub = await self._channel.subscribe(names.CONTROL_SUBJECTS, self._on_message, what="control")
         self._tasks = [
             asyncio.create_task(self._reload_loop(topic), name=f"control-{topic}") for topic in self._reloaders
         ]
@@ -58,14 +59,11 @@ class ControlChannel:
         """Tell every replica to reload `topic` (this one included; the reload is idempotent)."""
         try:
             subject = names.control_subject(topic)
-            await self._nc.publish(subject, b"{}", headers=broadcast_headers(self._seal, subject, b"{}"))
-            await self._nc.flush(timeout=2)
+            await self._channel.publish(subject, b"{}", flush=True)
         except Exception as exc:  # the periodic reload still carries the change
             log.warning("control announcement failed", extra={"topic": topic, "error": str(exc)})
 
     async def _on_message(self, msg: Any) -> None:
-        if not is_sealed_broadcast(self._seal, msg):
-            return  # other agent.control.* subjects (auth, cancel) carry their own seal check
         topic = msg.subject.rsplit(".", 1)[-1]
         event = self._dirty.get(topic)
         if event is not None:

@@ -18,7 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric import names
 from agent_fabric.llm_gateway.keys import INSTANCE, KeyGrant
-from agent_fabric.security.internal_seal import InternalSeal, broadcast_headers
+from agent_fabric.security.internal_seal import InternalSeal
+from agent_fabric.security.replica_channel import ReplicaChannel
 from agent_fabric.storage.tables import agent_sessions
 
 
@@ -58,8 +59,7 @@ class SessionTokenSink:
 
     def __init__(self, engine: AsyncEngine, nc: NatsClient, grant: KeyGrant, seal: InternalSeal) -> None:
         self._engine = engine
-        self._nc = nc
-        self._seal = seal
+        self._channel = ReplicaChannel(nc, seal)
         self._grant = grant
         self._looked_up = False
         self.session_id: str | None = None
@@ -72,4 +72,4 @@ class SessionTokenSink:
             return
         wire = {"session_id": self.session_id, "kind": event["kind"], "data": event["data"], "at": event["time"]}
         subject, body = names.agent_session_subject(self.session_id), orjson.dumps(wire)
-        await self._nc.publish(subject, body, headers=broadcast_headers(self._seal, subject, body))
+        await self._channel.publish(subject, body)

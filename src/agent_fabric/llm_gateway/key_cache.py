@@ -18,7 +18,8 @@ import orjson
 from nats.aio.client import Client as NatsClient
 
 from agent_fabric import names
-from agent_fabric.security.internal_seal import InternalSeal, broadcast_headers, is_sealed_broadcast
+from agent_fabric.security.internal_seal import InternalSeal
+from agent_fabric.security.replica_channel import ReplicaChannel
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +28,7 @@ MAX_ENTRIES = 50_000
 
 class GrantCache:
     def __init__(self, nc: NatsClient, ttl_seconds: float, seal: InternalSeal) -> None:
-        self._nc = nc
-        self._seal = seal  # replica broadcasts are sealed (README, "Trust at every door")
+        self._channel = ReplicaChannel(nc, seal)  # replica broadcasts are sealed (README, "Trust at every door")
         self._ttl = ttl_seconds
         self._entries: dict[str, tuple[float, Any, datetime | None]] = {}
         self._sub: Any = None
@@ -59,12 +59,14 @@ class GrantCache:
         try:
             body = orjson.dumps(digests)
             subject = names.LLM_KEYS_REVOKED_SUBJECT
-            await self._nc.publish(subject, body, headers=broadcast_headers(self._seal, subject, body))
+            await self._channel.publish(subject, body)
         except Exception as exc:  # the entries lapse after the TTL anyway
             log.warning("key revocation broadcast failed", extra={"error": str(exc)})
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(names.LLM_KEYS_REVOKED_SUBJECT, cb=self._on_broadcast)
+        self._sub = await self._channel.subscribe(
+            names.LLM_KEYS_REVOKED_SUBJECT, self._on_broadcast, what="gateway key revocation"
+        )
 
     async def shutdown(self) -> None:
         """Stop listening (idempotent)."""
@@ -74,8 +76,6 @@ class GrantCache:
             self._sub = None
 
     async def _on_broadcast(self, msg: Any) -> None:
-        if not is_sealed_broadcast(self._seal, msg):
-            return
         try:
             digests = orjson.loads(msg.data)
         except orjson.JSONDecodeError:

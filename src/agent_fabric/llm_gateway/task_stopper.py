@@ -18,15 +18,15 @@ from nats.aio.client import Client as NatsClient
 
 from agent_fabric import names
 from agent_fabric.scheduling.runner import TaskRunner
-from agent_fabric.security.internal_seal import InternalSeal, broadcast_headers, is_sealed_broadcast
+from agent_fabric.security.internal_seal import InternalSeal
+from agent_fabric.security.replica_channel import ReplicaChannel
 
 log = logging.getLogger(__name__)
 
 
 class TaskStopper:
     def __init__(self, nc: NatsClient, runner: TaskRunner, seal: InternalSeal) -> None:
-        self._nc = nc
-        self._seal = seal  # a broadcast fails a running task: only a replica may send one
+        self._channel = ReplicaChannel(nc, seal)  # a broadcast fails a running task: only a replica may send one
         self._runner = runner
         self._sub: Any = None
 
@@ -34,14 +34,12 @@ class TaskStopper:
         self._runner.fail_local(tenant_id, job_id, code, message)
         body = orjson.dumps({"tenant_id": tenant_id, "job_id": job_id, "code": code, "message": message})
         try:
-            await self._nc.publish(
-                names.TASK_FAIL_SUBJECT, body, headers=broadcast_headers(self._seal, names.TASK_FAIL_SUBJECT, body)
-            )
+            await self._channel.publish(names.TASK_FAIL_SUBJECT, body)
         except Exception as exc:
             log.warning("task fail broadcast failed", extra={"job_id": job_id, "error": str(exc)})
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(names.TASK_FAIL_SUBJECT, cb=self._on_broadcast)
+        self._sub = await self._channel.subscribe(names.TASK_FAIL_SUBJECT, self._on_broadcast, what="task fail")
 
     async def shutdown(self) -> None:
         """Stop listening (idempotent)."""
@@ -51,9 +49,6 @@ class TaskStopper:
             self._sub = None
 
     async def _on_broadcast(self, msg: Any) -> None:
-        if not is_sealed_broadcast(self._seal, msg):
-            log.warning("ignored an unsealed task fail broadcast")
-            return
         try:
             body = orjson.loads(msg.data)
             tenant_id, job_id, code, message = (str(body[k]) for k in ("tenant_id", "job_id", "code", "message"))

@@ -33,7 +33,8 @@ from agent_fabric.admission import approval_events as events
 from agent_fabric.admission.approvals import ApprovalDesk
 from agent_fabric.audit.entries import AuditEntry, append
 from agent_fabric.scheduling.runner import TaskRunner
-from agent_fabric.security.internal_seal import InternalSeal, broadcast_headers, is_sealed_broadcast
+from agent_fabric.security.internal_seal import InternalSeal
+from agent_fabric.security.replica_channel import ReplicaChannel
 from agent_fabric.storage import cancel_store
 from agent_fabric.storage.outbox import enqueue
 from agent_fabric.storage.task_store import TaskStore, utcnow
@@ -85,10 +86,9 @@ class Canceller:
         seal: InternalSeal,
         on_running_cancel: Callable[[str, str], Awaitable[Any]] | None = None,
     ) -> None:
-        self._seal = seal  # a broadcast stops a running task: only a replica may send one
+        self._channel = ReplicaChannel(nc, seal)  # a broadcast stops a running task: only a replica may send one
         self._on_running_cancel = on_running_cancel
         self._engine = engine
-        self._nc = nc
         self._store = store
         self._runner = runner
         self._approvals = approvals
@@ -154,17 +154,14 @@ class Canceller:
         self._runner.cancel_local(tenant_id, job_id, message)
         body = orjson.dumps({"tenant_id": tenant_id, "job_id": job_id, "message": message})
         try:
-            await self._nc.publish(
-                names.CANCEL_SUBJECT, body, headers=broadcast_headers(self._seal, names.CANCEL_SUBJECT, body)
-            )
-            await self._nc.flush(timeout=2)
+            await self._channel.publish(names.CANCEL_SUBJECT, body, flush=True)
         except Exception as exc:  # the mark is in the database: the owner's next lease renewal finds it
             log.warning("cancel broadcast failed", extra={"job_id": job_id, "error": str(exc)})
 
     # -- every replica: act on broadcasts for the tasks it runs --
 
     async def start(self) -> None:
-        self._sub = await self._nc.subscribe(names.CANCEL_SUBJECT, cb=self._on_broadcast)
+        self._sub = await self._channel.subscribe(names.CANCEL_SUBJECT, self._on_broadcast, what="cancel")
 
     async def shutdown(self) -> None:
         """Stop listening (idempotent)."""
@@ -174,9 +171,6 @@ class Canceller:
             self._sub = None
 
     async def _on_broadcast(self, msg: Any) -> None:
-        if not is_sealed_broadcast(self._seal, msg):
-            log.warning("ignored an unsealed cancel broadcast (not from a replica)", extra={"subject": msg.subject})
-            return
         try:
             body = orjson.loads(msg.data)
             tenant_id, job_id = str(body["tenant_id"]), str(body["job_id"])

@@ -19,7 +19,8 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric import names
-from agent_fabric.security.internal_seal import InternalSeal, broadcast_headers, is_sealed_broadcast
+from agent_fabric.security.internal_seal import InternalSeal
+from agent_fabric.security.replica_channel import ReplicaChannel
 from agent_fabric.security.roles import BUILTIN_ROLES
 from agent_fabric.storage.tables import custom_roles, revocations
 from agent_fabric.storage.timestamps import aware_or_none
@@ -32,8 +33,7 @@ RELOAD_SECONDS = 30.0
 class AccessState:
     def __init__(self, engine: AsyncEngine, nc: NatsClient, seal: InternalSeal) -> None:
         self._engine = engine
-        self._nc = nc
-        self._seal = seal  # a broadcast grants permissions: only a replica may send one
+        self._channel = ReplicaChannel(nc, seal)  # a broadcast grants permissions: only a replica may send one
         self._revoked: dict[tuple[str, str], datetime | None] = {}
         self._roles: dict[str, frozenset[str]] = {}
         self._sub: Any = None
@@ -41,7 +41,7 @@ class AccessState:
 
     async def start(self) -> None:
         await self.reload()
-        self._sub = await self._nc.subscribe(names.AUTH_CONTROL_SUBJECT, cb=self._on_broadcast)
+        self._sub = await self._channel.subscribe(names.AUTH_CONTROL_SUBJECT, self._on_broadcast, what="access")
         self._reloader = asyncio.create_task(self._reload_loop(), name="access-reload")
 
     async def aclose(self) -> None:
@@ -79,15 +79,9 @@ class AccessState:
         """Apply locally at once, then tell the other replicas."""
         self._apply(message)
         body = orjson.dumps(message)
-        await self._nc.publish(
-            names.AUTH_CONTROL_SUBJECT, body, headers=broadcast_headers(self._seal, names.AUTH_CONTROL_SUBJECT, body)
-        )
-        await self._nc.flush(timeout=2)
+        await self._channel.publish(names.AUTH_CONTROL_SUBJECT, body, flush=True)
 
     async def _on_broadcast(self, msg: Any) -> None:
-        if not is_sealed_broadcast(self._seal, msg):
-            log.warning("ignored an unsealed access broadcast (not from a replica)", extra={"subject": msg.subject})
-            return
         try:
             self._apply(orjson.loads(msg.data))
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

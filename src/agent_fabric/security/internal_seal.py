@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from agent_fabric import names
 from agent_fabric.settings import Settings
 
 _INFO = b"agent-fabric/nats-seal/v1"
@@ -41,16 +39,6 @@ class InternalSeal:
 
     def verify(self, value: str | None, purpose: str, msg_id: str, body: bytes) -> bool:
         return value is not None and hmac.compare_digest(value, self.sign(purpose, msg_id, body))
-
-
-def broadcast_headers(seal: InternalSeal, subject: str, body: bytes) -> dict[str, str]:
-    """Headers of a broadcast between replicas: sealed, so no other NATS client can forge one."""
-    return {names.SEAL_HEADER: seal.sign(BROADCAST_PURPOSE, subject, body)}
-
-
-def is_sealed_broadcast(seal: InternalSeal, msg: Any) -> bool:
-    headers = msg.headers or {}
-    return seal.verify(headers.get(names.SEAL_HEADER), BROADCAST_PURPOSE, msg.subject, msg.data)
 
 
 def internal_seal_for(settings: Settings) -> InternalSeal:
