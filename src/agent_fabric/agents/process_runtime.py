@@ -26,6 +26,7 @@ from agent_fabric.agents.lifecycle import LifecycleManager
 from agent_fabric.agents.nats_credentials import NatsCredentials
 from agent_fabric.agents.pool import AgentPool
 from agent_fabric.agents.process_alerts import AgentAlerts
+from agent_fabric.agents.process_beats import ProcessBeats
 from agent_fabric.agents.process_directory import RegistryDirectory
 from agent_fabric.agents.process_metrics import ProcessAgentCollector
 from agent_fabric.agents.services import AgentServices
@@ -48,6 +49,7 @@ class ProcessRuntime:
     lifecycle: LifecycleManager
     isolation: IsolationManager
     directory: RegistryDirectory
+    beats: ProcessBeats
 
     async def start_agent(self, agent_id: str, *, restart: bool = False) -> AgentPool:
         """Start (or restart) the agent's processes here; NotFound if it is not a runnable process agent."""
@@ -144,12 +146,16 @@ async def open_process_runtime(
         log_lines=cfg.log_lines,
         log_retention=cfg.log_retention_seconds,
     )
-    runtime = ProcessRuntime(lifecycle, isolation, directory)
+    beats = ProcessBeats(lifecycle, owner)
+    runtime = ProcessRuntime(lifecycle, isolation, directory, beats)
     metrics.registry.register(ProcessAgentCollector(lifecycle, isolation))
     await lifecycle.start(control=runtime.apply)
     prune = Periodic("agent-runs-retention", 3600.0, lambda: lifecycle.runs.prune(cfg.runs_retention_days))
     prune.start()
     stack.push_async_callback(prune.stop)
+    recording = beats.periodic()
+    recording.start()
+    stack.push_async_callback(recording.stop)
     stack.push_async_callback(lifecycle.shutdown, settings.shutdown_grace_seconds)
     drivers.add(build_process_driver(lifecycle, directory, policies, model_gateway=bool(settings.llm.upstreams)))
     return runtime

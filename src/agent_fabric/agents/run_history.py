@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 class RunHistory:
     def __init__(self, store: AgentRunStore) -> None:
         self.store = store
-        self._starts: dict[str, asyncio.Task[str | None]] = {}
+        self._starts: dict[str, asyncio.Task[str | None]] = {}  # process name -> its run id, once written
         self._pending: set[asyncio.Task[Any]] = set()
 
     def started(self, agent_id: str, tenant_id: str, process: str, pid: int | None, at: float) -> None:
@@ -28,6 +28,13 @@ class RunHistory:
         start = self._starts.pop(process, None)
         if start is not None:
             self._track(self._end(start, fields))
+
+    def run_id(self, process: str) -> str | None:
+        """The live process's run id, once its start is recorded."""
+        start = self._starts.get(process)
+        if start is None or not start.done() or start.cancelled():
+            return None
+        return start.result()
 
     async def flush(self, seconds: float = 10.0) -> None:
         with contextlib.suppress(TimeoutError):

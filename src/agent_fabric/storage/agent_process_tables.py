@@ -28,5 +28,11 @@ agent_process_runs = Table(
     Column("outcome", String(16), nullable=True),  # stopped | failed
     Column("reason", Text, nullable=True),
     Column("tasks_done", Integer, nullable=False, default=0),
+    # While the run lives, its replica writes these every few seconds, so any replica can show
+    # every replica's processes (and a replica that died shows as stale beats).
+    Column("recorded_at", Timestamp, nullable=True),  # when its replica last wrote these
+    Column("heartbeat_at", Timestamp, nullable=True),  # the process's own last heartbeat
+    Column("state", String(16), nullable=True),
+    Column("job_id", String(128), nullable=True),
     Index("ix_agent_process_runs_agent_started", "agent_id", "started_at"),
 )

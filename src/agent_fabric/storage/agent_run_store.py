@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agent_fabric.storage.agent_process_tables import agent_process_runs as runs
@@ -65,6 +65,35 @@ class AgentRunStore:
                 )
             )
 
+    async def beat(self, beats: list[dict[str, Any]]) -> None:
+        """This replica's live processes as they are now: one statement for all of them. Each
+        item: run_id, heartbeat_at (None before the first), state, job_id, tasks_done."""
+        if beats:
+            now = datetime.now(UTC)
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    _BEAT, [{"b_recorded_at": now, **{f"b_{k}": v for k, v in b.items()}} for b in beats]
+                )
+
+    async def live(self, agent_id: str) -> list[dict[str, Any]]:
+        """The agent's runs that have not ended, on every replica, oldest first."""
+        query = (
+            select(runs)
+            .where(runs.c.agent_id == agent_id, runs.c.ended_at.is_(None))
+            .order_by(runs.c.owner, runs.c.started_at)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+        return [
+            {
+                **dict(row),
+                "started_at": aware_or_none(row["started_at"]),
+                "heartbeat_at": aware_or_none(row["heartbeat_at"]),
+                "recorded_at": aware_or_none(row["recorded_at"]),
+            }
+            for row in rows
+        ]
+
     async def history(self, agent_id: str, limit: int = 50) -> list[dict[str, Any]]:
         """The agent's most recent process runs, newest first."""
         query = select(runs).where(runs.c.agent_id == agent_id).order_by(runs.c.started_at.desc()).limit(limit)
@@ -85,3 +114,16 @@ class AgentRunStore:
         async with self._engine.begin() as conn:
             result = await conn.execute(delete(runs).where(runs.c.ended_at < cutoff))
         return int(result.rowcount or 0)
+
+
+_BEAT = (
+    update(runs)
+    .where(runs.c.run_id == bindparam("b_run_id"), runs.c.ended_at.is_(None))
+    .values(
+        recorded_at=bindparam("b_recorded_at"),
+        heartbeat_at=bindparam("b_heartbeat_at"),
+        state=bindparam("b_state"),
+        job_id=bindparam("b_job_id"),
+        tasks_done=bindparam("b_tasks_done"),
+    )
+)

@@ -66,20 +66,23 @@ async def restart(agent_id: str, fabric: FabricDep, principal: AgentWriter) -> d
     return await _health(fabric, agent_id) or {"agent_id": agent_id, "status": pool.status}
 
 
-@router.get("/{agent_id}/health", summary="The agent's status, and its processes on this replica with their heartbeats")
+@router.get("/{agent_id}/health", summary="The agent's status, and its processes on every replica with heartbeats")
 async def health(agent_id: str, fabric: FabricDep, principal: AgentReader) -> dict[str, Any]:
     """The registry's answer (status, reason, since) when no process of the agent runs here; else
     this replica's: its status and reason, its processes (state, pid, uptime, current job, last
-    heartbeat), `heartbeat` the newest, and the registry's status beside them."""
+    heartbeat), `heartbeat` the newest, and the registry's status beside them. `replicas`: the
+    agent's live processes on every replica (this one's current, the others' as last recorded,
+    `stale` when their replica stopped recording)."""
     base = await agent_health(agent_id, fabric, principal)
     found = await _health(fabric, agent_id)
+    replicas = {"replicas": await fabric.processes.beats.replicas(agent_id)}
     if found is None:
-        return {**base, "processes": []}
+        return {**base, "processes": [], **replicas}
     beats = [p["last_heartbeat"] for p in found["processes"] if p["last_heartbeat"]]
     newest = max(beats, key=lambda b: str(b.get("timestamp"))) if beats else None
     # This replica's processes are the live truth here; the registry's word stays beside it.
     registry = {"registry_status": base["status"], "registry_reason": base["reason"]}
-    return {**base, **found, **registry, "source": "runtime", "heartbeat": newest}
+    return {**base, **found, **registry, **replicas, "source": "runtime", "heartbeat": newest}
 
 
 @router.get(
