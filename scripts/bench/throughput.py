@@ -242,13 +242,13 @@ def main() -> None:
         f"\n{args.tasks} tasks, {args.inflight} in flight, worker concurrency {args.concurrency}, "
         f"{os.cpu_count()} cores\n"
     )
-    print("| path | tasks/s | p50 ms | p99 ms | / raw | worker CPU per task |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| path | tasks/s | p50 ms | p99 ms | / raw | worker CPU per task | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     rows = [("raw JetStream round trip", raw), ("agent-fabric end to end (Postgres + Redis)", fabric), *peers]
     for name, r in rows:
         ratio = "" if r is raw else f"{r['rate'] / raw['rate']:.2f}"
         cpu = f"{r['cpu_ms']:.2f} ms" if "cpu_ms" in r else ""
-        print(f"| {name} | {r['rate']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {ratio} | {cpu} |")
+        print(f"| {name} | {r['rate']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {ratio} | {cpu} | {r['load']:.1f} |")
     print(f"\nfabric / raw = {fabric['rate'] / raw['rate']:.2f}")
     if "cpu_ms" in fabric:
         print(f"serve CPU per task: {fabric['cpu_ms']:.2f} ms; load average {os.getloadavg()[0]:.1f}")

@@ -4,6 +4,7 @@ N tasks, `inflight` outstanding, submit-to-result latency per task."""
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 import uuid
@@ -51,4 +52,6 @@ class Window:
             "p50": percentile(self._latencies, 0.5) * 1000,
             "p99": percentile(self._latencies, 0.99) * 1000,
             "mean": statistics.fmean(self._latencies) * 1000,
+            # The machine may be shared: its 1-minute load average as the run ends goes with the figures.
+            "load": os.getloadavg()[0],
         }
