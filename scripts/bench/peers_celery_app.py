@@ -30,7 +30,7 @@ def make_app(redis_url: str, *, results: bool) -> Celery:
         broker_connection_retry_on_startup=True,
     )
 
-    @app.task(name=ECHO)
+    @app.task(name=ECHO)  # type: ignore[untyped-decorator]  # celery has no type hints
     def echo(payload: dict[str, Any]) -> dict[str, Any]:
         return payload
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nats
 import orjson
+from nats.aio.msg import Msg
 from scripts.bench.peer_worker import tree_cpu_seconds, worker_process
 from scripts.bench.window import Window
 
@@ -28,9 +29,10 @@ def missing() -> str | None:
 
 async def _drive(url: str, n: int, inflight: int, pid: int) -> dict[str, float]:
     from scripts.bench.peers_taskiq_app import ECHO, RESULT_META_SUBJECTS, make_broker
-    from taskiq.kicker import AsyncKicker
 
     broker = make_broker(url)
+    echo = broker.find_task(ECHO)
+    assert echo is not None
     await broker.startup()
     nc = await nats.connect(url)
     try:
@@ -38,14 +40,14 @@ async def _drive(url: str, n: int, inflight: int, pid: int) -> dict[str, float]:
         async def measure(count: int) -> dict[str, float]:
             window = Window(count, inflight)
 
-            async def on_result(msg: nats.aio.msg.Msg) -> None:
+            async def on_result(msg: Msg) -> None:
                 window.finished(orjson.loads(msg.data)["name"])
 
             sub = await nc.subscribe(RESULT_META_SUBJECTS, cb=on_result)
             await nc.flush()
 
             async def submit(job: str) -> None:
-                await AsyncKicker(ECHO, broker, {}).with_task_id(job).kiq({"i": job})
+                await echo.kicker().with_task_id(job).kiq({"i": job})
 
             try:
                 return await window.run(submit)
