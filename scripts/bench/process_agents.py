@@ -35,7 +35,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from scripts.bench.throughput import drive, drop_database, make_database, percentile, serve_env  # noqa: E402
+from scripts.bench.throughput import drive, drop_database, make_database, serve_env  # noqa: E402
+from scripts.bench.window import percentile  # noqa: E402
 from tests.support.nats_server import running_nats_server  # noqa: E402
 from tests.support.serve import ServeProcess  # noqa: E402
 

