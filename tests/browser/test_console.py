@@ -13,11 +13,12 @@ import pytest
 
 from tests.browser.conftest import shot
 from tests.e2e.test_serve import token, wait_for
+from tests.support.process_agents import package, register_over_http
 from tests.support.serve import ServeProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
-PAGES = ("fleet", "queues", "tasks", "approvals", "sessions", "budgets", "audit")
+PAGES = ("fleet", "agents", "queues", "tasks", "approvals", "sessions", "budgets", "audit")
 
 
 async def sign_in(page: Any, fabric: ServeProcess, credential: str) -> None:
@@ -164,3 +165,35 @@ def _token_as(fabric: ServeProcess, subject: str, role: str) -> str:
         check=True,
     )
     return out.stdout.strip()
+
+
+async def test_an_agents_processes_are_shown_and_stopped_from_the_console(
+    page: Any, console_fabric: ServeProcess
+) -> None:
+    """A process agent dropped into the agents directory, registered and started: the agents page
+    lists it, its page shows its live processes with their heartbeats, and Stop stops them."""
+    fabric = console_fabric
+    admin = token(fabric.env)
+    path = package(fabric.state_dir / "agents", "echo")
+    headers = {"Authorization": f"Bearer {admin}"}
+    async with httpx.AsyncClient(base_url=fabric.url, timeout=30) as client:
+        assert (await client.post("/api/v1/agents/discover", headers=headers)).status_code == 200
+        exchanged = await client.post(
+            "/api/v1/auth/token", json={"api_key": api_key(fabric, admin, "pod_admin", "default")}
+        )
+        operator = {"Authorization": f"Bearer {exchanged.json()['access_token']}"}
+        agent_id = await register_over_http(client, "", path, "default", operator)
+        started = await client.post(f"/api/v1/agents/{agent_id}/start", headers=headers)
+        assert started.status_code == 202, started.text
+    await sign_in(page, fabric, api_key(fabric, admin, "admin"))
+    await page.click("#nav a[href='#/agents']")
+    await page.click(f"table a:has-text('{agent_id}')")
+    await page.wait_for_selector("#agent-status .status.running")
+    row = page.locator("tr", has_text=f"{agent_id}/")
+    await row.locator(".status.idle").first.wait_for(timeout=60_000)
+    assert "(this one)" in (await row.first.text_content() or "")
+    await shot(page, "agent-detail")
+    await page.click("button:has-text('Stop')")
+    await page.wait_for_selector("#agent-status .status.stopped", timeout=60_000)
+    await page.wait_for_selector("text=No process of this agent is running.")
+    assert await page.is_hidden("#error"), await page.text_content("#error")

@@ -96,6 +96,38 @@ const views = {
         ["Status", (a) => badge(a.status)]], fleet.agents, "No fleet agents: the fleet is not started."));
   },
 
+  async agents(ctx) {
+    const list = await api("/api/v1/agents", { params: { tenant_id: pod(), limit: 500 } });
+    const link = (a) => h("a", { href: `#/agent/${encodeURIComponent(a.agent_id)}` }, a.agent_id);
+    ctx.render(h("h1", {}, "Agents the fabric runs"),
+      table([["Agent", link], ["Name", (a) => a.name], ["Version", (a) => a.version], ["Type", (a) => a.agent_type],
+        ["Runtime", (a) => fmt(a.runtime)], ["Status", (a) => badge(a.status)], ["Reason", (a) => fmt(a.status_reason)],
+        ["Since", (a) => fmt(a.status_changed_at)]], list.items, "No registered agents in this POD."));
+  },
+
+  async agent(ctx, _query, id) {
+    const path = `/api/v1/agents/${encodeURIComponent(id)}`;
+    const [a, health, runs] = await Promise.all([api(path), api(`${path}/health`), api(`${path}/runs`, { params: { limit: 20 } })]);
+    const act = (action) => async () => guarded(async () => { await api(`${path}/${action}`, { method: "POST" }); route(); });
+    const actions = a.runtime === "process" ? h("p", {},
+      h("button", { type: "button", onclick: act("start") }, "Start"), " ",
+      h("button", { type: "button", onclick: act("restart") }, "Restart"), " ",
+      h("button", { type: "button", class: "danger", onclick: act("stop") }, "Stop")) : null;
+    const processes = (health.replicas || []).flatMap((r) => r.processes.map((p) => ({ ...p, replica: r.replica, here: r.this_replica })));
+    const heard = (p) => fmt(p.last_heartbeat_at || p.last_heartbeat?.timestamp);
+    ctx.render(h("h1", {}, `Agent ${a.name} `, h("span", { id: "agent-status" }, badge(a.status))),
+      h("p", { class: "muted" }, `${a.agent_id} · ${a.agent_type} ${a.version} · ${fmt(a.status_reason)}`), actions,
+      h("h2", {}, "Processes on every replica"),
+      table([["Replica", (p) => (p.here ? `${p.replica} (this one)` : p.replica)], ["Process", (p) => p.name],
+        ["PID", (p) => fmt(p.pid)], ["State", (p) => badge(p.stale ? "stale" : p.state)], ["Job", (p) => fmt(p.job_id)],
+        ["Tasks done", (p) => fmt(p.tasks_done)], ["Last heartbeat", heard],
+        ["Seconds since", (p) => fmt(p.seconds_since_heartbeat)]], processes, "No process of this agent is running."),
+      h("h2", {}, "Recent process runs"),
+      table([["Process", (r) => r.process], ["Replica", (r) => r.owner], ["Started", (r) => fmt(r.started_at)],
+        ["Ended", (r) => fmt(r.ended_at)], ["Outcome", (r) => fmt(r.outcome)], ["Reason", (r) => fmt(r.reason)],
+        ["Tasks", (r) => fmt(r.tasks_done)]], runs.items, "No runs yet."));
+  },
+
   async queues(ctx) {
     const q = await api("/api/v1/queues", { params: { tenant_id: pod() } });
     const byPrio = {};
