@@ -534,6 +534,12 @@ class LlmSettings(BaseSettings):
         1024, ge=1, description="Completion tokens the budget check reserves for a call that sets no max_tokens."
     )
     upstream_timeout_seconds: float = Field(300.0, gt=0, description="Longest wait on an upstream response.")
+    max_request_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="Largest request body the gateway takes (/v1/*): prompts outgrow task events.",
+    )
     relay_buffer_events: int = Field(
         256,
         ge=1,

@@ -32,12 +32,13 @@ async def gateway_replica(
     port: int,
     db: str | None = None,
     redis: str | None = None,
+    llm: dict[str, Any] | None = None,
     **over: Any,
 ) -> AsyncIterator[RunningApp]:
-    """One fabric replica with the gateway, listening on `port`; agents are told `public_url`."""
-    settings = make_settings(
-        state_dir, nats_url, database_url=db, redis_url=redis, llm=llm_settings(upstream_url, public_url), **over
-    )
+    """One fabric replica with the gateway, listening on `port`; agents are told `public_url`;
+    `llm`: gateway settings beside the stand-in upstream."""
+    gateway = llm_settings(upstream_url, public_url, **(llm or {}))
+    settings = make_settings(state_dir, nats_url, database_url=db, redis_url=redis, llm=gateway, **over)
     async with running_app(settings) as app, serving(app.app, port):
         yield app
 

@@ -303,3 +303,40 @@ async def test_a_reservation_whose_call_never_settled_is_swept(gateway: tuple[Ru
     await app.fabric.governance.budgets.fold()
     report = (await app.client.get(f"/api/v1/budgets/tenant?tenant_id={pod}", headers=app.auth())).json()
     assert report["reserved"]["tokens"] == 0 and report["used"]["tokens"] == 300
+
+
+async def test_prompts_larger_than_task_events_pass_and_refusals_keep_the_openai_shape(
+    tmp_path: Path, nats_url: str, openai: tuple[str, OpenAIStandIn]
+) -> None:
+    """The gateway has its own body limit (LLM_MAX_REQUEST_BYTES): a prompt past the task-event
+    limit is answered; one past the gateway's limit, or nested too deep, is refused before the
+    gateway in OpenAI's error shape (an SDK parses it), while /api keeps problem JSON."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with gateway_replica(
+        tmp_path,
+        nats_url,
+        openai[0],
+        f"{base}/v1",
+        port,
+        llm={"max_request_bytes": 512 * 1024},
+        max_event_bytes=16 * 1024,
+    ) as app:
+        key = await instance_key(app, new_pod())
+        auth = {"Authorization": f"Bearer {key}"}
+
+        def chat(words: int) -> dict[str, Any]:
+            prompt = "word " * words
+            return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": prompt}], "max_tokens": 4}
+
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            long_prompt = await http.post("/v1/chat/completions", headers=auth, json=chat(40_000))  # ~200 KB
+            too_long = await http.post("/v1/chat/completions", headers=auth, json=chat(120_000))  # ~600 KB
+            deep = {"model": "gpt-4o-mini", "messages": [], "metadata": orjson.loads("[" * 200 + "]" * 200)}
+            too_deep = await http.post("/v1/chat/completions", headers=auth, json=deep)
+            api_too_long = await http.post("/api/v1/tasks", headers=app.auth(), content=b"{" + b" " * 100_000 + b"}")
+    assert long_prompt.status_code == 200, long_prompt.text
+    assert too_long.status_code == 413 and too_long.json()["error"]["code"] == "payload_too_large"
+    assert "524288" in too_long.json()["error"]["message"]
+    assert too_deep.status_code == 400 and too_deep.json()["error"]["code"] == "json_too_deep"
+    assert api_too_long.status_code == 413 and api_too_long.json()["code"] == "payload_too_large"

@@ -7,7 +7,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_fabric.inbound.api.json_depth import JsonDepthLimit
-from agent_fabric.inbound.api.problems import problem
+from agent_fabric.inbound.api.refusals import GATEWAY_PREFIX, refusal
 from agent_fabric.settings import Settings
 
 SECURITY_HEADERS = {
@@ -23,20 +23,24 @@ UNCACHED_PREFIXES = ("/api", "/ws")
 
 
 class BodySizeLimit:
-    """Refuse request bodies over `limit` bytes with 413 before any route reads them, whether the
-    size is declared (Content-Length) or only discovered while streaming (chunked)."""
+    """Refuse request bodies over the limit with 413 before any route reads them, whether the size
+    is declared (Content-Length) or only discovered while streaming (chunked). `gateway_limit`
+    applies under /v1/: model prompts are larger than anything else the API takes."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, gateway_limit: int) -> None:
         self.app = app
-        self.limit = limit
+        self._limit = limit
+        self._gateway_limit = gateway_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
+        limit = self._gateway_limit if path.startswith(GATEWAY_PREFIX) else self._limit
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(scope, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, send, limit)
             return
         received = 0
         exceeded = False
@@ -47,7 +51,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     # Reading stops here; whatever the route answers to the cut body is replaced below.
                     exceeded = True
                     return {"type": "http.request", "body": b"", "more_body": False}
@@ -57,19 +61,19 @@ class BodySizeLimit:
             nonlocal replaced
             if exceeded and message["type"] == "http.response.start" and not replaced:
                 replaced = True
-                await self._refuse(scope, send)
+                await self._refuse(scope, send, limit)
             if not replaced:
                 await send(message)
 
         await self.app(scope, limited_receive, guarded_send)
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        response = problem(
+    async def _refuse(self, scope: Scope, send: Send, limit: int) -> None:
+        response = refusal(
             413,
             "payload_too_large",
             "Payload too large",
-            f"request body exceeds the limit of {self.limit} bytes",
-            scope.get("path", ""),
+            f"request body exceeds the limit of {limit} bytes",
+            str(scope.get("path", "")),
         )
         await response(scope, _no_receive, send)
 
@@ -113,8 +117,11 @@ def install_hardening(app: FastAPI, settings: Settings) -> None:
 
     # Inside the size limit (added later, so it runs first): a body is capped before it is buffered.
     app.add_middleware(JsonDepthLimit, limit=settings.max_json_depth)
-    # Task events have their own limit (MAX_EVENT_BYTES); nothing else the API takes is larger.
-    app.add_middleware(BodySizeLimit, limit=settings.max_event_bytes + 64 * 1024)
+    # Task events have their own limit (MAX_EVENT_BYTES); nothing else the API takes is larger,
+    # but for the LLM gateway's prompts (LLM_MAX_REQUEST_BYTES).
+    app.add_middleware(
+        BodySizeLimit, limit=settings.max_event_bytes + 64 * 1024, gateway_limit=settings.llm.max_request_bytes
+    )
 
     origins = settings.http.cors_origin_list
     if origins:

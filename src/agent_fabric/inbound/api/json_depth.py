@@ -11,7 +11,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent_fabric.events.json_limits import json_depth
-from agent_fabric.inbound.api.problems import problem
+from agent_fabric.inbound.api.refusals import refusal
 
 
 def _is_json(scope: Scope) -> bool:
@@ -43,12 +43,12 @@ class JsonDepthLimit:
                 break
         body = b"".join(chunks)
         if json_depth(body, stop_after=self.limit) > self.limit:
-            response = problem(
+            response = refusal(
                 400,
                 "json_too_deep",
                 "Invalid request",
                 f"JSON nests more than {self.limit} levels deep",
-                scope.get("path", ""),
+                str(scope.get("path", "")),
             )
             await response(scope, receive, send)
             return
