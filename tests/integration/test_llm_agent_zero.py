@@ -99,3 +99,48 @@ async def test_instance_key_calls_belong_to_the_answering_session(
                 await app.client.get(f"/api/v1/budgets/agent:agent-zero?tenant_id={pod}", headers=app.auth())
             ).json()
             assert agent["used"]["tokens"] == 2 * 111 + 14
+
+
+async def test_a_call_made_while_two_sessions_answer_is_split_between_them(
+    tmp_path: Path, nats_url: str, postgres_url: str, redis_url: str, standin: tuple[str, Any]
+) -> None:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    agent_zero = AgentZeroSettings(url=standin[0], api_key=STANDIN_KEY, poll_seconds=0.1)
+    with running_openai_standin() as (upstream, _):
+        async with gateway_replica(
+            tmp_path, nats_url, upstream, f"{base}/v1", port, postgres_url, redis_url, agent_zero=agent_zero
+        ) as app:
+            pod = new_pod()
+            asked = [
+                asyncio.create_task(
+                    app.client.post(
+                        "/api/v2/agent/message",
+                        headers=auth_as(app, user, "pod_admin", pod),
+                        json={"message": "[sleep 6] go"},
+                    )
+                )
+                for user in ("alice", "bob")
+            ]
+            answering: list[Any] = []
+            async with asyncio.timeout(30):
+                while not (len(answering) == 2 and all(s.instance_url for s in answering)):
+                    await asyncio.sleep(0.05)
+                    answering = await _answering(app, pod)
+            assert answering[0].instance_url == answering[1].instance_url
+            minted = await app.client.post(
+                f"/api/v1/llm/keys?tenant_id={pod}",
+                headers=app.auth(),
+                json={"instance_id": "a0-main", "agent": "agent-zero", "instance_url": answering[0].instance_url},
+            )
+            assert minted.status_code == 201, minted.text
+            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+                headers = {"Authorization": f"Bearer {minted.json()['api_key']}"}
+                assert (await http.post("/v1/chat/completions", headers=headers, json=BODY)).status_code == 200
+            for reply in await asyncio.gather(*asked):
+                assert reply.status_code == 200, reply.text
+            costs = [await _session_cost(app, s.id) for s in answering]
+            assert all(abs(c - COST / 2) < 1e-9 for c in costs), costs  # equal shares, adding up to the call
+            [entry] = await audit(app, action="llm.call", tenant_id=pod)
+            assert entry["session_id"] is None
+            assert entry["request"]["shared_by_sessions"] == sorted(s.id for s in answering)

@@ -26,7 +26,7 @@ from agent_fabric.audit.entries import AuditEntry
 from agent_fabric.audit.writer import AuditWriter
 from agent_fabric.llm_gateway import estimator
 from agent_fabric.llm_gateway import openai_errors as errs
-from agent_fabric.llm_gateway.answering_session import SessionTokenSink, answering_session, charge
+from agent_fabric.llm_gateway.answering_session import SessionTokenSink, answering_sessions, charge
 from agent_fabric.llm_gateway.budget_guard import BudgetGuard, BudgetRefused
 from agent_fabric.llm_gateway.call_in_flight import CallInFlight
 from agent_fabric.llm_gateway.keys import INSTANCE, KeyGrant
@@ -265,19 +265,20 @@ class LlmGateway:
             await self._guard.settle(call.reservation, used, self._meter.row(call.grant, record))
         except Exception as exc:  # the reservation stays until the ledger is reached again; say so
             log.error("llm call not settled", extra={"call_id": call.id, "error": str(exc)[:300]})
-        session_id = None
+        sessions: list[str] = []
         if call.grant.kind == INSTANCE and outcome.startswith("ok"):
             try:
-                session_id = await answering_session(self._engine, call.grant)
-                if session_id is not None:
-                    await charge(self._engine, session_id, cost)
+                sessions = await answering_sessions(self._engine, call.grant)
+                await charge(self._engine, sessions, cost)
             except Exception as exc:
                 log.warning("session not charged", extra={"call_id": call.id, "error": str(exc)[:300]})
         mode = self._tenants.mode_for(call.grant.tenant_id)
-        recorded = None
+        recorded: dict[str, Any] = {}
         if self._tenants.config_for(call.grant.tenant_id).llm.record_prompts:
             recorded = transcript(call.body, "".join(call.completion_text))
-        self._audit_call(call.grant, record, mode, recorded, session_id)
+        if len(sessions) > 1:
+            recorded = {**recorded, "shared_by_sessions": sessions}
+        self._audit_call(call.grant, record, mode, recorded, sessions[0] if len(sessions) == 1 else None)
 
     def _audit_call(
         self,
