@@ -199,7 +199,12 @@ def test_sigterm_past_grace_hands_the_task_back(tmp_path: Path, replica_env: dic
     assert '"handed_back_running":1' in server.log()
     other = ServeProcess(tmp_path / "b", env, "b").start()
     try:
-        task = wait_for(other.url, tok, job, {"completed"}, timeout=30)
+        try:
+            task = wait_for(other.url, tok, job, {"completed"}, timeout=30)
+        except AssertionError:
+            print("=== A ===", server.log()[-6000:])
+            print("=== B ===", other.log()[-6000:])
+            raise
         assert task["attempts"] == 2 and task["result"]["resumed_from"] >= 1.0
     finally:
         other.stop()

@@ -59,6 +59,9 @@ IDLE_POLL_SECONDS = 1.0
 RECORDS_IN_FLIGHT = 2  # fetched batches per class being recorded at once
 BUSY_POLL_SECONDS = 0.01
 STOP_SECONDS = 2.0  # how long a cancelled loop may take to end at shutdown
+# A running task cancelled at shutdown hands itself back (a release write, then the nak): without
+# the nak its message waits out the ack wait before another replica may run it.
+HAND_BACK_SECONDS = 3.0  # inside the pod's 5 s margin past the grace (deploy/README.md)
 
 
 class JetStreamDelivery:
@@ -518,14 +521,16 @@ class TaskConsumer:
         for delivery in self.queue.remove(lambda _: True):
             with contextlib.suppress(Exception):
                 await delivery.nak(delay=0)
-        late = await _stop(self._running, "running tasks", wait=left())
+        late = await _stop(self._running, "running tasks", wait=left(), stuck_after=HAND_BACK_SECONDS)
         await _stop(self._background, "keepalive", wait=0)
         log.info("consumer drained", extra={"handed_back_running": late})
 
 
-async def _stop(tasks: Collection[asyncio.Task[Any]], what: str, *, wait: float) -> int:
+async def _stop(
+    tasks: Collection[asyncio.Task[Any]], what: str, *, wait: float, stuck_after: float = STOP_SECONDS
+) -> int:
     """Let `tasks` end within `wait` seconds, then cancel them; how many had to be cancelled. One
-    that ignores its cancellation for STOP_SECONDS too is logged and left behind: a stuck loop must
+    that ignores its cancellation for `stuck_after` seconds more is logged and left behind: a stuck loop must
     not hold the process past its grace period (and the orchestrator's kill), and the log says
     which one it was."""
     tasks = list(tasks)  # the live sets shrink as their tasks end
@@ -535,7 +540,7 @@ async def _stop(tasks: Collection[asyncio.Task[Any]], what: str, *, wait: float)
     for task in pending:
         task.cancel()
     if pending:
-        _, stuck = await asyncio.wait(pending, timeout=STOP_SECONDS)
+        _, stuck = await asyncio.wait(pending, timeout=stuck_after)
         if stuck:
             names_ = sorted(t.get_name() for t in stuck)
             log.error("tasks did not stop; leaving them", extra={"what": what, "tasks": names_})
