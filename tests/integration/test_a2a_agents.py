@@ -20,7 +20,7 @@ from tests.conftest import RunningApp, make_settings, new_job_id, running_app
 from tests.support.a2a_standin import A2AStandIn, running_a2a_standin
 from tests.support.flows import auth_as, collect, for_job, new_pod, structured, task_status, until
 from tests.support.nats_server import free_port
-from tests.support.process_agents import register
+from tests.support.process_agents import package, register
 
 TOKEN = "a2a-standin-token-0123456789"
 
@@ -146,6 +146,9 @@ async def test_a_task_runs_on_an_a2a_agent_through_both_doors(
         json={"job_id": new_job_id("z"), "agent_definition": {"runtime": "a2a"}, "task": {"type": "t", "input": {}}},
     )
     assert nameless.status_code == 422 and "agent_id" in nameless.text
+    for action in ("start", "stop", "restart"):  # it runs elsewhere: no processes to act on
+        refused = await app.client.post(f"/api/v1/agents/{agent_id}/{action}", headers=app.auth())
+        assert refused.status_code == 422 and refused.json()["code"] == "not_a_process_agent", refused.text
 
 
 async def test_failures_are_typed(
@@ -178,6 +181,12 @@ async def test_failures_are_typed(
     assert "which region?" in ended["asks"]["error"]["message"]
     asked = ended["asks"]["error"]["message"].split()[2]  # "A2A task <id> of agent ..."
     assert agent.called("tasks/cancel") == [asked]  # nobody can answer it: the task is cancelled
+
+    process_agent = await register(app, package(app.fabric.settings.state_dir / "packages", "echo"), pod)
+    mismatched = new_job_id("mismatch")
+    await submit(app, pod, a2a_task(mismatched, process_agent, {}))
+    record = await task_status(app, mismatched, {"rejected", "failed"}, pod, timeout=20)
+    assert record["status"] == "rejected" and record["error"]["code"] == "runtime_mismatch", record
 
 
 async def test_cancel_and_timeout_reach_tasks_cancel(

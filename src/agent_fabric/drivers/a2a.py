@@ -37,7 +37,6 @@ from agent_fabric.a2a.client import (
     texts,
 )
 from agent_fabric.agents.registry import AgentRecord, AgentRegistry
-from agent_fabric.agents.states import AgentStatus
 from agent_fabric.drivers.agent_zero import MAX_PROMPT_CHARS, task_message
 from agent_fabric.drivers.base import RunContext
 from agent_fabric.errors import InvalidTask, TaskFailure
@@ -146,10 +145,6 @@ class A2ADriver:
                 code="runtime_mismatch",
                 job_id=spec.job_id,
                 tenant_id=spec.tenant_id,
-            )
-        if record.status == AgentStatus.STOPPED:
-            raise TaskFailure(
-                "agent_unavailable", f"agent {agent_id} is stopped (POST /api/v1/agents/{agent_id}/start)"
             )
         url = str(record.manifest.get("AGENT_A2A_URL", "")).strip()
         token_env = str(record.manifest.get("AGENT_A2A_TOKEN_ENV", "")).strip()
