@@ -189,6 +189,26 @@ async def test_failures_are_typed(
     assert record["status"] == "rejected" and record["error"]["code"] == "runtime_mismatch", record
 
 
+async def test_a_flaky_agent_is_polled_again_and_a_forgetful_one_is_named(
+    app: RunningApp, standin: tuple[str, A2AStandIn], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, agent = standin
+    pod = new_pod()
+    agent_id = await a2a_agent(app, url, pod, monkeypatch)
+    flaky, lost = new_job_id("flaky"), new_job_id("lost")
+    agent.unavailable_gets = 3  # three 503s in a row: within what a poll retries
+    await submit(app, pod, a2a_task(flaky, agent_id, {"msg": "again"}))
+    record = await task_status(app, flaky, {"completed", "failed"}, pod, timeout=20)
+    assert record["status"] == "completed" and record["result"]["text"] == "done: again", record
+    assert agent.unavailable_gets == 0
+
+    await submit(app, pod, a2a_task(lost, agent_id, {"mode": "hang"}))
+    await until(lambda: len(agent.called("tasks/get")) >= 8, timeout=15, what="the hanging task followed")
+    agent.forget()
+    record = await task_status(app, lost, {"completed", "failed"}, pod, timeout=20)
+    assert record["error"]["code"] == "agent_task_lost", record
+
+
 async def test_cancel_and_timeout_reach_tasks_cancel(
     app: RunningApp, standin: tuple[str, A2AStandIn], monkeypatch: pytest.MonkeyPatch
 ) -> None:

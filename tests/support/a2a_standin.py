@@ -4,11 +4,14 @@ on a loopback port by uvicorn in the test's event loop.
 
 What a task does is told by the `mode` of its message's data part:
 - `complete` (default): submitted, then working (with a status message), then completed after
-  `seconds` with one artifact: a text part and the input echoed as a data part;
+  `seconds`, once a `tasks/get` has seen it working, with one artifact: a text part and the input
+  echoed as a data part;
 - `fail`: working, then failed with the status message "the agent broke";
 - `hang`: working until `tasks/cancel`;
 - `ask`: input-required ("which region?").
 Every request must carry `Authorization: Bearer <token>` (else 401). Every call is recorded.
+`unavailable_gets` answers that many `tasks/get` with 503 (a proxy in front of a restarting agent);
+`forget()` drops every task (an agent that keeps them in memory restarted).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class A2AStandIn:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, str | None]] = field(default_factory=list)  # (method, task id)
     messages: list[dict[str, Any]] = field(default_factory=list)
+    unavailable_gets: int = 0
+    _seen_working: dict[str, asyncio.Event] = field(default_factory=dict)
     _runs: set[asyncio.Task[None]] = field(default_factory=set)
 
     def app(self) -> FastAPI:
@@ -42,6 +47,9 @@ class A2AStandIn:
         app.add_route("/", self._rpc, methods=["POST"])
         app.add_route("/.well-known/agent-card.json", self._card, methods=["GET"])
         return app
+
+    def forget(self) -> None:
+        self.tasks.clear()
 
     def called(self, method: str) -> list[str | None]:
         return [task_id for name, task_id in self.calls if name == method]
@@ -71,12 +79,17 @@ class A2AStandIn:
         self.calls.append((str(method), str(params.get("id"))))
         if method not in ("tasks/get", "tasks/cancel"):
             return _error(rpc_id, NO_METHOD, f"method {method!r} not found")
+        if method == "tasks/get" and self.unavailable_gets > 0:
+            self.unavailable_gets -= 1
+            return PlainTextResponse("Service Unavailable", status_code=503)
         if task is None:
             return _error(rpc_id, NOT_FOUND, "Task not found")
         if method == "tasks/cancel":
             if task["status"]["state"] in FINAL:
                 return _error(rpc_id, NOT_CANCELABLE, "Task cannot be canceled")
             task["status"] = {"state": "canceled"}
+        elif task["status"]["state"] == "working":
+            self._seen_working[task["id"]].set()
         return JSONResponse({"jsonrpc": "2.0", "id": rpc_id, "result": task})
 
     def _send(self, rpc_id: Any, params: dict[str, Any]) -> Response:
@@ -95,6 +108,7 @@ class A2AStandIn:
             "history": [message],
         }
         self.tasks[task_id] = task
+        self._seen_working[task_id] = asyncio.Event()
         run = asyncio.create_task(self._run(task, data))
         self._runs.add(run)
         run.add_done_callback(self._runs.discard)
@@ -110,6 +124,8 @@ class A2AStandIn:
         if mode == "hang":
             return
         await asyncio.sleep(seconds)
+        if mode == "complete":  # every state change is observable: the test asserts the progress
+            await self._seen_working[task["id"]].wait()
         if task["status"]["state"] in FINAL:  # cancelled meanwhile
             return
         if mode == "fail":

@@ -103,6 +103,7 @@ class A2ADriver:
         started = time.monotonic()
         saved = ctx.checkpoint if isinstance(ctx.checkpoint, dict) else {}
         task_id = str(saved["a2a_task_id"]) if saved.get("a2a_task_id") else None
+        task: dict[str, Any] | None = None  # None: read it (a resumed attempt follows the task it sent)
         try:
             if task_id is None:
                 reply = await client.send(_message(ctx.spec), SEND_CONFIGURATION)
@@ -111,8 +112,6 @@ class A2ADriver:
                 task_id = _task_id(reply)
                 await ctx.save_checkpoint({"a2a_task_id": task_id, "context_id": reply.get("contextId")})
                 task = reply
-            else:
-                task = await self._resumed(client, task_id)
             task = await self._follow(ctx, client, task_id, task)
         except asyncio.CancelledError:
             if task_id is not None and ctx.ending():
@@ -166,21 +165,25 @@ class A2ADriver:
             self._clients[key] = client
         return client
 
-    async def _resumed(self, client: A2AClient, task_id: str) -> dict[str, Any]:
-        """The task an earlier attempt sent: followed, never sent again."""
-        try:
-            return await client.get_task(task_id)
-        except A2AError as exc:
-            if exc.rpc_code == TASK_NOT_FOUND:
-                raise TaskFailure(
-                    "agent_task_lost", f"the agent no longer knows A2A task {task_id}, sent by an earlier attempt"
-                ) from None
-            raise
-
-    async def _follow(self, ctx: RunContext, client: A2AClient, task_id: str, task: dict[str, Any]) -> dict[str, Any]:
+    async def _follow(
+        self, ctx: RunContext, client: A2AClient, task_id: str, task: dict[str, Any] | None
+    ) -> dict[str, Any]:
         """Read the task until it ends or waits for input; each state change is a progress item."""
         reported, errors = "", 0
         while True:
+            if task is None:
+                try:
+                    task = await self._read(client, task_id)
+                    errors = 0
+                except A2AError as exc:
+                    errors += 1
+                    if not exc.transient or errors > MAX_POLL_ERRORS:
+                        raise
+                    log.warning(
+                        "A2A task not read; trying again", extra={"job_id": ctx.spec.job_id, "error": exc.message}
+                    )
+                    await asyncio.sleep(self._cfg.poll_seconds)
+                    continue
             state = state_of(task)
             if state != reported:
                 await ctx.progress(_progress(task_id, task))
@@ -190,14 +193,15 @@ class A2ADriver:
             if state not in WORKING_STATES:
                 raise TaskFailure("agent_protocol_error", f"A2A task {task_id} is in state {state!r}")
             await asyncio.sleep(self._cfg.poll_seconds)
-            try:
-                task = await client.get_task(task_id)
-                errors = 0
-            except A2AError as exc:
-                errors += 1
-                if not exc.transient or errors > MAX_POLL_ERRORS:
-                    raise
-                log.warning("A2A task not read; trying again", extra={"job_id": ctx.spec.job_id, "error": exc.message})
+            task = None
+
+    async def _read(self, client: A2AClient, task_id: str) -> dict[str, Any]:
+        try:
+            return await client.get_task(task_id)
+        except A2AError as exc:
+            if exc.rpc_code == TASK_NOT_FOUND:  # e.g. an agent that keeps its tasks in memory restarted
+                raise TaskFailure("agent_task_lost", f"the agent no longer knows A2A task {task_id}") from None
+            raise
 
     async def _cancel(self, client: A2AClient, task_id: str) -> None:
         """Best effort: an agent that cannot cancel (or is gone) leaves nothing for the fabric to do."""
