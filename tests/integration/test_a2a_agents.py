@@ -278,3 +278,14 @@ async def test_the_client_reads_the_agent_card_and_maps_refusals(standin: tuple[
         assert refused.value.code == "agent_auth_failed" and not refused.value.transient
     finally:
         await anonymous.aclose()
+
+
+async def test_a_broken_a2a_package_is_reported_and_never_registered(app: RunningApp) -> None:
+    broken = a2a_package(app, "ftp://agents.example.com/", token_env="AGENT_FABRIC_JWT_SECRET")
+    report = await app.fabric.agents.discovery.scan()
+    found = next(p for p in report.packages if p.path == broken)
+    assert found.status == "broken" and found.agent_id is None
+    assert {(p.field, p.message.split(" ", 1)[1]) for p in found.problems} == {
+        ("AGENT_A2A_URL", "must be an http:// or https:// URL"),
+        ("AGENT_A2A_TOKEN_ENV", "is one of the fabric's own settings, never sent to an agent"),
+    }
