@@ -212,11 +212,11 @@ class A2ADriver:
 
 def _message(spec: TaskSpec) -> dict[str, Any]:
     """The task as one A2A message: its text, and its input as a data part. The message id derives
-    from the job id, so an agent that deduplicates messages sees a resend as the same message."""
+    from the tenant and job id, so an agent that deduplicates messages sees a resend as the same one."""
     return {
         "role": "user",
         "kind": "message",
-        "messageId": str(uuid.uuid5(NAMESPACE, spec.job_id)),
+        "messageId": str(uuid.uuid5(NAMESPACE, f"{spec.tenant_id}/{spec.job_id}")),
         "parts": [{"kind": "text", "text": task_message(spec)}, {"kind": "data", "data": spec.task.input}],
         "metadata": {"job_id": spec.job_id, "task_type": spec.task.type},
     }
