@@ -29,7 +29,7 @@ from agent_fabric.agents.process_runtime import ProcessRuntime, open_process_run
 from agent_fabric.agents.services import AgentDeps, AgentServices, open_agents
 from agent_fabric.audit.store import AuditStore
 from agent_fabric.audit.writer import AuditWriter
-from agent_fabric.drivers.factory import Drivers, build_drivers
+from agent_fabric.drivers.factory import Drivers, build_a2a_driver, build_drivers
 from agent_fabric.embedded_nats import EmbeddedNats
 from agent_fabric.inbound.control import ControlChannel
 from agent_fabric.inbound.nats_consumer import TaskConsumer
@@ -281,6 +281,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
                 governance.control,
             ),
         )
+        drivers.add(build_a2a_driver(agents.registry, settings.a2a))
         processes = await open_process_runtime(
             stack,
             settings,

@@ -599,6 +599,17 @@ class ProcessAgentSettings(BaseSettings):
     log_retention_seconds: float = Field(3600.0, gt=0, description="Log lines older than this are dropped.")
 
 
+class A2ASettings(BaseSettings):
+    """The `a2a` runtime (drivers/a2a.py; README "A2A agents")."""
+
+    model_config = _section("AGENT_FABRIC_A2A_")
+
+    poll_seconds: float = Field(1.0, gt=0, le=300, description="How often a running A2A task is read (`tasks/get`).")
+    request_timeout_seconds: float = Field(
+        30.0, gt=0, le=600, description="Longest wait for one A2A call (message/send, tasks/get, tasks/cancel)."
+    )
+
+
 class Settings(BaseSettings):
     """The whole configuration. Build it once in `cli.py` or a test and pass it down."""
 
@@ -658,6 +669,7 @@ class Settings(BaseSettings):
     agents: AgentsSettings = Field(default_factory=AgentsSettings)
     llm: LlmSettings = Field(default_factory=LlmSettings)
     process: ProcessAgentSettings = Field(default_factory=ProcessAgentSettings)
+    a2a: A2ASettings = Field(default_factory=A2ASettings)
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:

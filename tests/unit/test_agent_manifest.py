@@ -225,3 +225,46 @@ def test_lifecycle_moves() -> None:
     assert not allowed(s.DISCOVERED, s.RUNNING)
     assert not allowed(s.STOPPED, s.REGISTERED)
     assert "allowed from 'discovered': registered" in refusal(s.DISCOVERED, s.RUNNING)
+
+
+A2A = {**{k: v for k, v in GOOD.items() if k != "AGENT_COMMAND"}, "AGENT_RUNTIME": "a2a"}
+
+
+def a2a_problems(tmp_path: Path, **changes: str) -> list[tuple[str, str]]:
+    manifest, problems = read_manifest(package(tmp_path, {**A2A, **changes}), "0.1.0")
+    assert (manifest is None) == bool(problems)
+    return [(p.field, p.message) for p in problems]
+
+
+def test_an_a2a_package_names_its_url_and_no_command(tmp_path: Path) -> None:
+    values = {**A2A, "AGENT_A2A_URL": "https://agents.example.com/a2a/", "AGENT_A2A_TOKEN_ENV": "SEC_AGENT_TOKEN"}
+    manifest, problems = read_manifest(package(tmp_path, values), "0.1.0")
+    assert problems == [] and manifest is not None
+    assert (manifest.runtime, manifest.command) == ("a2a", "")
+    assert manifest.values["AGENT_A2A_TOKEN_ENV"] == "SEC_AGENT_TOKEN"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("AGENT_A2A_URL", "ftp://agents.example.com/", "must be an http:// or https:// URL"),
+        ("AGENT_A2A_URL", "agents.example.com/a2a", "must be an http:// or https:// URL"),
+        ("AGENT_A2A_URL", "https:///a2a", "has no host"),
+        ("AGENT_A2A_URL", "https://agents.example.com:http/", "is not a URL"),
+        ("AGENT_A2A_URL", "https://me:secret@agents.example.com/", "carries credentials"),
+        ("AGENT_A2A_TOKEN_ENV", "SEC-TOKEN", "is not an environment variable name"),
+        ("AGENT_A2A_TOKEN_ENV", "AGENT_FABRIC_JWT_SECRET", "one of the fabric's own settings"),
+        ("AGENT_COMMAND", "./run.sh", "has no command"),
+    ],
+)
+def test_a_broken_a2a_field_is_named(tmp_path: Path, field: str, value: str, reason: str) -> None:
+    changes = {"AGENT_A2A_URL": "http://127.0.0.1:9/", field: value}
+    found = a2a_problems(tmp_path, **changes)
+    assert len(found) == 1 and found[0][0] == field and reason in found[0][1], found
+
+
+def test_an_a2a_package_needs_a_url_and_a_process_package_takes_none(tmp_path: Path) -> None:
+    assert a2a_problems(tmp_path) == [("AGENT_A2A_URL", "is required for AGENT_RUNTIME=a2a (the agent's JSON-RPC URL)")]
+    assert problems_for(tmp_path / "p", AGENT_A2A_URL="https://agents.example.com/") == [
+        ("AGENT_A2A_URL", "is only for AGENT_RUNTIME=a2a")
+    ]

@@ -44,7 +44,7 @@ class AgentDirectory:
         return self._tenants.get(agent_id)
 
     def runtime_of(self, agent_id: str) -> str | None:
-        """How the agent runs ("process" for packages on disk, "external" for agents elsewhere)."""
+        """How the agent runs ("process" or "a2a" for packages, "external" for agents registered without one)."""
         return self._runtimes.get(agent_id)
 
     def check(self, spec: TaskSpec) -> None:

@@ -12,6 +12,11 @@ go. Pure apart from reading the file and checking the command's executable in th
     DEFAULT_FINDINGS_TOPIC=findings.security
     AGENT_RUNTIME=process                     # optional: how the fabric starts it
     REQUIRES_FABRIC=>=0.1.0, <2.0.0           # optional: fabric versions it works with
+
+An agent that runs elsewhere and speaks A2A declares `AGENT_RUNTIME=a2a`, its JSON-RPC endpoint
+`AGENT_A2A_URL=https://...` and, when it wants a bearer token, `AGENT_A2A_TOKEN_ENV=<NAME>`: the
+name of one of the fabric's environment variables holding it (the secret itself is never in the
+package or the registry). It has no AGENT_COMMAND.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import os
 import re
 import shlex
 import shutil
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -36,7 +42,11 @@ REQUIRED: Final = (
     "DEFAULT_SUBSCRIBED_TOPICS",
     "DEFAULT_FINDINGS_TOPIC",
 )
-PACKAGE_RUNTIMES: Final = ("process",)
+PACKAGE_RUNTIMES: Final = ("process", "a2a")
+A2A_KEYS: Final = ("AGENT_A2A_URL", "AGENT_A2A_TOKEN_ENV")
+ENV_NAME_PATTERN: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+# The fabric's own settings (JWT secret, database password, ...) must not be sent to an agent.
+FABRIC_ENV_PREFIX: Final = "AGENT_FABRIC_"
 MAX_FILE_BYTES: Final = 64 * 1024
 
 NAME_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
@@ -59,14 +69,14 @@ class Problem:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A valid package: what the registry records and the process runtime starts."""
+    """A valid package: what the registry records and the process (or a2a) runtime runs."""
 
     path: Path
     name: str
     version: str
     description: str
     agent_type: str
-    command: str
+    command: str  # empty for an a2a agent
     runtime: str
     subscribed_topics: tuple[str, ...]
     findings_topic: str
@@ -128,8 +138,10 @@ def subject_problem(subject: str, *, wildcards: bool) -> str | None:
 
 def validate(values: dict[str, str], package: Path, fabric_version: str) -> tuple[Manifest | None, list[Problem]]:
     """The manifest when every field is valid; else every problem found."""
-    problems = [Problem(key, "is required") for key in REQUIRED if not values.get(key, "").strip()]
     get = values.get
+    runtime = get("AGENT_RUNTIME", "process").strip() or "process"
+    required = [key for key in REQUIRED if key != "AGENT_COMMAND" or runtime != "a2a"]
+    problems = [Problem(key, "is required") for key in required if not values.get(key, "").strip()]
     name, version, agent_type = get("AGENT_NAME", ""), get("AGENT_VERSION", ""), get("AGENT_TYPE", "")
     if name and not NAME_PATTERN.match(name):
         problems.append(Problem("AGENT_NAME", "must be 1-128 of letters, digits, space, '.', '_', '-'"))
@@ -152,12 +164,15 @@ def validate(values: dict[str, str], package: Path, fabric_version: str) -> tupl
         why = subject_problem(findings, wildcards=False)
         if why:
             problems.append(Problem("DEFAULT_FINDINGS_TOPIC", f"{findings!r} {why}"))
-    runtime = get("AGENT_RUNTIME", "process").strip() or "process"
     if runtime not in PACKAGE_RUNTIMES:
         problems.append(Problem("AGENT_RUNTIME", f"{runtime!r} is not one of {', '.join(PACKAGE_RUNTIMES)}"))
     command = get("AGENT_COMMAND", "").strip()
-    if command:
+    if runtime == "a2a":
+        problems += _a2a_problems(values)
+    elif command:
         problems += _command_problems(command, package)
+    if runtime != "a2a":
+        problems += [Problem(key, "is only for AGENT_RUNTIME=a2a") for key in A2A_KEYS if get(key, "").strip()]
     requires = get("REQUIRES_FABRIC", "").strip() or None
     if requires:
         problems += _compat_problems(requires, fabric_version)
@@ -204,6 +219,45 @@ def _command_problems(command: str, package: Path) -> list[Problem]:
     if not os.access(target, os.X_OK):
         return [Problem("AGENT_COMMAND", f"{program!r} is not executable (chmod +x)")]
     return []
+
+
+def _a2a_problems(values: dict[str, str]) -> list[Problem]:
+    problems: list[Problem] = []
+    if values.get("AGENT_COMMAND", "").strip():
+        problems.append(Problem("AGENT_COMMAND", "an a2a agent runs elsewhere: it has no command (remove it)"))
+    url = values.get("AGENT_A2A_URL", "").strip()
+    if not url:
+        problems.append(Problem("AGENT_A2A_URL", "is required for AGENT_RUNTIME=a2a (the agent's JSON-RPC URL)"))
+    else:
+        why = a2a_url_problem(url)
+        if why:
+            problems.append(Problem("AGENT_A2A_URL", f"{url!r} {why}"))
+    token_env = values.get("AGENT_A2A_TOKEN_ENV", "").strip()
+    if token_env and not ENV_NAME_PATTERN.match(token_env):
+        problems.append(Problem("AGENT_A2A_TOKEN_ENV", f"{token_env!r} is not an environment variable name"))
+    elif token_env.upper().startswith(FABRIC_ENV_PREFIX):
+        problems.append(
+            Problem("AGENT_A2A_TOKEN_ENV", f"{token_env!r} is one of the fabric's own settings, never sent to an agent")
+        )
+    return problems
+
+
+def a2a_url_problem(url: str) -> str | None:
+    """Why `url` cannot be an A2A agent's endpoint, or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "has no host"
+    if parts.username or parts.password:
+        return "carries credentials; name a token variable in AGENT_A2A_TOKEN_ENV instead"
+    if any(ch.isspace() for ch in url):
+        return "contains whitespace"
+    return None
 
 
 def _compat_problems(spec: str, fabric_version: str) -> list[Problem]:

@@ -30,7 +30,7 @@ class AgentRecord:
     version: str
     agent_type: str
     description: str
-    runtime: str  # "process" for packages on disk; "external" for agents that run elsewhere
+    runtime: str  # "process" or "a2a" for packages on disk; "external" for agents registered without one
     package_path: Path | None
     command: str | None  # relative to package_path
     subscribed_topics: tuple[str, ...]
@@ -134,7 +134,7 @@ def catalogue_row(agent_id: str, manifest: Manifest, reason: str, actor: str, no
         "description": manifest.description,
         "runtime": manifest.runtime,
         "package_path": str(manifest.path),
-        "command": manifest.command,
+        "command": manifest.command or None,
         "subscribed_topics": list(manifest.subscribed_topics),
         "findings_topic": manifest.findings_topic,
         "manifest": manifest.values,

@@ -121,7 +121,7 @@ class AgentRegistry:
                     description=manifest.description,
                     agent_type=manifest.agent_type,
                     runtime=manifest.runtime,
-                    command=manifest.command,
+                    command=manifest.command or None,
                     subscribed_topics=list(manifest.subscribed_topics),
                     findings_topic=manifest.findings_topic,
                     manifest=manifest.values,

@@ -26,6 +26,11 @@ class RunContext(Protocol):
         environment. The key is minted on the first call (once per attempt), spends for this task
         alone, and is revoked when the task ends or is cancelled (llm_gateway/task_access.py)."""
 
+    def ending(self) -> bool:
+        """Whether this attempt is being ended for good (cancelled, failed by the fabric, timed out),
+        as opposed to handed back at a shutdown to be resumed elsewhere. A driver that was cancelled
+        asks this before it stops work running outside the fabric (a remote agent's task)."""
+
     def add_usage(
         self, *, tokens: int = 0, compute_seconds: float = 0.0, cost_usd: float = 0.0, model: str | None = None
     ) -> None:

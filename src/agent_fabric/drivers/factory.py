@@ -6,12 +6,14 @@ from agent_fabric.admission.policy import PolicyEngine
 from agent_fabric.agent_zero.fleet import Fleet
 from agent_fabric.agent_zero.fleet_routing import FleetRouter
 from agent_fabric.agents.lifecycle import AgentDirectory, LifecycleManager
+from agent_fabric.agents.registry import AgentRegistry
+from agent_fabric.drivers.a2a import A2ADriver
 from agent_fabric.drivers.agent_zero import AgentZeroDriver
 from agent_fabric.drivers.base import Driver
 from agent_fabric.drivers.builtin import BuiltinDriver
 from agent_fabric.drivers.process import ProcessDriver
 from agent_fabric.errors import InvalidTask
-from agent_fabric.settings import Settings
+from agent_fabric.settings import A2ASettings, Settings
 from agent_fabric.tasks import TaskSpec
 
 
@@ -32,7 +34,7 @@ class Drivers:
         return driver
 
     def add(self, driver: Driver) -> None:
-        """A runtime whose parts open after the others (process: it needs the agent registry)."""
+        """A runtime whose parts open after the others (process, a2a: they need the agent registry)."""
         self._drivers[driver.runtime] = driver
 
     def get(self, runtime: str) -> Driver | None:
@@ -62,3 +64,8 @@ def build_process_driver(
 ) -> Driver:
     """The `process` runtime: tasks run in processes of registered agents (agents/lifecycle.py)."""
     return ProcessDriver(lifecycle, directory, policies, model_gateway=model_gateway)
+
+
+def build_a2a_driver(registry: AgentRegistry, cfg: A2ASettings) -> Driver:
+    """The `a2a` runtime: tasks run on registered agents that speak A2A elsewhere (drivers/a2a.py)."""
+    return A2ADriver(registry, cfg)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -74,6 +75,14 @@ class _Run:
     n: int = 0
     usage: dict[str, float] = field(default_factory=lambda: {"tokens": 0, "compute_seconds": 0.0, "cost_usd": 0.0})
     endpoint: dict[str, str] | None = None
+    deadline: float = math.inf  # time.monotonic() when the run's timeout ends it
+    driving: _Driving | None = None
+
+    def ending(self) -> bool:
+        """Cancelled, failed by the fabric, or past its deadline; not a shutdown's hand-back."""
+        driving = self.driving
+        stopped = driving is not None and (driving.cancelled_by is not None or driving.failed_with is not None)
+        return stopped or time.monotonic() >= self.deadline
 
     def next_n(self) -> int:
         self.n += 1
@@ -311,6 +320,7 @@ class TaskRunner:
         self._agent_started(label)
         started = time.monotonic()
         timeout = spec.timeout_seconds or self.settings.worker.default_timeout_seconds
+        run.deadline, run.driving = started + timeout, driving
         outcome: tuple[TaskStatus, Any, str | None, str | None]
         try:
             driver = self.drivers.for_task(spec)

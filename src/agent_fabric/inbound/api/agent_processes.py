@@ -33,9 +33,20 @@ async def _agent(fabric: FabricDep, principal: Principal, agent_id: str) -> Agen
     return record
 
 
+async def _runnable(fabric: FabricDep, principal: Principal, agent_id: str) -> None:
+    """Start/stop/restart act on processes: an A2A agent runs elsewhere and has none."""
+    record = await _agent(fabric, principal, agent_id)
+    if record.runtime == "a2a":
+        raise InvalidRequest(
+            f"agent {agent_id!r} is an A2A agent: it runs elsewhere and the fabric starts or stops no process "
+            "for it (delete it to stop using it)",
+            code="not_a_process_agent",
+        )
+
+
 @router.post("/{agent_id}/start", status_code=status.HTTP_202_ACCEPTED, summary="Start the agent's processes")
 async def start(agent_id: str, fabric: FabricDep, principal: AgentWriter) -> dict[str, Any]:
-    await _agent(fabric, principal, agent_id)
+    await _runnable(fabric, principal, agent_id)
     pool = await fabric.processes.start_agent(agent_id)
     await fabric.processes.lifecycle.broadcast(agent_id, "start")
     return await _health(fabric, agent_id) or {"agent_id": agent_id, "status": pool.status}
@@ -51,7 +62,7 @@ async def stop(
     ] = None,
 ) -> dict[str, Any]:
     """No new tasks; a running task finishes within drain_timeout; then SIGTERM, then SIGKILL."""
-    await _agent(fabric, principal, agent_id)
+    await _runnable(fabric, principal, agent_id)
     await fabric.processes.lifecycle.broadcast(agent_id, "stop")
     await fabric.processes.stop_agent(agent_id, drain_timeout=drain_timeout)
     record = await fabric.agents.registry.get(agent_id)
@@ -60,7 +71,7 @@ async def stop(
 
 @router.post("/{agent_id}/restart", status_code=status.HTTP_202_ACCEPTED, summary="Drain, stop and start again")
 async def restart(agent_id: str, fabric: FabricDep, principal: AgentWriter) -> dict[str, Any]:
-    await _agent(fabric, principal, agent_id)
+    await _runnable(fabric, principal, agent_id)
     await fabric.processes.lifecycle.broadcast(agent_id, "restart")
     pool = await fabric.processes.start_agent(agent_id, restart=True)
     return await _health(fabric, agent_id) or {"agent_id": agent_id, "status": pool.status}
