@@ -303,7 +303,7 @@ async def test_cancel_and_timeout_reach_the_process(patient_app: RunningApp) -> 
     pid = busy_pid(app, echo, polite)
     cancel = await app.client.post(f"/api/v1/tasks/{polite}/cancel?tenant_id={pod}", headers=app.auth())
     assert cancel.status_code == 202, cancel.text
-    assert (await task_status(app, polite, {"cancelled"}, pod, timeout=15))["status"] == "cancelled"
+    assert (await task_status(app, polite, {"cancelled"}, pod, timeout=45))["status"] == "cancelled"
     runs = (await app.client.get(f"/api/v1/agents/{echo}/runs", headers=app.auth())).json()["items"]
     reasons = [(r["pid"], r["reason"]) for r in runs]
     assert pid is not None and alive(pid), reasons  # it stopped the task itself: the process stays and is reused
