@@ -148,9 +148,16 @@ async def acquire(
                 literal(now, type_=_e.c.created_at.type),
             ),
         )
+        # Committed without waiting for the WAL flush (synchronous_commit off for this statement's
+        # own transaction): the hold is visible to every replica at once, which is what keeps a
+        # second message out, and it becomes durable no later than the message's release, whose
+        # synchronous commit flushes the WAL up to and including it, before the caller is answered.
+        # A database crash in between can lose only the hold and the message event of a message
+        # whose release then fails too.
+        no_flush_wait = func.set_config("synchronous_commit", "off", True).is_not(None)
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            row = (await conn.execute(select(taken).add_cte(logged.cte("logged")))).first()
+            row = (await conn.execute(select(taken).add_cte(logged.cte("logged")).where(no_flush_wait))).first()
         if row is None:
             return None
         session = SessionRecord.from_row(row)
