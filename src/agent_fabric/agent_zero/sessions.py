@@ -258,8 +258,11 @@ class SessionManager:
                 follower = LogFollower(
                     client, context_id, run, message, self._cfg.poll_seconds, floor=session.log_floor
                 )
+                # The reply carries the answer; a last log read after it would put the whole chat's
+                # log (Agent Zero returns all of it) on every answer's path for the items of the
+                # run's last poll interval.
                 answer = await follower.alongside(
-                    client.message(message, context_id=context_id, lifetime_hours=lifetime)
+                    client.message(message, context_id=context_id, lifetime_hours=lifetime), read_after_answer=False
                 )
             except AgentZeroError as exc:
                 self._fleet.mark_failed(instance, exc)
