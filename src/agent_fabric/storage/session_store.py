@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, literal, or_, select, text, update
+from sqlalchemy import Executable, bindparam, delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.storage.tables import agent_session_events, agent_sessions
@@ -118,11 +118,65 @@ async def create(conn: AsyncConnection, row: dict[str, Any], max_sessions: int) 
     return bool(result.rowcount)
 
 
+def _pg_acquire() -> Executable:
+    """acquire() on Postgres: one statement, one round trip on the message's critical path
+    (data-modifying CTEs). Built once: constructing it (a CTE over an UPDATE ... RETURNING) cost
+    more Python than executing it; the values are bound parameters."""
+    taken = (
+        update(_s)
+        .where(
+            _s.c.id == bindparam("p_session"),
+            _s.c.tenant_id == bindparam("p_tenant"),
+            _s.c.mode == bindparam("p_mode"),
+            _s.c.busy.is_(False),
+            _s.c.status != TERMINATED,
+        )
+        .values(
+            busy=True,
+            status=ACTIVE,
+            last_activity_at=bindparam("p_now", type_=_s.c.last_activity_at.type),
+            last_seq=_s.c.last_seq + 1,
+        )
+        .returning(*_s.c)
+        .cte("taken")
+    )
+    logged = insert(_e).from_select(
+        ["session_id", "seq", "kind", "data", "created_at"],
+        select(
+            taken.c.id,
+            taken.c.last_seq,
+            literal("message", type_=_e.c.kind.type),
+            bindparam("p_message", type_=_e.c.data.type),
+            bindparam("p_now", type_=_e.c.created_at.type),
+        ),
+    )
+    # Committed without waiting for the WAL flush (synchronous_commit off for this statement's
+    # own transaction): the hold is visible to every replica at once, which is what keeps a
+    # second message out, and it becomes durable no later than the message's release, whose
+    # synchronous commit flushes the WAL up to and including it, before the caller is answered.
+    # A database crash in between can lose only the hold and the message event of a message
+    # whose release then fails too.
+    no_flush_wait = func.set_config("synchronous_commit", "off", True).is_not(None)
+    return select(taken).add_cte(logged.cte("logged")).where(no_flush_wait)
+
+
+_PG_ACQUIRE = _pg_acquire()
+
+
 async def acquire(
     engine: AsyncEngine, tenant_id: str, session_id: str, mode: str, message: dict[str, Any], now: datetime
 ) -> tuple[SessionRecord, Event] | None:
     """Mark the session busy for one message and log the message (the session's `last_seq` is its
     seq); None when it is busy, terminated, not the tenant's, or of the other mode."""
+    if engine.dialect.name == "postgresql":
+        params = {"p_session": session_id, "p_tenant": tenant_id, "p_mode": mode, "p_now": now, "p_message": message}
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            row = (await conn.execute(_PG_ACQUIRE, params)).first()
+        if row is None:
+            return None
+        session = SessionRecord.from_row(row)
+        return session, Event(session.last_seq, "message", message, now)
     take = (
         update(_s)
         .where(
@@ -135,33 +189,6 @@ async def acquire(
         .values(busy=True, status=ACTIVE, last_activity_at=now, last_seq=_s.c.last_seq + 1)
         .returning(*_s.c)
     )
-    if engine.dialect.name == "postgresql":
-        # One statement, one round trip on the message's critical path (data-modifying CTEs).
-        taken = take.cte("taken")
-        logged = insert(_e).from_select(
-            ["session_id", "seq", "kind", "data", "created_at"],
-            select(
-                taken.c.id,
-                taken.c.last_seq,
-                literal("message", type_=_e.c.kind.type),
-                literal(message, type_=_e.c.data.type),
-                literal(now, type_=_e.c.created_at.type),
-            ),
-        )
-        # Committed without waiting for the WAL flush (synchronous_commit off for this statement's
-        # own transaction): the hold is visible to every replica at once, which is what keeps a
-        # second message out, and it becomes durable no later than the message's release, whose
-        # synchronous commit flushes the WAL up to and including it, before the caller is answered.
-        # A database crash in between can lose only the hold and the message event of a message
-        # whose release then fails too.
-        no_flush_wait = func.set_config("synchronous_commit", "off", True).is_not(None)
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            row = (await conn.execute(select(taken).add_cte(logged.cte("logged")).where(no_flush_wait))).first()
-        if row is None:
-            return None
-        session = SessionRecord.from_row(row)
-        return session, Event(session.last_seq, "message", message, now)
     async with engine.begin() as conn:
         row = (await conn.execute(take)).first()
         if row is None:
