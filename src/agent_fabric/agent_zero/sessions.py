@@ -142,9 +142,13 @@ class SessionManager:
             raise
         cost = self._cfg.cost_per_message_usd
         values = store.answered(asked.context_id, asked.instance_url, cost, asked.log_floor)
-        await run.finish("response", {"response": asked.response}, values)
+        finishing = run.finish("response", {"response": asked.response}, values)
         if cost > 0:
-            await self._budgets.track(caller.tenant_id, BUDGET_AGENT, Amounts(cost_usd=cost), user=caller.actor)
+            # The session's totals and the POD's ledger are separate writes: side by side.
+            charging = self._budgets.track(caller.tenant_id, BUDGET_AGENT, Amounts(cost_usd=cost), user=caller.actor)
+            await asyncio.gather(finishing, charging)
+        else:
+            await finishing
         self._record(caller, "response_received", session.id, response={"response": asked.response}, cost_usd=cost)
         done = dataclasses.replace(
             session,

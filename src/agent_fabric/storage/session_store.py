@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -199,19 +200,69 @@ async def acquire(
     return session, event
 
 
+@dataclass(frozen=True, slots=True)
+class Add:
+    """A counter's new value as an increment done in SQL (never read-modify-write)."""
+
+    amount: float
+
+
 async def release(engine: AsyncEngine, session_id: str, events: Sequence[Event], values: dict[str, Any]) -> bool:
     """Store the message's last events and end its hold, atomically; False if the session was
-    terminated meanwhile (the events are stored all the same: the caller removes them)."""
-    end_hold = update(_s).where(_s.c.id == session_id, _s.c.status != TERMINATED).values(busy=False, **values)
+    terminated meanwhile (the events are stored all the same: the caller removes them).
+    `values`: the session's new column values, `Add` for counters."""
     if engine.dialect.name == "postgresql":
-        # One statement (a data-modifying CTE always runs to completion): one round trip, not four.
-        rows = insert(_e).values([_event_row(session_id, e) for e in events]).cte("stored_events")
+        shape = (len(events), tuple(sorted((k, isinstance(v, Add)) for k, v in values.items())))
+        params: dict[str, Any] = {"p_session": session_id}
+        for i, e in enumerate(events):
+            params.update({f"e{i}_seq": e.seq, f"e{i}_kind": e.kind, f"e{i}_data": e.data, f"e{i}_at": e.at})
+        params.update({f"v_{k}": v.amount if isinstance(v, Add) else v for k, v in values.items()})
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            return bool((await conn.execute(end_hold.add_cte(rows))).rowcount)
+            return bool((await conn.execute(_pg_release(shape), params)).rowcount)
+    end_hold = (
+        update(_s)
+        .where(_s.c.id == session_id, _s.c.status != TERMINATED)
+        .values(busy=False, **{k: _s.c[k] + v.amount if isinstance(v, Add) else v for k, v in values.items()})
+    )
     async with engine.begin() as conn:
         await insert_events(conn, session_id, events)
         return bool((await conn.execute(end_hold)).rowcount)
+
+
+@functools.lru_cache(maxsize=64)
+def _pg_release(shape: tuple[int, tuple[tuple[str, bool], ...]]) -> Executable:
+    """release() on Postgres for `shape` (how many events; which columns, which of them counters):
+    one statement (a data-modifying CTE always runs to completion), one round trip, not four.
+    Built once per shape with bound parameters, like _pg_acquire; a message without progress
+    events in its last moments always has the same shape."""
+    n_events, columns = shape
+    stored = (
+        insert(_e)
+        .values(
+            [
+                {
+                    "session_id": bindparam("p_session", type_=_e.c.session_id.type),
+                    "seq": bindparam(f"e{i}_seq", type_=_e.c.seq.type),
+                    "kind": bindparam(f"e{i}_kind", type_=_e.c.kind.type),
+                    "data": bindparam(f"e{i}_data", type_=_e.c.data.type),
+                    "created_at": bindparam(f"e{i}_at", type_=_e.c.created_at.type),
+                }
+                for i in range(n_events)
+            ]
+        )
+        .cte("stored_events")
+    )
+    new_values: dict[str, Any] = {}
+    for column, is_counter in columns:
+        value = bindparam(f"v_{column}", type_=_s.c[column].type)
+        new_values[column] = _s.c[column] + value if is_counter else value
+    return (
+        update(_s)
+        .where(_s.c.id == bindparam("p_session", type_=_s.c.id.type), _s.c.status != TERMINATED)
+        .values(busy=False, **new_values)
+        .add_cte(stored)
+    )
 
 
 def answered(context_id: str, instance_url: str, cost_usd: float, log_floor: int) -> dict[str, Any]:
@@ -221,8 +272,8 @@ def answered(context_id: str, instance_url: str, cost_usd: float, log_floor: int
         "log_floor": log_floor,
         "agent_zero_session_id": context_id,
         "instance_url": instance_url,
-        "message_count": _s.c.message_count + 1,
-        "estimated_cost_usd": _s.c.estimated_cost_usd + cost_usd,
+        "message_count": Add(1),
+        "estimated_cost_usd": Add(cost_usd),
         "last_error": None,
     }
 
