@@ -12,6 +12,7 @@ import pytest
 
 from agent_fabric.agent_zero.a2a_client import AgentZeroA2AClient
 from agent_fabric.agent_zero.client import AgentZeroClient, AgentZeroError
+from agent_fabric.agent_zero.log_follower import LogFollower, find_user_item
 from agent_fabric.agent_zero.mcp_client import AgentZeroMcpClient
 from agent_fabric.settings import AgentZeroSettings
 from tests.conftest import RunningApp, make_settings, new_job_id, running_app
@@ -38,6 +39,42 @@ async def test_client_speaks_the_api_key_endpoints(standin: tuple[str, AgentZero
         await client.terminate_chat(reply.context_id)
         with pytest.raises(AgentZeroError):
             await client.log(reply.context_id)
+    finally:
+        await client.aclose()
+
+
+class Progress:
+    """A follower's sink that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+
+    async def progress(self, data: dict[str, Any]) -> None:
+        self.items.append(data)
+
+
+async def test_the_same_words_answered_before_are_not_the_running_message(
+    standin: tuple[str, AgentZeroStandIn],
+) -> None:
+    """A session takes its answer from the reply, so the chat's floor can stay before the previous
+    message; the same words sent again must not pick up that message's items as their progress."""
+    url, _ = standin
+    client = AgentZeroClient(url, KEY, retries=0)
+    try:
+        chat = (await client.message("open")).context_id
+        floor = max(int(i["no"]) for i in (await client.log(chat))["items"])
+        words = "[sleep 0.5] the same words"
+        await client.message(words, context_id=chat)  # answered; the floor is not moved past it
+
+        async def sent_late() -> Any:
+            await asyncio.sleep(0.35)  # polls meanwhile see only the earlier, answered message
+            return await client.message(words, context_id=chat)
+
+        seen = Progress()
+        follower = LogFollower(client, chat, seen, words, 0.1, floor=floor)
+        assert await follower.alongside(sent_late(), read_after_answer=False) == f"Done: {words}"
+        own = find_user_item(await client.log(chat), words, floor + 3)  # past the earlier message's three items
+        assert own is not None and seen.items and all(item["no"] > own for item in seen.items), seen.items
     finally:
         await client.aclose()
 

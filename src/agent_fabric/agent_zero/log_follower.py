@@ -3,6 +3,11 @@
 Log items change in place while the agent streams, so an item is reported again when its
 heading or content changed (deduplicated by `no` plus a fingerprint). The greeting item (a
 `response` at no=0) and everything before the task's own `user` item are skipped.
+
+While the message runs, a `user` item with its words that already has a finished answer after it
+is an earlier message (the same words sent before, with the chat's floor not past it because that
+message's answer was taken from the reply, not from a last log read); it is never taken for the
+running one, whose items are then read at the next poll.
 """
 
 from __future__ import annotations
@@ -68,14 +73,22 @@ class LogFollower:
         self._floor = floor
         self.last_no = floor  # the newest log item seen: the next message's floor
 
-    async def alongside(self, call: Awaitable[Any]) -> str:
-        """Await the blocking api_message while reporting progress from the log."""
+    async def alongside(self, call: Awaitable[Any], *, read_after_answer: bool = True) -> str:
+        """Await the blocking api_message while reporting progress from the log.
+
+        `read_after_answer`: once the answer is in, read the log once more for the items of the
+        run's last moments (the answer's own `response` among them). Without it, progress is what
+        the polls saw while the agent worked; the answer itself comes from the reply. A failed call
+        is always followed by that read (its last items say what went wrong)."""
         task = asyncio.ensure_future(call)
         try:
             while True:
                 await asyncio.wait({task}, timeout=self._poll)
+                answered = task.done() and not task.cancelled() and task.exception() is None
+                if answered and not read_after_answer:
+                    break
                 finished = task.done()
-                await self._report()
+                await self._report(answered=answered)
                 # Stop only after a read that began once the answer was in: a read already under way
                 # when the call returned may predate the final items (the answer's own `response`).
                 if finished:
@@ -101,7 +114,9 @@ class LogFollower:
                 raise AgentZeroError("agent_error", "the chat's run ended without an answer (reset or failed)")
             await asyncio.sleep(self._poll)
 
-    async def _report(self) -> dict[str, Any]:
+    async def _report(self, *, answered: bool = False) -> dict[str, Any]:
+        """Report what is new in the log. `answered`: the message's call has returned its answer,
+        so the last user item with its words is this message's own, answered or not."""
         try:
             log = await self._client.log(self._context_id)
         except AgentZeroError as exc:
@@ -110,7 +125,9 @@ class LogFollower:
             return {}  # a missed poll only delays progress; the run itself goes on
         items = log.get("items") or []
         if self._after is None:
-            self._after = find_user_item(log, self._message, self._floor)
+            found = find_user_item(log, self._message, self._floor)
+            if found is not None and (answered or final_response(log, found) is None):
+                self._after = found
         for item in items:
             no = int(item.get("no", -1))
             self.last_no = max(self.last_no, no)

@@ -142,9 +142,13 @@ class SessionManager:
             raise
         cost = self._cfg.cost_per_message_usd
         values = store.answered(asked.context_id, asked.instance_url, cost, asked.log_floor)
-        await run.finish("response", {"response": asked.response}, values)
+        finishing = run.finish("response", {"response": asked.response}, values)
         if cost > 0:
-            await self._budgets.track(caller.tenant_id, BUDGET_AGENT, Amounts(cost_usd=cost), user=caller.actor)
+            # The session's totals and the POD's ledger are separate writes: side by side.
+            charging = self._budgets.track(caller.tenant_id, BUDGET_AGENT, Amounts(cost_usd=cost), user=caller.actor)
+            await asyncio.gather(finishing, charging)
+        else:
+            await finishing
         self._record(caller, "response_received", session.id, response={"response": asked.response}, cost_usd=cost)
         done = dataclasses.replace(
             session,
@@ -258,8 +262,11 @@ class SessionManager:
                 follower = LogFollower(
                     client, context_id, run, message, self._cfg.poll_seconds, floor=session.log_floor
                 )
+                # The reply carries the answer; a last log read after it would put the whole chat's
+                # log (Agent Zero returns all of it) on every answer's path for the items of the
+                # run's last poll interval.
                 answer = await follower.alongside(
-                    client.message(message, context_id=context_id, lifetime_hours=lifetime)
+                    client.message(message, context_id=context_id, lifetime_hours=lifetime), read_after_answer=False
                 )
             except AgentZeroError as exc:
                 self._fleet.mark_failed(instance, exc)

@@ -10,13 +10,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, literal, or_, select, text, update
+from sqlalchemy import Executable, bindparam, delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.storage.tables import agent_session_events, agent_sessions
@@ -118,11 +119,65 @@ async def create(conn: AsyncConnection, row: dict[str, Any], max_sessions: int) 
     return bool(result.rowcount)
 
 
+def _pg_acquire() -> Executable:
+    """acquire() on Postgres: one statement, one round trip on the message's critical path
+    (data-modifying CTEs). Built once: constructing it (a CTE over an UPDATE ... RETURNING) cost
+    more Python than executing it; the values are bound parameters."""
+    taken = (
+        update(_s)
+        .where(
+            _s.c.id == bindparam("p_session"),
+            _s.c.tenant_id == bindparam("p_tenant"),
+            _s.c.mode == bindparam("p_mode"),
+            _s.c.busy.is_(False),
+            _s.c.status != TERMINATED,
+        )
+        .values(
+            busy=True,
+            status=ACTIVE,
+            last_activity_at=bindparam("p_now", type_=_s.c.last_activity_at.type),
+            last_seq=_s.c.last_seq + 1,
+        )
+        .returning(*_s.c)
+        .cte("taken")
+    )
+    logged = insert(_e).from_select(
+        ["session_id", "seq", "kind", "data", "created_at"],
+        select(
+            taken.c.id,
+            taken.c.last_seq,
+            literal("message", type_=_e.c.kind.type),
+            bindparam("p_message", type_=_e.c.data.type),
+            bindparam("p_now", type_=_e.c.created_at.type),
+        ),
+    )
+    # Committed without waiting for the WAL flush (synchronous_commit off for this statement's
+    # own transaction): the hold is visible to every replica at once, which is what keeps a
+    # second message out, and it becomes durable no later than the message's release, whose
+    # synchronous commit flushes the WAL up to and including it, before the caller is answered.
+    # A database crash in between can lose only the hold and the message event of a message
+    # whose release then fails too.
+    no_flush_wait = func.set_config("synchronous_commit", "off", True).is_not(None)
+    return select(taken).add_cte(logged.cte("logged")).where(no_flush_wait)
+
+
+_PG_ACQUIRE = _pg_acquire()
+
+
 async def acquire(
     engine: AsyncEngine, tenant_id: str, session_id: str, mode: str, message: dict[str, Any], now: datetime
 ) -> tuple[SessionRecord, Event] | None:
     """Mark the session busy for one message and log the message (the session's `last_seq` is its
     seq); None when it is busy, terminated, not the tenant's, or of the other mode."""
+    if engine.dialect.name == "postgresql":
+        params = {"p_session": session_id, "p_tenant": tenant_id, "p_mode": mode, "p_now": now, "p_message": message}
+        async with engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            row = (await conn.execute(_PG_ACQUIRE, params)).first()
+        if row is None:
+            return None
+        session = SessionRecord.from_row(row)
+        return session, Event(session.last_seq, "message", message, now)
     take = (
         update(_s)
         .where(
@@ -135,26 +190,6 @@ async def acquire(
         .values(busy=True, status=ACTIVE, last_activity_at=now, last_seq=_s.c.last_seq + 1)
         .returning(*_s.c)
     )
-    if engine.dialect.name == "postgresql":
-        # One statement, one round trip on the message's critical path (data-modifying CTEs).
-        taken = take.cte("taken")
-        logged = insert(_e).from_select(
-            ["session_id", "seq", "kind", "data", "created_at"],
-            select(
-                taken.c.id,
-                taken.c.last_seq,
-                literal("message", type_=_e.c.kind.type),
-                literal(message, type_=_e.c.data.type),
-                literal(now, type_=_e.c.created_at.type),
-            ),
-        )
-        async with engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            row = (await conn.execute(select(taken).add_cte(logged.cte("logged")))).first()
-        if row is None:
-            return None
-        session = SessionRecord.from_row(row)
-        return session, Event(session.last_seq, "message", message, now)
     async with engine.begin() as conn:
         row = (await conn.execute(take)).first()
         if row is None:
@@ -165,19 +200,69 @@ async def acquire(
     return session, event
 
 
+@dataclass(frozen=True, slots=True)
+class Add:
+    """A counter's new value as an increment done in SQL (never read-modify-write)."""
+
+    amount: float
+
+
 async def release(engine: AsyncEngine, session_id: str, events: Sequence[Event], values: dict[str, Any]) -> bool:
     """Store the message's last events and end its hold, atomically; False if the session was
-    terminated meanwhile (the events are stored all the same: the caller removes them)."""
-    end_hold = update(_s).where(_s.c.id == session_id, _s.c.status != TERMINATED).values(busy=False, **values)
+    terminated meanwhile (the events are stored all the same: the caller removes them).
+    `values`: the session's new column values, `Add` for counters."""
     if engine.dialect.name == "postgresql":
-        # One statement (a data-modifying CTE always runs to completion): one round trip, not four.
-        rows = insert(_e).values([_event_row(session_id, e) for e in events]).cte("stored_events")
+        shape = (len(events), tuple(sorted((k, isinstance(v, Add)) for k, v in values.items())))
+        params: dict[str, Any] = {"p_session": session_id}
+        for i, e in enumerate(events):
+            params.update({f"e{i}_seq": e.seq, f"e{i}_kind": e.kind, f"e{i}_data": e.data, f"e{i}_at": e.at})
+        params.update({f"v_{k}": v.amount if isinstance(v, Add) else v for k, v in values.items()})
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            return bool((await conn.execute(end_hold.add_cte(rows))).rowcount)
+            return bool((await conn.execute(_pg_release(shape), params)).rowcount)
+    end_hold = (
+        update(_s)
+        .where(_s.c.id == session_id, _s.c.status != TERMINATED)
+        .values(busy=False, **{k: _s.c[k] + v.amount if isinstance(v, Add) else v for k, v in values.items()})
+    )
     async with engine.begin() as conn:
         await insert_events(conn, session_id, events)
         return bool((await conn.execute(end_hold)).rowcount)
+
+
+@functools.lru_cache(maxsize=64)
+def _pg_release(shape: tuple[int, tuple[tuple[str, bool], ...]]) -> Executable:
+    """release() on Postgres for `shape` (how many events; which columns, which of them counters):
+    one statement (a data-modifying CTE always runs to completion), one round trip, not four.
+    Built once per shape with bound parameters, like _pg_acquire; a message without progress
+    events in its last moments always has the same shape."""
+    n_events, columns = shape
+    stored = (
+        insert(_e)
+        .values(
+            [
+                {
+                    "session_id": bindparam("p_session", type_=_e.c.session_id.type),
+                    "seq": bindparam(f"e{i}_seq", type_=_e.c.seq.type),
+                    "kind": bindparam(f"e{i}_kind", type_=_e.c.kind.type),
+                    "data": bindparam(f"e{i}_data", type_=_e.c.data.type),
+                    "created_at": bindparam(f"e{i}_at", type_=_e.c.created_at.type),
+                }
+                for i in range(n_events)
+            ]
+        )
+        .cte("stored_events")
+    )
+    new_values: dict[str, Any] = {}
+    for column, is_counter in columns:
+        value = bindparam(f"v_{column}", type_=_s.c[column].type)
+        new_values[column] = _s.c[column] + value if is_counter else value
+    return (
+        update(_s)
+        .where(_s.c.id == bindparam("p_session", type_=_s.c.id.type), _s.c.status != TERMINATED)
+        .values(busy=False, **new_values)
+        .add_cte(stored)
+    )
 
 
 def answered(context_id: str, instance_url: str, cost_usd: float, log_floor: int) -> dict[str, Any]:
@@ -187,8 +272,8 @@ def answered(context_id: str, instance_url: str, cost_usd: float, log_floor: int
         "log_floor": log_floor,
         "agent_zero_session_id": context_id,
         "instance_url": instance_url,
-        "message_count": _s.c.message_count + 1,
-        "estimated_cost_usd": _s.c.estimated_cost_usd + cost_usd,
+        "message_count": Add(1),
+        "estimated_cost_usd": Add(cost_usd),
         "last_error": None,
     }
 

@@ -14,7 +14,8 @@ from agent_fabric.security.deps import require, tenant_scope
 from agent_fabric.security.tokens import Principal
 
 
-def get_fabric(request: Request) -> Fabric:
+async def get_fabric(request: Request) -> Fabric:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per request.
     fabric: Fabric = request.app.state.fabric
     return fabric
 

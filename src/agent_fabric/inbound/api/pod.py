@@ -65,7 +65,7 @@ class PodCall:
         )
 
 
-def pod_call(request: Request, fabric: FabricDep, principal: PodAdmin, tenant_id: TenantQuery = None) -> PodCall:
+async def pod_call(request: Request, fabric: FabricDep, principal: PodAdmin, tenant_id: TenantQuery = None) -> PodCall:
     tenant = pod_tenant(fabric, principal, tenant_id)
     call = PodCall(fabric, principal, tenant, fabric.governance.tenants.mode_for(tenant))
     # Before the handler runs, so a request that reaches Agent Zero is always on record.
