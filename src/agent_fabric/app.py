@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from agent_fabric import __version__
 from agent_fabric.console.routes import install_console
 from agent_fabric.fabric import open_fabric
+from agent_fabric.heap import settle_after_startup
 from agent_fabric.inbound.api import (
     agent_decisions,
     agent_fleet,
@@ -40,11 +41,16 @@ from agent_fabric.telemetry.http_telemetry import RequestTelemetry
 from agent_fabric.telemetry.state_gauges import StateGauges
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, own_process: bool = False) -> FastAPI:
+    """`own_process`: the app is the whole process (`agent-fabric serve`), whose garbage collector
+    it may set once it is up (heap.py)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_fabric(settings) as fabric:
             app.state.fabric = fabric
+            if own_process:
+                settle_after_startup()
             yield
 
     app = FastAPI(

@@ -55,7 +55,7 @@ def serve(
         typer.echo(exc.message, err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, json=settings.log_json)
-    app = create_app(settings)
+    app = create_app(settings, own_process=True)
     loop = "uvloop" if sys.platform != "win32" else "asyncio"
     uvicorn.run(
         app,

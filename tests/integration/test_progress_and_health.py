@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from agent_fabric.outbound.progress import EVAL_SLICE, ProgressBus, open_progress_bus
 from tests.conftest import RunningApp, make_settings, new_job_id, running_app
 from tests.support.nats_server import free_port, wait_for_port
 
@@ -124,3 +125,43 @@ async def test_metrics_expose_the_seed_series(fabric_app: RunningApp) -> None:
         "agent_fabric_tasks_held",
     ):
         assert series in text
+
+
+async def _receive(bus: ProgressBus, job: str, count: int) -> list[int]:
+    async with bus.subscribe("t-progress", job) as queue:
+        for n in range(count):
+            await bus.publish({"job_id": job, "tenant_id": "t-progress", "n": n})
+        async with asyncio.timeout(10):
+            return [(await queue.get())["n"] for _ in range(count)]
+
+
+async def test_redis_progress_keeps_order_across_script_slices(redis_url: str) -> None:
+    bus = await open_progress_bus(redis_url, None)  # type: ignore[arg-type]  # (no NATS: Redis is given)
+    try:
+        count = EVAL_SLICE * 2 + 7  # one flush of several EVALs
+        assert await _receive(bus, new_job_id("slices"), count) == list(range(count))
+    finally:
+        await bus.aclose()
+
+
+async def test_redis_without_scripts_gets_progress_by_pipeline() -> None:
+    port = free_port()
+    redis_proc = subprocess.Popen(
+        [
+            *("redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            *("--rename-command", "EVAL", ""),  # a server without scripts
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        bus = await open_progress_bus(f"redis://127.0.0.1:{port}/0", None)  # type: ignore[arg-type]
+        try:
+            job = new_job_id("noscript")
+            assert await _receive(bus, job, 5) == [0, 1, 2, 3, 4]  # the refused flush is sent again
+            assert await _receive(bus, job, 3) == [0, 1, 2]  # and later ones go by pipeline
+        finally:
+            await bus.aclose()
+    finally:
+        redis_proc.kill()
+        redis_proc.wait(timeout=10)

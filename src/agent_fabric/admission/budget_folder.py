@@ -61,10 +61,9 @@ class BudgetFolder:
 
     async def _fold_op(self, conn: AsyncConnection, items: Sequence[datetime]) -> list[ledger.Folded]:
         now = items[-1]
-        rows = await ledger.take_settled(conn, FOLD_BATCH)
-        if not rows:
+        taken, changes = await ledger.take_deltas(conn, FOLD_BATCH)
+        if not taken:
             return [ledger.Folded({}, 0)] * len(items)
-        changes = ledger.deltas(rows)
         locked = await bs.lock_budgets(conn, set(changes), now)
         alerts: list[Alert] = []
         for key, (used, released) in changes.items():
@@ -76,9 +75,8 @@ class BudgetFolder:
             locked.states[key] = replace(state, alerts_sent=(*state.alerts_sent, *due))
             alerts.extend((key, locked.states[key], threshold) for threshold in due)
         await bs.write_budgets(conn, locked, set(changes), now)
-        await ledger.delete_ledger(conn, rows)
         await self._raise_alerts(conn, alerts)
-        return [ledger.Folded({k: locked.states[k] for k in changes}, len(rows), len(alerts))] * len(items)
+        return [ledger.Folded({k: locked.states[k] for k in changes}, taken, len(alerts))] * len(items)
 
     async def _raise_alerts(self, conn: AsyncConnection, alerts: list[Alert]) -> None:
         if not alerts:

@@ -61,6 +61,9 @@ class AuditEntry:
     entry_id: str = field(default_factory=new_entry_id)
 
     def row(self) -> dict[str, Any]:
+        return {**self.row_without_payloads(), "request": scrub(self.request), "response": scrub(self.response)}
+
+    def row_without_payloads(self) -> dict[str, Any]:
         return {
             "entry_id": self.entry_id,
             "at": self.at,
@@ -69,8 +72,6 @@ class AuditEntry:
             "session_id": self.session_id,
             "action": self.action[:64],
             "mode": self.mode,
-            "request": scrub(self.request),
-            "response": scrub(self.response),
             "cost_usd": self.cost_usd,
         }
 
@@ -106,6 +107,13 @@ class Caller:
 
 def scrub(value: Any) -> Any:
     """A JSON-safe, redacted copy, cut to a preview past MAX_PAYLOAD_BYTES."""
+    encoded = scrub_json(value)
+    return None if encoded is None else orjson.loads(encoded)
+
+
+def scrub_json(value: Any) -> bytes | None:
+    """`scrub(value)` as JSON, for a JSON column written from text: the common entry is encoded
+    once here, where decoding it and encoding it again cost as much as the test for secrets."""
     if value is None:
         return None
     if hasattr(value, "as_dict"):  # a decision handed over as is: converted here, off the hot path
@@ -114,12 +122,13 @@ def scrub(value: Any) -> Any:
     if len(encoded) <= MAX_PAYLOAD_BYTES and not _MAYBE_SECRET_JSON.search(encoded):
         # Nothing in it could be masked (the common case: a policy decision on every task), so
         # the walk over every key and string is skipped; the result is the same.
-        return orjson.loads(encoded)
-    clean = _redact(orjson.loads(encoded))
-    encoded = orjson.dumps(clean)
+        return encoded
+    encoded = orjson.dumps(_redact(orjson.loads(encoded)))
     if len(encoded) > MAX_PAYLOAD_BYTES:
-        return {"truncated": True, "bytes": len(encoded), "preview": encoded[:2048].decode(errors="replace")}
-    return clean
+        return orjson.dumps(
+            {"truncated": True, "bytes": len(encoded), "preview": encoded[:2048].decode(errors="replace")}
+        )
+    return encoded
 
 
 # Cheap test before the masking patterns: every one of them needs one of these.
@@ -174,31 +183,60 @@ def _json_text(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
 async def insert_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
     """Append rows; an entry id already present (a replayed spool) is skipped, not doubled."""
     if not rows:
         return
     if conn.dialect.name == "postgresql":
-        await conn.execute(
-            _PG_INSERT,
-            {
-                "ids": [r["entry_id"] for r in rows],
-                "ats": [r["at"] for r in rows],
-                "actors": [r["actor"] for r in rows],
-                "tenants": [r["tenant_id"] for r in rows],
-                "sessions": [r["session_id"] for r in rows],
-                "actions": [r["action"] for r in rows],
-                "modes": [r["mode"] for r in rows],
-                "requests": [_json_text(r["request"]) for r in rows],
-                "responses": [_json_text(r["response"]) for r in rows],
-                "costs": [r["cost_usd"] for r in rows],
-            },
+        await _pg_insert(
+            conn,
+            rows,
+            [_json_text(r["request"]) for r in rows],
+            [_json_text(r["response"]) for r in rows],
         )
         return
     stmt = sqlite_insert(audit_log).on_conflict_do_nothing(index_elements=["entry_id"])
     await conn.execute(stmt, list(rows))
 
 
+async def insert_entries(conn: AsyncConnection, entries: Sequence[AuditEntry]) -> None:
+    """`insert_rows` of these entries; on Postgres their payloads go in as the JSON `scrub_json`
+    made (one encoding per payload instead of encode, decode, encode)."""
+    if not entries:
+        return
+    if conn.dialect.name != "postgresql":
+        await insert_rows(conn, [e.row() for e in entries])
+        return
+    rows = [e.row_without_payloads() for e in entries]
+    requests = [_text(scrub_json(e.request)) for e in entries]
+    responses = [_text(scrub_json(e.response)) for e in entries]
+    await _pg_insert(conn, rows, requests, responses)
+
+
+async def _pg_insert(
+    conn: AsyncConnection, rows: Sequence[dict[str, Any]], requests: list[str | None], responses: list[str | None]
+) -> None:
+    await conn.execute(
+        _PG_INSERT,
+        {
+            "ids": [r["entry_id"] for r in rows],
+            "ats": [r["at"] for r in rows],
+            "actors": [r["actor"] for r in rows],
+            "tenants": [r["tenant_id"] for r in rows],
+            "sessions": [r["session_id"] for r in rows],
+            "actions": [r["action"] for r in rows],
+            "modes": [r["mode"] for r in rows],
+            "requests": requests,
+            "responses": responses,
+            "costs": [r["cost_usd"] for r in rows],
+        },
+    )
+
+
 async def append(conn: AsyncConnection, *entries: AuditEntry) -> None:
     """Audit inside the caller's transaction: the change and its entry commit together."""
-    await insert_rows(conn, [e.row() for e in entries])
+    await insert_entries(conn, entries)

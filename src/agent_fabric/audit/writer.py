@@ -21,7 +21,7 @@ from pathlib import Path
 import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from agent_fabric.audit.entries import AuditEntry, insert_rows, row_from_spool
+from agent_fabric.audit.entries import AuditEntry, insert_entries, insert_rows, row_from_spool
 from agent_fabric.settings import AuditSettings
 from agent_fabric.telemetry.metrics import FabricMetrics
 
@@ -113,7 +113,7 @@ class AuditWriter:
             self._in_flight = len(batch)
             try:
                 async with self._engine.begin() as conn:
-                    await insert_rows(conn, [e.row() for e in batch])
+                    await insert_entries(conn, batch)
             except BaseException as exc:
                 self._in_flight = 0
                 self._pending.extendleft(reversed(batch))

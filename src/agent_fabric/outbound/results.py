@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -81,10 +82,20 @@ def result_event(record: TaskRecord, trace: Mapping[str, str] | None = None) -> 
     return names.status_subject(status), body, event_id
 
 
+@dataclass(slots=True)
+class _AckWait:
+    event_id: str
+    unanswered: float = 0.0
+    given_up: BaseException | None = None  # why the watchdog cancelled the ack
+
+
 class ResultPublisher:
     def __init__(self, nc: NatsClient, js: JetStreamContext) -> None:
         self._nc = nc
         self._js = js
+        # Results waiting for their stream ack, watched by one task for all of them (see _acked).
+        self._waiting: dict[asyncio.Future[PubAck], _AckWait] = {}
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def publish_result(
         self, record: TaskRecord, trace: Mapping[str, str] | None = None, *, again: bool = False
@@ -97,26 +108,47 @@ class ResultPublisher:
             return
         ack = await self._js.publish_async(subject, body, headers={names.MSG_ID_HEADER: event_id})
         await self._acked(ack, event_id)
-        with bound(job_id=record.job_id, tenant_id=record.tenant_id):
-            log.debug("result published", extra={"subject": subject, "status": record.status.value})
+        if log.isEnabledFor(logging.DEBUG):
+            with bound(job_id=record.job_id, tenant_id=record.tenant_id):
+                log.debug("result published", extra={"subject": subject, "status": record.status.value})
 
     async def _acked(self, ack: asyncio.Future[PubAck], event_id: str) -> None:
         """Wait for the stream's ack. While the client is reconnecting the message waits in its
         buffer and goes out on reconnect, so that time does not count: a retry then would be a
-        second copy. Only connected and unanswered for ACK_PATIENCE_SECONDS is it given up."""
-        unanswered = 0.0
-        while True:
-            done, _ = await asyncio.wait({ack}, timeout=ACK_POLL_SECONDS)
-            if done:
-                ack.result()  # raises the stream's refusal, if that is the answer
-                return
-            if self._nc.is_closed:
-                ack.cancel()
-                raise ConnectionClosedError
-            unanswered = unanswered + ACK_POLL_SECONDS if self._nc.is_connected else 0.0
-            if unanswered >= ACK_PATIENCE_SECONDS:
-                ack.cancel()
-                raise TimeoutError(f"no ack from {names.STATUS_STREAM} for result {event_id}")
+        second copy. Only connected and unanswered for ACK_PATIENCE_SECONDS (counted in steps of
+        ACK_POLL_SECONDS) is it given up. One watchdog task checks every waiting result each
+        step, and each waiter awaits its ack alone: a timed wait per result cost a waiter future
+        and a timer for every task."""
+        if not ack.done():
+            wait = self._waiting[ack] = _AckWait(event_id)
+            if self._watchdog is None or self._watchdog.done():
+                self._watchdog = asyncio.create_task(self._watch_acks(), name="result-ack-watchdog")
+            try:
+                await ack
+            except asyncio.CancelledError:
+                if wait.given_up is not None:
+                    raise wait.given_up from None
+                raise
+            finally:
+                self._waiting.pop(ack, None)
+        ack.result()  # raises the stream's refusal, if that is the answer
+
+    async def _watch_acks(self) -> None:
+        """Runs while any result waits for its ack; cancels the acks given up (see _acked)."""
+        while self._waiting:
+            await asyncio.sleep(ACK_POLL_SECONDS)
+            closed, connected = self._nc.is_closed, self._nc.is_connected
+            for ack, wait in list(self._waiting.items()):
+                if ack.done():
+                    continue
+                if closed:
+                    wait.given_up = ConnectionClosedError()
+                else:
+                    wait.unanswered = wait.unanswered + ACK_POLL_SECONDS if connected else 0.0
+                    if wait.unanswered >= ACK_PATIENCE_SECONDS:
+                        wait.given_up = TimeoutError(f"no ack from {names.STATUS_STREAM} for result {wait.event_id}")
+                if wait.given_up is not None:
+                    ack.cancel()
 
     async def publish_transition(self, tenant_id: str, job_id: str, status: TaskStatus, attempt: int) -> None:
         """A non-final transition: fire and forget on agent.status.<status>."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ARRAY, String, bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.storage.tables import decisions
@@ -84,14 +84,18 @@ async def settle_tasks(conn: AsyncConnection, finished: Sequence[TaskRecord], no
     outcome in `detail`. Called for every batch of finished tasks, so the common case (no task of
     the batch had a decision) is one indexed SELECT that finds nothing."""
     by_key = {(t.tenant_id, t.job_id): t for t in finished}
-    rows = await conn.execute(
-        select(decisions.c.id, decisions.c.tenant_id, decisions.c.subject, decisions.c.detail).where(
-            decisions.c.tenant_id.in_({t for t, _ in by_key}),
-            decisions.c.subject.in_({j for _, j in by_key}),
-            decisions.c.kind.startswith(TASK_KIND_PREFIX),
-            decisions.c.status.in_(OPEN),
+    tenants, jobs = list({t for t, _ in by_key}), list({j for _, j in by_key})
+    if conn.dialect.name == "postgresql":
+        rows = await conn.execute(_PG_OPEN_TASK_DECISIONS, {"tenants": tenants, "jobs": jobs})
+    else:
+        rows = await conn.execute(
+            select(decisions.c.id, decisions.c.tenant_id, decisions.c.subject, decisions.c.detail).where(
+                decisions.c.tenant_id.in_(tenants),
+                decisions.c.subject.in_(jobs),
+                decisions.c.kind.startswith(TASK_KIND_PREFIX),
+                decisions.c.status.in_(OPEN),
+            )
         )
-    )
     settled = 0
     for row in rows.all():
         task = by_key.get((row.tenant_id, row.subject))
@@ -113,6 +117,15 @@ async def settle_tasks(conn: AsyncConnection, finished: Sequence[TaskRecord], no
         )
         settled += 1
     return settled
+
+
+# Postgres: the same SELECT as one fixed statement over arrays, prepared once (an IN list has a new
+# text, and a new server-side prepare, for every batch size).
+_PG_OPEN_TASK_DECISIONS = text(f"""
+SELECT id, tenant_id, subject, detail FROM decisions
+WHERE tenant_id = ANY(:tenants) AND subject = ANY(:jobs) AND kind LIKE '{TASK_KIND_PREFIX}%'
+  AND status IN ({", ".join(f"'{s}'" for s in OPEN)})
+""").bindparams(bindparam("tenants", type_=ARRAY(String)), bindparam("jobs", type_=ARRAY(String)))
 
 
 class DecisionReader:

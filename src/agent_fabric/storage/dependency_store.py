@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select, text, update
+from sqlalchemy import ARRAY, String, and_, bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_fabric.admission.dependency_graph import DepState
@@ -120,13 +120,24 @@ async def dependents(conn: AsyncConnection, finished: Sequence[Key]) -> list[Key
     if not finished:
         return []
     wanted = set(finished)
-    rows = await conn.execute(
-        select(task_dependencies.c.tenant_id, task_dependencies.c.job_id, task_dependencies.c.depends_on).where(
-            task_dependencies.c.tenant_id.in_({t for t, _ in wanted}),
-            task_dependencies.c.depends_on.in_({j for _, j in wanted}),
+    tenants, jobs = list({t for t, _ in wanted}), list({j for _, j in wanted})
+    if conn.dialect.name == "postgresql":
+        rows = await conn.execute(_PG_DEPENDENTS, {"tenants": tenants, "jobs": jobs})
+    else:
+        rows = await conn.execute(
+            select(task_dependencies.c.tenant_id, task_dependencies.c.job_id, task_dependencies.c.depends_on).where(
+                task_dependencies.c.tenant_id.in_(tenants), task_dependencies.c.depends_on.in_(jobs)
+            )
         )
-    )
     return sorted({(r.tenant_id, r.job_id) for r in rows if (r.tenant_id, r.depends_on) in wanted})
+
+
+# Postgres: asked for every batch of finished tasks, so one fixed statement over arrays, prepared
+# once; an IN list has a new text (and a new server-side prepare) for every batch size.
+_PG_DEPENDENTS = text("""
+SELECT tenant_id, job_id, depends_on FROM task_dependencies
+WHERE tenant_id = ANY(:tenants) AND depends_on = ANY(:jobs)
+""").bindparams(bindparam("tenants", type_=ARRAY(String)), bindparam("jobs", type_=ARRAY(String)))
 
 
 async def lock_waiting(conn: AsyncConnection, keys: Sequence[Key]) -> list[TaskRecord]:
