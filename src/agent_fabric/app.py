@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -40,11 +40,15 @@ from agent_fabric.telemetry.http_telemetry import RequestTelemetry
 from agent_fabric.telemetry.state_gauges import StateGauges
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings, *, started: Callable[[], None] | None = None) -> FastAPI:
+    """`started`: called once the fabric is open (`serve` settles its heap there, heap.py)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_fabric(settings) as fabric:
             app.state.fabric = fabric
+            if started is not None:
+                started()
             yield
 
     app = FastAPI(

@@ -43,6 +43,7 @@ def serve(
     """Run the HTTP API and the JetStream consumer in one process."""
     import uvicorn
 
+    from agent_fabric import heap
     from agent_fabric.app import create_app
     from agent_fabric.errors import ConfigurationError
     from agent_fabric.security.https import uvicorn_tls
@@ -55,7 +56,8 @@ def serve(
         typer.echo(exc.message, err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.log_level, json=settings.log_json)
-    app = create_app(settings)
+    heap.tune_collector()
+    app = create_app(settings, started=heap.freeze_startup_objects)
     loop = "uvloop" if sys.platform != "win32" else "asyncio"
     uvicorn.run(
         app,
