@@ -163,7 +163,7 @@ async def trials(
     began, lag_before = time.perf_counter(), await waiting(js, flood_prio)
     for i in range(n):
         lag = await waiting(js, flood_prio)
-        if lag < backlog + TOP_UP:
+        while lag < backlog + TOP_UP:
             # The fabric drains the flood while the probes run: keep it `backlog` deep.
             await flood(js, TOP_UP, flood_tenant, flood_prio)
             topped_up += TOP_UP
