@@ -173,7 +173,7 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         batcher.start()
         stack.push_async_callback(batcher.shutdown)
         governance = await _open_governance(stack, settings, engine, batcher, nc, js, metrics)
-        # Critical claims: no linger, and no waiting behind the shared writer's batches.
+        # Critical claims and outcomes: no linger, and no waiting behind the shared writer's batches.
         urgent = _side_writer(
             stack, engine, batcher, linger_ms=0, max_items=settings.database.batch_max, flushers=2, name="urgent"
         )

@@ -7,8 +7,11 @@ the throughput benchmark (issue 14), collection took 6.5 of the process's 17.6 C
 full collections of about 0.2 s each. So once the fabric is up: collect once, freeze what
 survives (the collector no longer scans it; reference counting still frees it), and collect the
 young generation every 50,000 net allocations (a few MB of garbage cycles wait longer; the
-objects of the tasks in flight are scanned far less often). Embedding applications and tests
-keep their own collector settings: only `agent-fabric serve` calls this.
+objects of the tasks in flight are scanned far less often). The same pauses were the outliers of
+a critical task's publish -> `running` behind a backlog (scripts/bench/scheduling.py): a full
+collection stopped the event loop for 130-340 ms of CPU every few seconds while 10-20k fetched
+tasks were held. Embedding applications and tests keep their own collector settings: only
+`agent-fabric serve` calls this.
 """
 
 from __future__ import annotations

@@ -153,10 +153,10 @@ async def test_a_crashed_fetch_loop_is_restarted_counted_and_reported(
         original = consumer._take
         broken = {"on": True}
 
-        def take(priority: str, msgs: list[Any]) -> None:
+        async def take(priority: str, msgs: list[Any]) -> None:
             if broken["on"] and priority == "normal":
                 raise RuntimeError("injected intake bug")
-            original(priority, msgs)
+            await original(priority, msgs)
 
         monkeypatch.setattr(consumer, "_take", take)
         job = new_job_id("crash")

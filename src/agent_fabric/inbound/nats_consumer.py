@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
 RECORDS_IN_FLIGHT = 2  # fetched batches per class being recorded at once
+INTAKE_SLICE = 32  # messages parsed and admitted between two event-loop turns (see _take)
 BUSY_POLL_SECONDS = 0.01
 STOP_SECONDS = 2.0  # how long a cancelled loop may take to end at shutdown
 # A running task cancelled at shutdown hands itself back (a release write, then the nak): without
@@ -217,7 +218,7 @@ class TaskConsumer:
             # would otherwise crowd the event loop and the database ahead of everything else.
             await self._recorders[priority].acquire()
             try:
-                self._take(priority, vetted)
+                await self._take(priority, vetted)
             except BaseException:
                 # _take hands the recorder slot on only as its very last step; failing before that
                 # it still holds it. (The loop's supervisor restarts the loop.)
@@ -225,10 +226,14 @@ class TaskConsumer:
                 self._hand_back_batch([v.msg for v in vetted])
                 raise
 
-    def _take(self, priority: str, msgs: list[Vetted]) -> None:
+    async def _take(self, priority: str, msgs: list[Vetted]) -> None:
         """Parse and admit in memory; what finds a free slot starts now. The rest is recorded as
         queued in the background (queue limits), so the next fetch does not wait for the database
         and reading a backlog (and what is behind it) goes at NATS speed.
+
+        A batch is taken INTAKE_SLICE messages at a time, with a loop turn between slices: parsing
+        a whole batch of 128 held the event loop for up to 100 ms on a saturated machine, and a
+        critical task fetched meanwhile (or the reply to its claim) waited for all of it.
 
         A task that starts on arrival is never recorded as queued: its claim writes its row, one
         write instead of two, and a critical task reaches its driver without a database round trip
@@ -238,17 +243,23 @@ class TaskConsumer:
         fetched = time.perf_counter()
         ready: list[JetStreamDelivery] = []
         gated: list[JetStreamDelivery] = []
-        for vetted in msgs:
-            delivery = self._parse(priority, vetted.msg, vetted.caller)
-            if delivery is None:
-                continue
-            self._held.add(delivery)
-            (gated if delivery.event.spec.depends_on else ready).append(delivery)
-        self._metrics.tasks_held.set(len(self._held))
+        for start in range(0, len(msgs), INTAKE_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            arrived: list[JetStreamDelivery] = []
+            for vetted in msgs[start : start + INTAKE_SLICE]:
+                delivery = self._parse(priority, vetted.msg, vetted.caller)
+                if delivery is None:
+                    continue
+                self._held.add(delivery)
+                (gated if delivery.event.spec.depends_on else arrived).append(delivery)
+            self._metrics.tasks_held.set(len(self._held))
+            if arrived:
+                for delivery in arrived:
+                    self._push(delivery)
+                self._dispatch()
+                ready += arrived
         if ready:
-            for delivery in ready:
-                self._push(delivery)
-            self._dispatch()
             self._metrics.intake_latency.labels(priority).observe(time.perf_counter() - fetched)
         to_record = [d for d in ready if not d.dispatched] + gated
         if not to_record:

@@ -407,7 +407,11 @@ class TaskRunner:
         # message and renews the task's lease, so handing it back could not let anyone else finish
         # it); other errors get the usual few retries, then the message goes back.
         ok, record = await _retrying(
-            lambda: write_through_outage(lambda: self.store.finish(outcome), what="outcome", job_id=spec.job_id),
+            lambda: write_through_outage(
+                lambda: self.store.finish(outcome, urgent=spec.priority is Priority.CRITICAL),
+                what="outcome",
+                job_id=spec.job_id,
+            ),
             what="record outcome",
             job_id=spec.job_id,
         )
