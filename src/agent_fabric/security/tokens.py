@@ -102,18 +102,8 @@ class TokenService:
     async def verify(self, token: str, *, at: float | None = None) -> Principal:
         """The token's principal. `at` (epoch seconds): judge expiry at that moment instead of now, for
         a NATS message verified when it is consumed but published (stored by JetStream) earlier."""
-        key = await self._key_for(token)
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[self._cfg.algorithm],
-                audience=self._cfg.audience,
-                issuer=self._cfg.issuer,
-                options={"require_exp": True, "require_sub": True, "require_nbf": False, "verify_exp": at is None},
-            )
-        except JWTError as exc:
-            raise Unauthenticated(f"invalid token: {exc}") from None
+        options = {"require_exp": True, "require_sub": True, "require_nbf": False, "verify_exp": at is None}
+        claims = await self._decode(token, options)
         if at is not None and not (isinstance(claims.get("exp"), int | float) and claims["exp"] > at):
             raise Unauthenticated("invalid token: it had expired when the message was published")
         role = claims.get("role")
@@ -144,18 +134,7 @@ class TokenService:
         """(jti, tenant_id, exp) of a token this fabric trusts, whether or not it is still usable:
         what a revocation by a tenant's key manager proves ownership with. Signature, issuer and
         audience are checked; expiry and revocation are not (revoking twice is harmless)."""
-        key = await self._key_for(token)
-        try:
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[self._cfg.algorithm],
-                audience=self._cfg.audience,
-                issuer=self._cfg.issuer,
-                options={"verify_exp": False, "require_sub": True},
-            )
-        except JWTError as exc:
-            raise Unauthenticated(f"invalid token: {exc}") from None
+        claims = await self._decode(token, {"verify_exp": False, "require_sub": True})
         jti, tenant_id, exp = claims.get("jti"), claims.get("tenant_id"), claims.get("exp")
         if not isinstance(jti, str) or not jti:
             raise Unauthenticated("the token carries no jti, so it cannot be revoked alone (revoke its key)")
@@ -164,6 +143,23 @@ class TokenService:
             tenant_id if isinstance(tenant_id, str) else None,
             int(exp) if isinstance(exp, int | float) else None,
         )
+
+    async def _decode(self, token: str, options: dict[str, bool]) -> dict[str, Any]:
+        """The token's claims once its signature, issuer and audience are checked (and what
+        `options` asks), else Unauthenticated."""
+        key = await self._key_for(token)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key,
+                algorithms=[self._cfg.algorithm],
+                audience=self._cfg.audience,
+                issuer=self._cfg.issuer,
+                options=options,
+            )
+        except JWTError as exc:
+            raise Unauthenticated(f"invalid token: {exc}") from None
+        return claims
 
     def _permissions(self, role: Any) -> frozenset[str] | None:
         if not isinstance(role, str):

@@ -20,7 +20,7 @@ from agent_fabric.storage.task_rows import (
     _insert_for,
     _new_row,
     _select_rows,
-    json_text,
+    row_arrays,
 )
 from agent_fabric.tasks import TaskStatus
 
@@ -101,6 +101,10 @@ _RUNNING = TaskStatus.RUNNING.value
 # dependencies, and nobody holds a live lease) over unnest()ed arrays, prepared once whatever the
 # batch size, with each claimed task's `running` event (position 0 of its attempt) written by the
 # same statement.
+# Text arrays of the claim statement (row_arrays names them after the rows' keys).
+_CLAIM_ARRAYS = ("tenants", "jobs", "priorities", "runtimes", "labels", "specs", "hashes", "events", "owners")
+
+
 _PG_CLAIM = text(f"""
 WITH claimed AS (
     INSERT INTO tasks (tenant_id, job_id, status, priority, runtime, agent_label, spec, spec_hash, event_id,
@@ -123,29 +127,14 @@ WITH claimed AS (
 )
 SELECT tenant_id, job_id, attempts, cancel_requested_at, error_message FROM claimed
 """).bindparams(
-    *(
-        bindparam(name, type_=ARRAY(String))
-        for name in ("tenants", "jobs", "priorities", "runtimes", "labels", "specs", "hashes", "events", "owners")
-    ),
+    *(bindparam(name, type_=ARRAY(String)) for name in _CLAIM_ARRAYS),
     bindparam("leases", type_=ARRAY(Timestamp)),
     bindparam("nows", type_=ARRAY(Timestamp)),
 )
 
 
 def _pg_arrays(values: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {
-        "tenants": [v["tenant_id"] for v in values],
-        "jobs": [v["job_id"] for v in values],
-        "priorities": [v["priority"] for v in values],
-        "runtimes": [v["runtime"] for v in values],
-        "labels": [v["agent_label"] for v in values],
-        "specs": [json_text(v["spec"]) for v in values],
-        "hashes": [v["spec_hash"] for v in values],
-        "events": [v["event_id"] for v in values],
-        "owners": [v["owner"] for v in values],
-        "leases": [v["lease_until"] for v in values],
-        "nows": [v["updated_at"] for v in values],
-    }
+    return row_arrays(values, (*_CLAIM_ARRAYS, "leases", "nows"))
 
 
 _CLAIM_STATEMENTS: dict[str, Any] = {}

@@ -234,6 +234,39 @@ def json_text(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
+# The array parameters of the task statements that unnest() rows on Postgres (claim, settle), by
+# the row key each is made of; JSON columns travel as text.
+_ROW_KEY = {
+    "tenants": "tenant_id",
+    "jobs": "job_id",
+    "statuses": "status",
+    "priorities": "priority",
+    "runtimes": "runtime",
+    "labels": "agent_label",
+    "hashes": "spec_hash",
+    "events": "event_id",
+    "owners": "owner",
+    "codes": "error_code",
+    "messages": "error_message",
+    "leases": "lease_until",
+    "nows": "updated_at",
+}
+_JSON_ROW_KEY = {"specs": "spec", "results": "result", "usages": "usage"}
+
+
+def row_arrays(values: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, list[Any]]:
+    """One array per parameter in `names`, in row order."""
+    arrays: dict[str, list[Any]] = {}
+    for name in names:
+        if name in _JSON_ROW_KEY:
+            key = _JSON_ROW_KEY[name]
+            arrays[name] = [json_text(v[key]) for v in values]
+        else:
+            key = _ROW_KEY[name]
+            arrays[name] = [v[key] for v in values]
+    return arrays
+
+
 async def _insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return

@@ -34,7 +34,7 @@ from agent_fabric.storage.task_rows import (
     _insert_events,
     _insert_for,
     _new_row,
-    json_text,
+    row_arrays,
 )
 from agent_fabric.storage.timestamps import aware
 from agent_fabric.tasks import TaskStatus
@@ -133,24 +133,14 @@ RETURNING tasks.tenant_id, tasks.job_id, tasks.created_at
 )
 
 
+_SETTLE_ARRAYS = (
+    "tenants", "jobs", "statuses", "priorities", "runtimes", "labels", "specs", "hashes",
+    "events", "owners", "results", "codes", "messages", "usages", "nows",
+)  # fmt: skip
+
+
 def _pg_arrays(values: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return {
-        "tenants": [v["tenant_id"] for v in values],
-        "jobs": [v["job_id"] for v in values],
-        "statuses": [v["status"] for v in values],
-        "priorities": [v["priority"] for v in values],
-        "runtimes": [v["runtime"] for v in values],
-        "labels": [v["agent_label"] for v in values],
-        "specs": [json_text(v["spec"]) for v in values],
-        "hashes": [v["spec_hash"] for v in values],
-        "events": [v["event_id"] for v in values],
-        "owners": [v["owner"] for v in values],
-        "results": [json_text(v["result"]) for v in values],
-        "codes": [v["error_code"] for v in values],
-        "messages": [v["error_message"] for v in values],
-        "usages": [json_text(v["usage"]) for v in values],
-        "nows": [v["updated_at"] for v in values],
-    }
+    return row_arrays(values, _SETTLE_ARRAYS)
 
 
 def _written(row: dict[str, Any], created_at: datetime) -> TaskRecord:
