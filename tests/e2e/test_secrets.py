@@ -59,7 +59,7 @@ def test_no_secret_reaches_logs_responses_or_metrics(tmp_path: Path, nats_url: s
                 DB_PASSWORD,
                 JWT_SECRET,
                 api_key,
-                api_key.rsplit("_", 1)[1],
+                api_key.split("_", 2)[2],  # af_<prefix>_<secret>: the secret itself may hold "_"
                 admin,
                 pair["access_token"],
                 pair["refresh_token"],
