@@ -37,7 +37,7 @@ from agent_fabric.a2a.client import (
     texts,
 )
 from agent_fabric.agents.registry import AgentRecord, AgentRegistry
-from agent_fabric.drivers.agent_zero import MAX_PROMPT_CHARS, task_message
+from agent_fabric.drivers.agent_zero import check_message_size, task_message
 from agent_fabric.drivers.base import RunContext
 from agent_fabric.errors import InvalidTask, TaskFailure
 from agent_fabric.settings import A2ASettings
@@ -82,12 +82,7 @@ class A2ADriver:
                 job_id=spec.job_id,
                 tenant_id=spec.tenant_id,
             )
-        if len(task_message(spec)) > MAX_PROMPT_CHARS:
-            raise InvalidTask(
-                f"the task's message is over {MAX_PROMPT_CHARS} characters",
-                job_id=spec.job_id,
-                tenant_id=spec.tenant_id,
-            )
+        check_message_size(spec)
 
     async def start(self) -> None:
         """Clients open on first use, one per agent endpoint and token."""

@@ -53,6 +53,14 @@ def transport_of(spec: TaskSpec) -> str:
     return str((spec.agent_definition.model_extra or {}).get("transport", "http"))
 
 
+def check_message_size(spec: TaskSpec) -> None:
+    """Refuse at admission a task whose message an agent would be sent whole and could not take."""
+    if len(task_message(spec)) > MAX_PROMPT_CHARS:
+        raise InvalidTask(
+            f"the task's message is over {MAX_PROMPT_CHARS} characters", job_id=spec.job_id, tenant_id=spec.tenant_id
+        )
+
+
 def task_message(spec: TaskSpec) -> str:
     """`task.message` if given, else a prompt built from the task type and its input."""
     if spec.task.message:
@@ -87,12 +95,7 @@ class AgentZeroDriver:
                 job_id=spec.job_id,
                 tenant_id=spec.tenant_id,
             )
-        if len(task_message(spec)) > MAX_PROMPT_CHARS:
-            raise InvalidTask(
-                f"the task's message is over {MAX_PROMPT_CHARS} characters",
-                job_id=spec.job_id,
-                tenant_id=spec.tenant_id,
-            )
+        check_message_size(spec)
 
     async def run(self, ctx: RunContext) -> Any:
         state = dict(ctx.checkpoint) if isinstance(ctx.checkpoint, dict) else {}

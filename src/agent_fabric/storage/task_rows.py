@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -82,7 +82,11 @@ class TaskRecord:
 
     @classmethod
     def from_row(cls, row: Any) -> TaskRecord:
-        m = row._mapping
+        return cls.from_mapping(row._mapping)
+
+    @classmethod
+    def from_mapping(cls, m: Mapping[str, Any]) -> TaskRecord:
+        """From a row's mapping, or the values a statement just wrote."""
         return cls(
             tenant_id=m["tenant_id"],
             job_id=m["job_id"],

@@ -144,28 +144,8 @@ def _pg_arrays(values: list[dict[str, Any]]) -> dict[str, list[Any]]:
 
 
 def _written(row: dict[str, Any], created_at: datetime) -> TaskRecord:
-    return TaskRecord(
-        tenant_id=row["tenant_id"],
-        job_id=row["job_id"],
-        status=TaskStatus(row["status"]),
-        priority=row["priority"],
-        runtime=row["runtime"],
-        agent_label=row["agent_label"],
-        spec=row["spec"],
-        spec_hash=row["spec_hash"],
-        event_id=row["event_id"],
-        attempts=1,
-        owner=row["owner"],
-        result=row["result"],
-        error_code=row["error_code"],
-        error_message=row["error_message"],
-        usage=row["usage"],
-        result_published=False,
-        created_at=created_at,
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        updated_at=row["updated_at"],
-    )
+    """The record as the statement wrote it: its first attempt, its result not yet published."""
+    return TaskRecord.from_mapping({**row, "attempts": 1, "result_published": False, "created_at": created_at})
 
 
 _SETTLE_STATEMENTS: dict[str, Any] = {}
