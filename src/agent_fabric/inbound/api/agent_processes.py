@@ -88,7 +88,8 @@ async def health(agent_id: str, fabric: FabricDep, principal: AgentReader) -> di
     found = await _health(fabric, agent_id)
     replicas = {"replicas": await fabric.processes.beats.replicas(agent_id)}
     if found is None:
-        return {**base, "processes": [], **replicas}
+        # The same shape as with processes: a client polling `busy` must not meet a missing key.
+        return {**base, "processes": [], "busy": 0, **replicas}
     beats = [p["last_heartbeat"] for p in found["processes"] if p["last_heartbeat"]]
     newest = max(beats, key=lambda b: str(b.get("timestamp"))) if beats else None
     # This replica's processes are the live truth here; the registry's word stays beside it.
