@@ -64,6 +64,7 @@ from agent_fabric.security.sealing import sealer_for
 from agent_fabric.security.tokens import TokenService
 from agent_fabric.settings import Settings, nats_servers
 from agent_fabric.storage.batcher import WriteBatcher
+from agent_fabric.storage.critical_line import CriticalLine
 from agent_fabric.storage.dead_letters import DeadLetterStore
 from agent_fabric.storage.documents import DocumentStore
 from agent_fabric.storage.engine import create_engine, migrate_async
@@ -177,10 +178,15 @@ async def open_fabric(settings: Settings) -> AsyncIterator[Fabric]:
         urgent = _side_writer(
             stack, engine, batcher, linger_ms=0, max_items=settings.database.batch_max, flushers=2, name="urgent"
         )
+        line = None
+        if engine.dialect.name == "postgresql":
+            line = CriticalLine(engine, metrics=metrics.ops)
+            stack.push_async_callback(line.close)
         store = TaskStore(
             engine,
             batcher,
             urgent=urgent,
+            line=line,
             finish_hooks=[
                 governance.budgets.settle_finished,
                 governance.decisions.task_finished,

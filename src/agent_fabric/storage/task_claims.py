@@ -7,8 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ARRAY, String, and_, bindparam, func, or_, text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from agent_fabric.storage.critical_line import CriticalLine
 from agent_fabric.storage.tables import Timestamp, tasks
 from agent_fabric.storage.task_rows import (
     TERMINAL_VALUES,
@@ -25,26 +26,38 @@ from agent_fabric.storage.task_rows import (
 from agent_fabric.tasks import TaskStatus
 
 
+def _claim_row(c: Claim) -> dict[str, Any]:
+    return _new_row(
+        c.spec,
+        c.spec_hash,
+        c.event_id,
+        c.now,
+        status=TaskStatus.RUNNING.value,
+        attempts=1,
+        owner=c.owner,
+        lease_until=c.lease_until,
+        started_at=c.now,
+    )
+
+
+async def claim_on_line(line: CriticalLine, engine: AsyncEngine, claim: Claim) -> ClaimResult:
+    """One critical claim on the critical line (Postgres): the batch statement with one row."""
+    for r in await line.fetch(_PG_CLAIM, _pg_arrays([_claim_row(claim)])):
+        cancelled_by = (r["error_message"] or "cancelled") if r["cancel_requested_at"] is not None else None
+        return ClaimResult(True, int(r["attempts"]), None, cancelled_by)
+    key = (claim.spec.tenant_id, claim.spec.job_id)
+    async with engine.connect() as conn:  # not taken: who holds it (rare: a repeat, a takeover)
+        current = (await _select_rows(conn, [key])).get(key)
+    return ClaimResult(claimed=False, attempts=current.attempts if current else 0, current=current)
+
+
 async def _claim_op(conn: AsyncConnection, items: Sequence[Claim]) -> list[ClaimResult]:
     # Postgres refuses one INSERT .. ON CONFLICT touching a row twice: a job repeated within the
     # batch is claimed once and the repeats see the claimed row.
     firsts: dict[tuple[str, str], Claim] = {}
     for c in items:
         firsts.setdefault((c.spec.tenant_id, c.spec.job_id), c)
-    values = [
-        _new_row(
-            c.spec,
-            c.spec_hash,
-            c.event_id,
-            c.now,
-            status=TaskStatus.RUNNING.value,
-            attempts=1,
-            owner=c.owner,
-            lease_until=c.lease_until,
-            started_at=c.now,
-        )
-        for c in firsts.values()
-    ]
+    values = [_claim_row(c) for c in firsts.values()]
     postgres = conn.dialect.name == "postgresql"
     # Postgres: the claims and their running events are one statement (a round trip less on a
     # critical task's way to `running`). Elsewhere one statement shape for every batch: executemany

@@ -10,6 +10,7 @@ and event-log helpers; task_claims; task_outcomes; task_rejections).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
@@ -18,8 +19,9 @@ from sqlalchemy import select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.storage.batcher import WriteBatcher
+from agent_fabric.storage.critical_line import CriticalLine
 from agent_fabric.storage.tables import checkpoints, task_events, tasks
-from agent_fabric.storage.task_claims import _claim_op
+from agent_fabric.storage.task_claims import _claim_op, claim_on_line
 from agent_fabric.storage.task_outcomes import _checkpoint_op, _events_op, _finish_op, _mark_published_op
 from agent_fabric.storage.task_rejections import WAITING_VALUES, _reject_op
 from agent_fabric.storage.task_rows import (
@@ -65,6 +67,7 @@ __all__ = [
     "utcnow",
 ]
 
+log = logging.getLogger(__name__)
 
 # Runs inside the transaction that makes tasks terminal (outcome or rejection), with those tasks:
 # budgets settle usage there, so it is counted exactly once.
@@ -75,7 +78,8 @@ class TaskStore:
     """`urgent`: the writer for claims and outcomes of critical tasks (the shared one on SQLite). A
     claim in the shared writer waits behind every batch of outcomes, events and checkpoints in
     flight, tens of milliseconds at saturation; its own writer lets a critical task's writes go
-    straight to the database."""
+    straight to the database. `line` (Postgres): critical claims go on it first, one round trip
+    from the claiming coroutine (storage/critical_line.py); the urgent writer when it fails."""
 
     def __init__(
         self,
@@ -84,10 +88,12 @@ class TaskStore:
         finish_hooks: Sequence[FinishHook] = (),
         *,
         urgent: WriteBatcher,
+        line: CriticalLine | None = None,
     ) -> None:
         self._engine = engine
         self._batcher = batcher
         self._urgent = urgent
+        self._line = line
         self.finish_hooks: list[FinishHook] = list(finish_hooks)
 
     @property
@@ -121,7 +127,15 @@ class TaskStore:
 
     # -- writes (batched) --
     async def claim(self, claim: Claim) -> ClaimResult:
-        writer = self._urgent if claim.spec.priority is Priority.CRITICAL else self._batcher
+        critical = claim.spec.priority is Priority.CRITICAL
+        if critical and self._line is not None:
+            try:
+                return await claim_on_line(self._line, self._engine, claim)
+            except Exception as exc:  # the database away or a connection cut: the writer retries it
+                log.warning(
+                    "critical claim on its own line failed; through the writer", extra={"error": str(exc)[:300]}
+                )
+        writer = self._urgent if critical else self._batcher
         result: ClaimResult = await writer.submit(_claim_op, claim)
         return result
 

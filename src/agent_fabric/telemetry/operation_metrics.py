@@ -65,6 +65,13 @@ class OperationMetrics:
             buckets=_COMMIT_BUCKETS,
             registry=r,
         )
+        self.critical_line = Counter(
+            "agent_fabric_critical_line_statements_total",
+            "Critical claims on their own connection (storage/critical_line.py), by outcome; a failed "
+            "one went through the urgent writer instead.",
+            ["outcome"],
+            registry=r,
+        )
         self.sessions = Gauge(
             "agent_fabric_agent_sessions",
             "Agent Zero sessions by status (database-wide).",
