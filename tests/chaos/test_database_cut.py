@@ -13,8 +13,10 @@ from urllib.parse import urlsplit
 
 import pytest
 from nats.aio.client import Client
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from agent_fabric.storage.tables import tasks
 from tests.chaos.support import publish_through, publisher_auth, statuses, task_event, until_all_completed
 from tests.conftest import JWT_SECRET, make_settings, new_job_id, running_app
 from tests.support.tcp_proxy import proxy_to
@@ -73,5 +75,41 @@ async def test_tasks_checkpointing_through_a_database_cut_all_complete(
                         await asyncio.sleep(0.2)
 
                 await asyncio.wait_for(ready_again(), timeout=30)
+        finally:
+            await direct.dispose()
+
+
+async def test_critical_tasks_published_into_a_database_cut_complete_once_it_is_back(
+    tmp_path: Path, nats_url: str, nc: Client, postgres_url: str, redis_url: str
+) -> None:
+    """Issue 14: a critical claim runs on a connection of its own (storage/critical_line.py). Cut
+    under it, the claim goes to the urgent writer, which waits the outage out like every write."""
+    target = urlsplit(postgres_url)
+    async with proxy_to(target.hostname or "127.0.0.1", target.port or 5432) as proxy:
+        settings = make_settings(tmp_path, nats_url, database_url=proxy.url_for(postgres_url), redis_url=redis_url)
+        direct = create_async_engine(postgres_url)
+        try:
+            async with running_app(settings) as app:
+                auth = publisher_auth(JWT_SECRET)
+                warm = new_job_id("crit-warm")
+                await publish_through(nc, "agent.execute.critical", *task_event(warm), auth=auth)
+                await until_all_completed(direct, [warm], timeout=30)  # the line holds a connection now
+                line = app.fabric.metrics.ops.critical_line
+                assert line.labels("ok")._value.get() == 1
+                await proxy.cut()
+                jobs = [new_job_id("crit-cut") for _ in range(3)]
+                for job in jobs:
+                    await publish_through(nc, "agent.execute.critical", *task_event(job), auth=auth)
+                await asyncio.sleep(3)
+                await proxy.restore()
+                await until_all_completed(direct, jobs, timeout=90)
+                assert line.labels("failed")._value.get() >= 1  # the cut line gave its claim to the writer
+                async with direct.connect() as conn:
+                    attempts = (
+                        await conn.execute(
+                            select(tasks.c.attempts).where(tasks.c.tenant_id == "default", tasks.c.job_id.in_(jobs))
+                        )
+                    ).scalars()
+                    assert sorted(attempts) == [1, 1, 1]
         finally:
             await direct.dispose()
