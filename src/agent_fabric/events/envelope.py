@@ -74,8 +74,7 @@ def parse_task_event(
             raise InvalidTask(exc.message, code=exc.code, job_id=job_id, tenant_id=tenant_id) from None
         raise
     # Binary mode (any ce-* header) and whatever the one-pass reader declines go through the SDK.
-    binary = any(key.lower().startswith(CE_PREFIX) for key in headers)
-    fast = None if binary else read_structured(body)
+    fast = None if _binary_mode(headers) else read_structured(body)
     attributes, raw_data = (fast, fast.get("data")) if fast is not None else _read_with_sdk(headers, body)
     event_type = attributes["type"]
 
@@ -114,6 +113,14 @@ def _read_with_sdk(headers: Mapping[str, str], body: bytes) -> tuple[Mapping[str
         raise InvalidEvent(message) from exc
     fields = {"id": event.get_id(), "source": event.get_source(), "type": event.get_type()}
     return fields | {key: event.get_extension(key) for key in TRACE_KEYS}, event.get_data()
+
+
+def _binary_mode(headers: Mapping[str, str]) -> bool:
+    """Whether the SDK reads these headers as binary mode: any ce-* header."""
+    for key in headers:
+        if key.lower().startswith(CE_PREFIX):
+            return True
+    return False
 
 
 def _data_as_object(data: Any) -> dict[str, Any] | None:

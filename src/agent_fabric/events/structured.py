@@ -25,12 +25,15 @@ _REQUIRED = ("id", "source", "type")
 _OPTIONAL_TEXT = ("subject", "datacontenttype", "dataschema")
 _KNOWN = frozenset({"specversion", *_REQUIRED, *_OPTIONAL_TEXT, "time", "data"})
 _EXTENSION_NAME = re.compile(r"[a-z0-9]+")
-_MAYBE_WIDE_INTEGER = re.compile(rb"[0-9]{19}")
+# Every digit read as "0": a run of 19 of them is a number that may not fit 64 bits (a bytes
+# search at C speed; a regex for the same run costs as much as the whole decode).
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_WIDE_RUN = b"0" * 19
 
 
 def read_structured(body: bytes) -> dict[str, Any] | None:
     """The event's attributes and `data` as the SDK would read them, or None: ask the SDK."""
-    if _MAYBE_WIDE_INTEGER.search(body) is not None:
+    if _WIDE_RUN in body.translate(_DIGITS_AS_ZERO):
         return None
     try:
         doc = orjson.loads(body)
