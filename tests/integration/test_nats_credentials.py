@@ -267,6 +267,27 @@ async def test_a_token_revoked_after_use_stops_working_at_once(fabric_app: Runni
     await assert_not_recorded(fabric_app, second, pod)
 
 
+async def test_a_custom_role_changed_after_use_applies_to_the_next_message(fabric_app: RunningApp, nc: Client) -> None:
+    """The door remembers a checked signature, never the role's permissions: a role that loses
+    tasks:submit refuses the very token it let through before."""
+    pod, first, second, role = new_pod(), new_job_id("allowed"), new_job_id("taken"), f"sub{uuid.uuid4().hex[:8]}"
+    put = await fabric_app.client.put(
+        f"/api/v1/auth/roles/{role}", json={"permissions": ["tasks:submit", "tasks:read"]}, headers=fabric_app.auth()
+    )
+    assert put.status_code in (200, 201), put.text
+    token = fabric_app.fabric.tokens.issue(role=role, subject="shifting", tenant_id=pod)
+    async with collect(nc, "agent.status.completed") as completed:
+        await publish(nc, task(first), bearer(token))
+        await until(lambda: for_job(completed, first))
+    put = await fabric_app.client.put(
+        f"/api/v1/auth/roles/{role}", json={"permissions": ["tasks:read"]}, headers=fabric_app.auth()
+    )
+    assert put.status_code in (200, 201), put.text
+    seq = await publish(nc, task(second), bearer(token))
+    assert (await dead_letter(fabric_app, seq, second)).reason_code == "forbidden"
+    await assert_not_recorded(fabric_app, second, pod)
+
+
 async def test_only_sealed_session_events_reach_a_websocket(fabric_app: RunningApp, nc: Client) -> None:
     """Session events relayed to POD administrators' WebSockets come from replicas only."""
     events = fabric_app.fabric.sessions.events

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from cloudevents.core.bindings.http import to_binary_event, to_structured_event
+from cloudevents.core.bindings.http import HTTPMessage, from_structured_event, to_binary_event, to_structured_event
 from cloudevents.core.v1.event import CloudEvent
 
 from agent_fabric.errors import InvalidEvent, InvalidTask
@@ -85,3 +85,57 @@ def test_fabric_events_are_cloudevents() -> None:
     doc = orjson.loads(fabric_event("agent.status.completed", {"job_id": "j"}, subject="j", event_id="x/j/result"))
     assert doc["specversion"] == "1.0" and doc["id"] == "x/j/result" and doc["source"] == "agent-fabric"
     assert doc["time"].endswith("Z") and doc["data"] == {"job_id": "j"}
+
+
+def _structured(extra: bytes = b"", data: bytes = b'{"type": "echo", "input": {"n": 1}}') -> bytes:
+    return (
+        b'{"specversion": "1.0", "id": "ev-1", "source": "test", "type": "agent.execute"'
+        + extra
+        + b', "data": {"job_id": "job-1", "agent_definition": {"runtime": "builtin"}, "task": '
+        + data
+        + b"}}"
+    )
+
+
+# What the door reads with orjson must read exactly as the CloudEvents SDK reads it: these are the
+# places where the two could part (numbers, strings, the SDK's defaults and attribute rules).
+SDK_EDGES = [
+    _structured(),
+    _structured(data=b'{"type": "echo", "input": {"n": 123456789012345678901234567890}}'),
+    _structured(data=b'{"type": "echo", "input": {"n": -9223372036854775809}}'),
+    _structured(data=b'{"type": "echo", "input": {"n": NaN}}'),
+    _structured(data=b'{"type": "echo", "input": {"n": 1e400}}'),
+    _structured(data=b'{"type": "echo", "input": {"s": "\\ud800"}}'),
+    _structured(b', "time": "2026-01-01T00:00:00Z"'),
+    _structured(b', "time": "2026-01-01T00:00:00"'),
+    _structured(b', "time": "yesterday"'),
+    _structured(b', "subject": ""'),
+    _structured(b', "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"'),
+    _structured(b', "bad_name": 1'),
+    _structured(b', "ext\\n": 1'),
+    _structured(b', "data_base64": "e30="'),
+    _structured(b', "specversion": "0.3"'),
+    _structured(b', "specversion": "2.0"'),
+    _structured(b', "id": ""'),
+    _structured(b', "id": 7'),
+    b'{"id": "ev-1", "source": "test", "type": "agent.execute", "data": {"job_id": "job-1", "agent_definition":'
+    b' {"runtime": "builtin"}, "task": {"type": "echo"}}}',
+]
+
+
+@pytest.mark.parametrize("body", SDK_EDGES)
+def test_a_structured_event_reads_as_the_cloudevents_sdk_reads_it(body: bytes) -> None:
+    try:
+        sdk = from_structured_event(HTTPMessage(headers={}, body=body))
+    except Exception as exc:
+        with pytest.raises((InvalidEvent, InvalidTask)) as refused:
+            parse_task_event({}, body, max_bytes=LIMIT)
+        assert refused.value.code == "invalid_event"
+        assert refused.value.message == f"not a CloudEvent: {str(exc).splitlines()[0][:300]}"
+        return
+    parsed = parse_task_event({}, body, max_bytes=LIMIT)
+    data = sdk.get_data()
+    assert isinstance(data, dict)
+    assert parsed.id == sdk.get_id() and parsed.source == sdk.get_source()
+    assert repr(parsed.spec.task.input) == repr(data["task"].get("input", {}))
+    assert parsed.trace == ({"traceparent": sdk.get_extension("traceparent")} if "traceparent" in str(body) else None)

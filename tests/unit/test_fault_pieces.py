@@ -32,6 +32,22 @@ def test_depth_check_refuses_past_the_limit_only() -> None:
     assert refused.value.code == "json_too_deep" and "8 levels" in refused.value.message
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a": "' + b"[" * 50 + b'", "b": [[1]]}',  # many brackets, all in a string: shallow
+        b'{"a": "' + b"{" * 50 + b'", "b": ' + b"[" * 9 + b"]" * 9 + b"}",  # and deep past the strings
+        b'["\\", ' + b"[" * 7 + b"]" * 7 + b"]",
+        b"[" * 8,
+        b"[" * 9,
+        b"]" * 20 + b"[" * 3,
+    ],
+)
+def test_depth_check_with_a_limit_agrees_with_the_full_scan(raw: bytes) -> None:
+    for limit in range(12):
+        assert (json_depth(raw, stop_after=limit) > limit) == (json_depth(raw) > limit)
+
+
 def test_nats_url_list_is_split_for_the_client() -> None:
     assert nats_servers("nats://a:4222, nats://b:4222 ,nats://c:4222") == [
         "nats://a:4222",

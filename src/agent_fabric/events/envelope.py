@@ -7,25 +7,28 @@ is validated once, the same way, whichever door it used.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from re import fullmatch
 from typing import Any
 
 import orjson
-from cloudevents.core.bindings.http import HTTPMessage, from_http_event
+from cloudevents.core.bindings.http import CE_PREFIX, HTTPMessage, from_http_event
 from cloudevents.core.exceptions import BaseCloudEventException
 from pydantic import ValidationError
 
 from agent_fabric import names
 from agent_fabric.errors import InvalidEvent, InvalidTask, PayloadTooLarge, field_errors
 from agent_fabric.events.json_limits import DEFAULT_MAX_JSON_DEPTH, check_json_depth
+from agent_fabric.events.structured import read_structured
 from agent_fabric.tasks import DEFAULT_TENANT, JOB_ID_PATTERN, TENANT_ID_PATTERN, TaskSpec
 
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 TRACE_KEYS = ("traceparent", "tracestate")  # the CloudEvents Distributed Tracing extension
+_JOB_ID = re.compile(JOB_ID_PATTERN)
+_TENANT_ID = re.compile(TENANT_ID_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -70,21 +73,16 @@ def parse_task_event(
         if job_id is not None:
             raise InvalidTask(exc.message, code=exc.code, job_id=job_id, tenant_id=tenant_id) from None
         raise
-    lowered = {k.lower(): v for k, v in headers.items()}
-    try:
-        event = from_http_event(HTTPMessage(headers=lowered, body=body))
-    except (ValueError, BaseCloudEventException, AttributeError, TypeError, RecursionError) as exc:
-        job_id, tenant_id = _peek_ids(body)
-        message = f"not a CloudEvent: {_first_line(exc)}"
-        if job_id is not None:
-            raise InvalidTask(message, code=InvalidEvent.code, job_id=job_id, tenant_id=tenant_id) from exc
-        raise InvalidEvent(message) from exc
+    # Binary mode (any ce-* header) and whatever the one-pass reader declines go through the SDK.
+    fast = None if _binary_mode(headers) else read_structured(body)
+    attributes, raw_data = (fast, fast.get("data")) if fast is not None else _read_with_sdk(headers, body)
+    event_type = attributes["type"]
 
-    data = _data_as_object(event.get_data())
+    data = _data_as_object(raw_data)
     job_id, tenant_id = _ids_from(data)
-    if event.get_type() != names.TASK_EVENT_TYPE:
+    if event_type != names.TASK_EVENT_TYPE:
         raise InvalidTask(
-            f"CloudEvent type must be {names.TASK_EVENT_TYPE!r}, got {event.get_type()!r}",
+            f"CloudEvent type must be {names.TASK_EVENT_TYPE!r}, got {event_type!r}",
             code=InvalidEvent.code,
             job_id=job_id,
             tenant_id=tenant_id,
@@ -98,8 +96,31 @@ def parse_task_event(
     except ValidationError as exc:
         detail, errors = field_errors(exc.errors(), root="data")
         raise InvalidTask(f"task data is invalid: {detail}", job_id=job_id, tenant_id=tenant_id, errors=errors) from exc
-    trace = {key: str(value) for key in TRACE_KEYS if (value := event.get_extension(key))}
-    return TaskEvent(id=str(event.get_id()), source=str(event.get_source()), spec=spec, trace=trace or None)
+    trace = {key: str(value) for key in TRACE_KEYS if (value := attributes.get(key))}
+    return TaskEvent(id=str(attributes["id"]), source=str(attributes["source"]), spec=spec, trace=trace or None)
+
+
+def _read_with_sdk(headers: Mapping[str, str], body: bytes) -> tuple[Mapping[str, Any], Any]:
+    """The attributes the door reads, and the data, as the CloudEvents SDK reads them (either mode)."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    try:
+        event = from_http_event(HTTPMessage(headers=lowered, body=body))
+    except (ValueError, BaseCloudEventException, AttributeError, TypeError, RecursionError) as exc:
+        job_id, tenant_id = _peek_ids(body)
+        message = f"not a CloudEvent: {_first_line(exc)}"
+        if job_id is not None:
+            raise InvalidTask(message, code=InvalidEvent.code, job_id=job_id, tenant_id=tenant_id) from exc
+        raise InvalidEvent(message) from exc
+    fields = {"id": event.get_id(), "source": event.get_source(), "type": event.get_type()}
+    return fields | {key: event.get_extension(key) for key in TRACE_KEYS}, event.get_data()
+
+
+def _binary_mode(headers: Mapping[str, str]) -> bool:
+    """Whether the SDK reads these headers as binary mode: any ce-* header."""
+    for key in headers:
+        if key.lower().startswith(CE_PREFIX):
+            return True
+    return False
 
 
 def _data_as_object(data: Any) -> dict[str, Any] | None:
@@ -117,8 +138,8 @@ def _ids_from(data: Mapping[str, Any] | None) -> tuple[str | None, str | None]:
         return None, None
     job_id = data.get("job_id")
     tenant_id = data.get("tenant_id", DEFAULT_TENANT)
-    job_ok = isinstance(job_id, str) and fullmatch(JOB_ID_PATTERN, job_id) is not None
-    tenant_ok = isinstance(tenant_id, str) and fullmatch(TENANT_ID_PATTERN, tenant_id) is not None
+    job_ok = isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) is not None
+    tenant_ok = isinstance(tenant_id, str) and _TENANT_ID.fullmatch(tenant_id) is not None
     return (job_id if job_ok else None), (tenant_id if tenant_ok else None)
 
 

@@ -25,8 +25,15 @@ _DEPTH_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 def json_depth(raw: bytes | str, *, stop_after: int | None = None) -> int:
     """The deepest nesting of brackets in `raw`, outside strings; valid JSON or not.
 
-    With `stop_after`, counting may stop as soon as the depth is known to exceed it."""
+    With `stop_after`, the answer only says on which side of it the depth lies: up to
+    `stop_after`, a bound the depth does not exceed; past it, counting may stop early."""
     data = raw.encode() if isinstance(raw, str) else raw
+    if stop_after is not None:
+        # Every opener, in strings or not, counted at C speed: no deeper than that. Almost every
+        # message has fewer than the limit, and cutting the strings out costs ten times more.
+        upper_bound = data.count(b"[") + data.count(b"{")
+        if upper_bound <= stop_after:
+            return upper_bound
     brackets = _STRING.sub(b"", data).translate(None, _NOT_BRACKET)
     openers = brackets.count(b"[") + brackets.count(b"{")
     if stop_after is not None and openers <= stop_after:

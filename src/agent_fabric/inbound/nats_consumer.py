@@ -63,6 +63,7 @@ STOP_SECONDS = 2.0  # how long a cancelled loop may take to end at shutdown
 # A running task cancelled at shutdown hands itself back (a release write, then the nak): without
 # the nak its message waits out the ack wait before another replica may run it.
 HAND_BACK_SECONDS = 3.0  # inside the pod's 5 s margin past the grace (deploy/README.md)
+_RANK = {priority: Priority(priority).rank for priority in names.PRIORITIES}
 
 
 class JetStreamDelivery:
@@ -133,6 +134,10 @@ class TaskConsumer:
         self._store = store
         self._queue_store = queue_store
         self._metrics = metrics
+        # Each task touches these per-class series: looked up once here, not per message.
+        self._queue_wait = {p: metrics.queue_wait.labels(p) for p in names.PRIORITIES}
+        self._queued_gauge = {p: metrics.tasks_queued.labels(p) for p in names.PRIORITIES}
+        self._intake_latency = {p: metrics.intake_latency.labels(p) for p in names.PRIORITIES}
         sched = settings.scheduler
         self.queue: FairQueue[JetStreamDelivery] = FairQueue(
             sched.ageing_seconds,
@@ -183,7 +188,7 @@ class TaskConsumer:
         self._metrics.tasks_held.set(len(self._held))
 
     def _queued_in(self, priority: str) -> int:
-        return self.queue.held_by_rank.get(Priority(priority).rank, 0) + self._arriving[priority]
+        return self.queue.held_by_rank.get(_RANK[priority], 0) + self._arriving[priority]
 
     # -- fetching --
     async def _fetch_loop(self, priority: str, sub: Any) -> None:
@@ -260,7 +265,7 @@ class TaskConsumer:
                 self._dispatch()
                 ready += arrived
         if ready:
-            self._metrics.intake_latency.labels(priority).observe(time.perf_counter() - fetched)
+            self._intake_latency[priority].observe(time.perf_counter() - fetched)
         to_record = [d for d in ready if not d.dispatched] + gated
         if not to_record:
             self._recorders[priority].release()
@@ -321,8 +326,8 @@ class TaskConsumer:
             self.release(delivery)
             self._spawn_refusal(delivery.msg, _queue_full(delivery, outcome), delivery.event.id)
         if pushed:
-            self._metrics.intake_latency.labels(priority).observe(time.perf_counter() - fetched)
-        self._metrics.tasks_queued.labels(priority).set(self._queued_in(priority))
+            self._intake_latency[priority].observe(time.perf_counter() - fetched)
+        self._queued_gauge[priority].set(self._queued_in(priority))
         self._dispatch()
         for delivery in redeliver:
             await delivery.nak(delay=1.0)  # the database is away: the task waits in JetStream
@@ -404,8 +409,8 @@ class TaskConsumer:
             delivery.dispatched = True
             priority = delivery.event.spec.priority.value
             self._metrics.scheduling_latency.observe(now - max(delivery.received_at, self._slot_freed_at))
-            self._metrics.queue_wait.labels(priority).observe(now - delivery.received_at)
-            self._metrics.tasks_queued.labels(priority).set(self._queued_in(priority))
+            self._queue_wait[priority].observe(now - delivery.received_at)
+            self._queued_gauge[priority].set(self._queued_in(priority))
             self._room[priority].set()
             task = asyncio.create_task(self._run(picked, reserved), name=f"task-{delivery.event.spec.job_id}")
             self._running.add(task)

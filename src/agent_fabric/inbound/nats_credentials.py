@@ -154,7 +154,7 @@ class NatsCredentials:
         self._mode_for = mode_for
         self._limiter = RateLimiter(cfg.rate_limit_per_second, cfg.rate_limit_burst)
         self._keys: OrderedDict[str, tuple[KeyHolder, float]] = OrderedDict()
-        self._tokens_seen: OrderedDict[str, Principal] = OrderedDict()
+        self._tokens_seen: OrderedDict[str, tuple[Principal, NatsCaller]] = OrderedDict()
         self._fabric = NatsCaller("fabric", mode_for)
         self._anonymous = NatsCaller("anonymous", mode_for)
         if cfg.allow_anonymous:
@@ -211,25 +211,26 @@ class NatsCredentials:
         published = _published_at(msg)
         try:
             if value.startswith(KEY_PREFIX):
-                principal = await self._key_principal(value, published)
-            else:
-                principal = await self._token_principal(value, published)
+                return NatsCaller("credential", self._mode_for, await self._key_principal(value, published))
+            return await self._token_caller(value, published)
         except Unauthenticated as exc:
             raise CredentialRefused(exc.message, code="unauthenticated") from None
-        return NatsCaller("credential", self._mode_for, principal)
 
-    async def _token_principal(self, token: str, published: float) -> Principal:
-        """A JWT's principal. A publisher sends the same token with many tasks: its signature is
+    async def _token_caller(self, token: str, published: float) -> NatsCaller:
+        """A JWT's caller. A publisher sends the same token with many tasks: its signature is
         checked once (scripts/bench/nats_door.py measures both costs), then its expiry, revocation
-        and role on every message."""
-        known = self._tokens_seen.get(token)
-        if known is None:
-            known = await self._tokens.verify(token, at=published)
-            self._tokens_seen[token] = known
+        and role on every message. The caller is kept with the token, and made anew only when
+        the role's permissions changed."""
+        seen = self._tokens_seen.get(token)
+        if seen is None:
+            verified = await self._tokens.verify(token, at=published)
+            caller = NatsCaller("credential", self._mode_for, verified)
+            self._tokens_seen[token] = (verified, caller)
             while len(self._tokens_seen) > MAX_CACHED_TOKENS:
                 self._tokens_seen.popitem(last=False)
-            return known
+            return caller
         self._tokens_seen.move_to_end(token)
+        known, caller = seen
         if known.token_expires is None or known.token_expires <= published:
             raise Unauthenticated("invalid token: it had expired when the message was published")
         if self._is_revoked("token", known.token_id) or self._is_revoked("key", known.key_id):
@@ -237,7 +238,12 @@ class NatsCredentials:
         permissions = self._permissions_for(known.role)  # a custom role may have changed or gone
         if permissions is None:
             raise Unauthenticated(f"token carries no known role (got {known.role!r})")
-        return replace(known, permissions=permissions)
+        if permissions is known.permissions or permissions == known.permissions:
+            return caller
+        current = replace(known, permissions=permissions)
+        caller = NatsCaller("credential", self._mode_for, current)
+        self._tokens_seen[token] = (current, caller)
+        return caller
 
     async def _key_principal(self, presented: str, published: float) -> Principal:
         digest = hashlib.sha256(presented.encode()).hexdigest()
