@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ARRAY, String, bindparam, func, insert, select, text
+from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_fabric.storage.pg_raw import driver
-from agent_fabric.storage.tables import Timestamp, task_events, tasks
+from agent_fabric.storage.tables import task_events, tasks
 from agent_fabric.storage.timestamps import aware, aware_or_none
 from agent_fabric.tasks import TERMINAL_STATUSES, TaskSpec, TaskStatus
 
@@ -241,39 +241,6 @@ def json_text(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-# The array parameters of the task statements that unnest() rows on Postgres (claim, settle), by
-# the row key each is made of; JSON columns travel as text.
-_ROW_KEY = {
-    "tenants": "tenant_id",
-    "jobs": "job_id",
-    "statuses": "status",
-    "priorities": "priority",
-    "runtimes": "runtime",
-    "labels": "agent_label",
-    "hashes": "spec_hash",
-    "events": "event_id",
-    "owners": "owner",
-    "codes": "error_code",
-    "messages": "error_message",
-    "leases": "lease_until",
-    "nows": "updated_at",
-}
-_JSON_ROW_KEY = {"specs": "spec", "results": "result", "usages": "usage"}
-
-
-def row_arrays(values: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, list[Any]]:
-    """One array per parameter in `names`, in row order."""
-    arrays: dict[str, list[Any]] = {}
-    for name in names:
-        if name in _JSON_ROW_KEY:
-            key = _JSON_ROW_KEY[name]
-            arrays[name] = [json_text(v[key]) for v in values]
-        else:
-            key = _ROW_KEY[name]
-            arrays[name] = [v[key] for v in values]
-    return arrays
-
-
 async def _insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
@@ -319,22 +286,18 @@ async def next_event_n(conn: AsyncConnection, tenant_id: str, job_id: str, attem
 
 
 # Postgres: new rows (status as given, never claimed) from arrays, skipping jobs that have a row
-# already; one statement prepared once whatever the batch size (queued records of a flood).
-_PG_INSERT_NEW = text("""
+# already; one statement prepared once per connection whatever the batch size (queued records of
+# a flood), sent to asyncpg as is (storage/pg_raw.py).
+_PG_INSERT_NEW = """
 INSERT INTO tasks (tenant_id, job_id, status, priority, runtime, agent_label, spec, spec_hash, event_id,
                    attempts, result_published, created_at, updated_at)
 SELECT t, j, st, pr, rt, al, sp::jsonb, sh, ev, 0, false, n, n
-FROM unnest(:tenants, :jobs, :statuses, :priorities, :runtimes, :labels, :specs, :hashes, :events, :nows)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::text[], $10::timestamptz[])
      AS v(t, j, st, pr, rt, al, sp, sh, ev, n)
 ON CONFLICT (tenant_id, job_id) DO NOTHING
 RETURNING tasks.tenant_id, tasks.job_id
-""").bindparams(
-    *(
-        bindparam(name, type_=ARRAY(String))
-        for name in ("tenants", "jobs", "statuses", "priorities", "runtimes", "labels", "specs", "hashes", "events")
-    ),
-    bindparam("nows", type_=ARRAY(Timestamp)),
-)
+"""
 
 
 async def insert_new_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -343,19 +306,17 @@ async def insert_new_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> 
     if conn.dialect.name != "postgresql":
         stmt = _insert_for(conn)(tasks).on_conflict_do_nothing().returning(tasks.c.tenant_id, tasks.c.job_id)
         return {(r.tenant_id, r.job_id) for r in await conn.execute(stmt, rows)}
-    result = await conn.execute(
+    result = await (await driver(conn)).fetch(
         _PG_INSERT_NEW,
-        {
-            "tenants": [r["tenant_id"] for r in rows],
-            "jobs": [r["job_id"] for r in rows],
-            "statuses": [r["status"] for r in rows],
-            "priorities": [r["priority"] for r in rows],
-            "runtimes": [r["runtime"] for r in rows],
-            "labels": [r["agent_label"] for r in rows],
-            "specs": [json_text(r["spec"]) for r in rows],
-            "hashes": [r["spec_hash"] for r in rows],
-            "events": [r["event_id"] for r in rows],
-            "nows": [r["created_at"] for r in rows],
-        },
+        [r["tenant_id"] for r in rows],
+        [r["job_id"] for r in rows],
+        [r["status"] for r in rows],
+        [r["priority"] for r in rows],
+        [r["runtime"] for r in rows],
+        [r["agent_label"] for r in rows],
+        [json_text(r["spec"]) for r in rows],
+        [r["spec_hash"] for r in rows],
+        [r["event_id"] for r in rows],
+        [r["created_at"] for r in rows],
     )
-    return {(r.tenant_id, r.job_id) for r in result}
+    return {(r[0], r[1]) for r in result}
