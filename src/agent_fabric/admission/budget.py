@@ -158,9 +158,7 @@ class BudgetManager:
         items = []
         for r in records:
             user = (r.spec.get("metadata") or {}).get("user") if isinstance(r.spec, dict) else None
-            # The LLM gateway settled its calls' usage one by one as they happened (llm_gateway/
-            # budget_guard.py); the task's usage repeats them for its report, not for its budgets.
-            used = Amounts.from_dict(r.usage) - _metered(r.usage)
+            used = _unmetered(r.usage)
             items.append(
                 ledger.Settlement(r.tenant_id, r.job_id, reports.task_entities(r.tenant_id, r.agent_label, user), used)
             )
@@ -285,10 +283,18 @@ class BudgetManager:
         return await bs.stored_state(self._engine, tenant_id, entity)
 
 
-def _metered(usage: dict[str, Any] | None) -> Amounts:
-    usage = usage or {}
+def _unmetered(usage: dict[str, Any] | None) -> Amounts:
+    """A task's usage less what the LLM gateway metered: the gateway settled its calls' usage one by
+    one as they happened (llm_gateway/budget_guard.py); the task's usage repeats them for its
+    report, not for its budgets. `Amounts.from_dict(usage) - metered` in one step (no dimension
+    below 0), without the three Amounts between: it runs for every finished task."""
+    if not usage:
+        return Amounts()
+    get = usage.get
     return Amounts(
-        tokens=float(usage.get("gateway_tokens") or 0.0), cost_usd=float(usage.get("gateway_cost_usd") or 0.0)
+        max(0.0, float(get("tokens") or 0.0) - float(get("gateway_tokens") or 0.0)),
+        max(0.0, float(get("compute_seconds") or 0.0)),
+        max(0.0, float(get("cost_usd") or 0.0) - float(get("gateway_cost_usd") or 0.0)),
     )
 
 

@@ -40,6 +40,10 @@ class Amounts:
     def __sub__(self, other: Amounts) -> Amounts:
         return Amounts(*(max(0.0, a - b) for a, b in zip(self._values(), other._values(), strict=True)))
 
+    def nonzero(self) -> bool:
+        """Anything used (not all zero): `self != Amounts()` without making one to compare."""
+        return bool(self.tokens or self.compute_seconds or self.cost_usd)
+
     def _values(self) -> tuple[float, float, float]:
         return (self.tokens, self.compute_seconds, self.cost_usd)
 

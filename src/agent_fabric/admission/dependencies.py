@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
+import asyncpg  # type: ignore[import-untyped]
 import orjson
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -240,8 +241,10 @@ async def _retrying(fn: Callable[[], Awaitable[T]], *, what: str, job_id: str) -
     for delay in (*_RETRY_DELAYS, None):
         try:
             return await fn()
-        except DBAPIError as exc:
-            if delay is None or getattr(exc.orig, "sqlstate", None) not in _RETRYABLE:
+        except (DBAPIError, asyncpg.PostgresError) as exc:
+            # asyncpg's own error where the statement went to it directly (storage/pg_raw.py).
+            cause = exc.orig if isinstance(exc, DBAPIError) else exc
+            if delay is None or getattr(cause, "sqlstate", None) not in _RETRYABLE:
                 raise
             log.debug("%s met a lock; retrying", what, extra={"job_id": job_id, "in_s": delay})
             await asyncio.sleep(delay)

@@ -257,10 +257,7 @@ class TaskRunner:
         if run.usage["compute_seconds"] == 0.0:
             run.usage["compute_seconds"] = round(elapsed, 6)
         claim = self._claim(delivery)
-        running = EventRow(1, 0, "state", TaskStatus.RUNNING.value, {"attempt": 1}, claim.now)
-        final = EventRow(1, run.next_n(), "state", status.value, {"code": code, "message": message} if code else None)
-        end = EventRow(1, run.next_n(), "end", status.value, None)
-        settled = SettledRun(claim, status, result, code, message, dict(run.usage), (running, final, end))
+        settled = SettledRun(claim, status, result, code, message, dict(run.usage), final_n=run.next_n())
         try:
             record = await self.store.settle_at_once(settled)
         except Exception as exc:
@@ -279,7 +276,7 @@ class TaskRunner:
             span.set_status(StatusCode.ERROR, f"{code}: {message}"[:300])
         if self.settings.publish_transitions:
             await self.results.publish_transition(spec.tenant_id, spec.job_id, TaskStatus.RUNNING, 1)
-        for row in (running, final, end):
+        for row in settled.events:
             await self._publish_live(run, row)
         await self._publish_and_ack(delivery, record)
         return True

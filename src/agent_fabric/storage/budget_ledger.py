@@ -13,13 +13,14 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ARRAY, String, Text, bindparam, delete, insert, select, text, tuple_, update
+from sqlalchemy import ARRAY, String, bindparam, delete, insert, select, text, tuple_, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_fabric.admission.budget_math import Amounts, BudgetState, exceeded_dimension
 from agent_fabric.storage.budget_store import Key, lock_budgets, write_budgets
-from agent_fabric.storage.tables import Timestamp, budget_ledger, tasks
+from agent_fabric.storage.pg_raw import driver
+from agent_fabric.storage.tables import budget_ledger, tasks
 from agent_fabric.storage.task_store import TERMINAL_VALUES
 
 RESERVED = "reserved"
@@ -136,42 +137,35 @@ class Settlement:
 
 
 # Postgres: one fixed statement over arrays for a batch of settlements (one per finished task),
-# prepared once whatever the batch size.
-_PG_SETTLE = text(f"""
+# sent to asyncpg as is (storage/pg_raw.py) and prepared once per connection.
+_PG_SETTLE = f"""
 INSERT INTO budget_ledger (tenant_id, job_id, state, entities, reserved_entities, estimate, used, created_at,
                            settled_at)
-SELECT t, j, '{SETTLED}', e::jsonb, '[]'::jsonb, CAST(:nothing AS jsonb), u::jsonb, :now, :now
-FROM unnest(:tenants, :jobs, :entities, :used) AS v(t, j, e, u)
+SELECT t, j, '{SETTLED}', e::jsonb, '[]'::jsonb, $5::jsonb, u::jsonb, $6::timestamptz, $6::timestamptz
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS v(t, j, e, u)
 ON CONFLICT (tenant_id, job_id) DO UPDATE SET state = excluded.state, used = excluded.used,
                                               settled_at = excluded.settled_at
-""").bindparams(
-    bindparam("tenants", type_=ARRAY(String)),
-    bindparam("jobs", type_=ARRAY(String)),
-    bindparam("entities", type_=ARRAY(Text)),
-    bindparam("used", type_=ARRAY(Text)),
-    bindparam("now", type_=Timestamp),
-)
+"""
+_NOTHING = orjson.dumps(Amounts().as_dict()).decode()
 
 
 async def settle(conn: AsyncConnection, items: Sequence[Settlement], now: datetime) -> None:
     """Mark each job's ledger row settled with its usage (creating it when nothing was reserved).
     A job that used nothing and reserved nothing leaves no row."""
-    with_usage = [s for s in items if s.used != Amounts()]
-    idle = [s for s in items if s.used == Amounts()]
+    with_usage = [s for s in items if s.used.nonzero()]
+    idle = [s for s in items if not s.used.nonzero()]
     if with_usage and conn.dialect.name == "postgresql":
         # One statement may touch a row once: a job settled twice in one batch keeps its last
         # settlement, as the statement-per-row form did.
         with_usage = list({(s.tenant_id, s.job_id): s for s in with_usage}.values())
-        await conn.execute(
+        await (await driver(conn)).execute(
             _PG_SETTLE,
-            {
-                "tenants": [s.tenant_id for s in with_usage],
-                "jobs": [s.job_id for s in with_usage],
-                "entities": [orjson.dumps(list(s.entities)).decode() for s in with_usage],
-                "used": [orjson.dumps(s.used.as_dict()).decode() for s in with_usage],
-                "now": now,
-                "nothing": orjson.dumps(Amounts().as_dict()).decode(),
-            },
+            [s.tenant_id for s in with_usage],
+            [s.job_id for s in with_usage],
+            [orjson.dumps(s.entities).decode() for s in with_usage],
+            [orjson.dumps(s.used.as_dict()).decode() for s in with_usage],
+            _NOTHING,
+            now,
         )
     elif with_usage:
         insert_ = sqlite_insert

@@ -19,19 +19,11 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import TextClause
-from sqlalchemy.engine.interfaces import Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from agent_fabric.telemetry.operation_metrics import OperationMetrics
-
-
-@dataclass(frozen=True)
-class _Compiled:
-    sql: str
-    order: tuple[str, ...]  # parameter names in the statement's $n order
 
 
 @dataclass
@@ -52,26 +44,19 @@ class CriticalLine:
         self._engine = engine
         self._ok: Any = metrics.critical_line.labels("ok") if metrics else None
         self._failed: Any = metrics.critical_line.labels("failed") if metrics else None
-        self._dialect: Dialect = engine.sync_engine.dialect
-        self._compiled: dict[TextClause, _Compiled] = {}
         self._free: list[_Held] = []
         self._room = asyncio.Semaphore(size)
         self._closed = False
 
-    async def fetch(self, statement: TextClause, params: dict[str, Any]) -> list[Any]:
-        """The statement's rows (asyncpg records), run alone in autocommit."""
-        compiled = self._compiled.get(statement)
-        if compiled is None:
-            # The same SQL SQLAlchemy sends for it, casts included ($1::VARCHAR[]: unnest needs them).
-            done = statement.compile(dialect=self._dialect)
-            compiled = self._compiled[statement] = _Compiled(str(done), tuple(done.positiontup or ()))
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        """The rows (asyncpg records) of `sql` (asyncpg's $n parameters), run alone in autocommit."""
         async with self._room:
             held = await self._take()
             try:
-                prepared = held.prepared.get(compiled.sql)
+                prepared = held.prepared.get(sql)
                 if prepared is None:
-                    prepared = held.prepared[compiled.sql] = await held.driver.prepare(compiled.sql)
-                rows: list[Any] = await prepared.fetch(*(params[name] for name in compiled.order))
+                    prepared = held.prepared[sql] = await held.driver.prepare(sql)
+                rows: list[Any] = await prepared.fetch(*args)
             except BaseException:
                 if self._failed is not None:
                     self._failed.inc()

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, get_args
 
-from sqlalchemy import ARRAY, String, bindparam, insert, select, text, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from agent_fabric.storage.pg_raw import driver
 from agent_fabric.storage.tables import decisions
 from agent_fabric.storage.task_store import TaskRecord
 from agent_fabric.storage.timestamps import aware_or_none
@@ -85,10 +86,11 @@ async def settle_tasks(conn: AsyncConnection, finished: Sequence[TaskRecord], no
     the batch had a decision) is one indexed SELECT that finds nothing."""
     by_key = {(t.tenant_id, t.job_id): t for t in finished}
     tenants, jobs = list({t for t, _ in by_key}), list({j for _, j in by_key})
+    rows: Sequence[Any]
     if conn.dialect.name == "postgresql":
-        rows = await conn.execute(_PG_OPEN_TASK_DECISIONS, {"tenants": tenants, "jobs": jobs})
+        rows = await (await driver(conn)).fetch(_PG_OPEN_TASK_DECISIONS, tenants, jobs)
     else:
-        rows = await conn.execute(
+        result = await conn.execute(
             select(decisions.c.id, decisions.c.tenant_id, decisions.c.subject, decisions.c.detail).where(
                 decisions.c.tenant_id.in_(tenants),
                 decisions.c.subject.in_(jobs),
@@ -96,9 +98,10 @@ async def settle_tasks(conn: AsyncConnection, finished: Sequence[TaskRecord], no
                 decisions.c.status.in_(OPEN),
             )
         )
+        rows = [r._mapping for r in result]
     settled = 0
-    for row in rows.all():
-        task = by_key.get((row.tenant_id, row.subject))
+    for row in rows:  # asyncpg records or row mappings: by column name
+        task = by_key.get((row["tenant_id"], row["subject"]))
         if task is None:  # the IN lists cross tenants and jobs: another tenant's job of that name
             continue
         outcome = {
@@ -108,10 +111,10 @@ async def settle_tasks(conn: AsyncConnection, finished: Sequence[TaskRecord], no
         }
         await conn.execute(
             update(decisions)
-            .where(decisions.c.id == row.id, decisions.c.status.in_(OPEN))
+            .where(decisions.c.id == row["id"], decisions.c.status.in_(OPEN))
             .values(
                 status=EXECUTED if task.status == TaskStatus.COMPLETED else FAILED,
-                detail={**(row.detail or {}), "outcome": outcome},
+                detail={**(row["detail"] or {}), "outcome": outcome},
                 updated_at=now,
             )
         )
@@ -121,11 +124,11 @@ async def settle_tasks(conn: AsyncConnection, finished: Sequence[TaskRecord], no
 
 # Postgres: the same SELECT as one fixed statement over arrays, prepared once (an IN list has a new
 # text, and a new server-side prepare, for every batch size).
-_PG_OPEN_TASK_DECISIONS = text(f"""
+_PG_OPEN_TASK_DECISIONS = f"""
 SELECT id, tenant_id, subject, detail FROM decisions
-WHERE tenant_id = ANY(:tenants) AND subject = ANY(:jobs) AND kind LIKE '{TASK_KIND_PREFIX}%'
+WHERE tenant_id = ANY($1::text[]) AND subject = ANY($2::text[]) AND kind LIKE '{TASK_KIND_PREFIX}%'
   AND status IN ({", ".join(f"'{s}'" for s in OPEN)})
-""").bindparams(bindparam("tenants", type_=ARRAY(String)), bindparam("jobs", type_=ARRAY(String)))
+"""
 
 
 class DecisionReader:

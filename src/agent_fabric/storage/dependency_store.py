@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, String, and_, bindparam, select, text, update
+from sqlalchemy import and_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from agent_fabric.admission.dependency_graph import DepState
 from agent_fabric.events.envelope import TaskEvent
+from agent_fabric.storage.pg_raw import driver
 from agent_fabric.storage.tables import task_dependencies, task_events, tasks
 from agent_fabric.storage.task_store import (
     TERMINAL_VALUES,
@@ -121,23 +122,26 @@ async def dependents(conn: AsyncConnection, finished: Sequence[Key]) -> list[Key
         return []
     wanted = set(finished)
     tenants, jobs = list({t for t, _ in wanted}), list({j for _, j in wanted})
+    rows: Any
     if conn.dialect.name == "postgresql":
-        rows = await conn.execute(_PG_DEPENDENTS, {"tenants": tenants, "jobs": jobs})
+        rows = await (await driver(conn)).fetch(_PG_DEPENDENTS, tenants, jobs)
     else:
         rows = await conn.execute(
             select(task_dependencies.c.tenant_id, task_dependencies.c.job_id, task_dependencies.c.depends_on).where(
                 task_dependencies.c.tenant_id.in_(tenants), task_dependencies.c.depends_on.in_(jobs)
             )
         )
-    return sorted({(r.tenant_id, r.job_id) for r in rows if (r.tenant_id, r.depends_on) in wanted})
+    # (tenant_id, job_id, depends_on) by position: asyncpg records and SQLAlchemy rows alike.
+    return sorted({(r[0], r[1]) for r in rows if (r[0], r[2]) in wanted})
 
 
 # Postgres: asked for every batch of finished tasks, so one fixed statement over arrays, prepared
-# once; an IN list has a new text (and a new server-side prepare) for every batch size.
-_PG_DEPENDENTS = text("""
+# once per connection (an IN list has a new text, and a new server-side prepare, for every batch
+# size), sent to asyncpg as is (storage/pg_raw.py).
+_PG_DEPENDENTS = """
 SELECT tenant_id, job_id, depends_on FROM task_dependencies
-WHERE tenant_id = ANY(:tenants) AND depends_on = ANY(:jobs)
-""").bindparams(bindparam("tenants", type_=ARRAY(String)), bindparam("jobs", type_=ARRAY(String)))
+WHERE tenant_id = ANY($1::text[]) AND depends_on = ANY($2::text[])
+"""
 
 
 async def lock_waiting(conn: AsyncConnection, keys: Sequence[Key]) -> list[TaskRecord]:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ARRAY, String, and_, bindparam, func, or_, text
+from sqlalchemy import and_, func, or_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from agent_fabric.storage.critical_line import CriticalLine
-from agent_fabric.storage.tables import Timestamp, tasks
+from agent_fabric.storage.pg_raw import driver
+from agent_fabric.storage.tables import tasks
 from agent_fabric.storage.task_rows import (
     TERMINAL_VALUES,
     Claim,
@@ -21,30 +22,16 @@ from agent_fabric.storage.task_rows import (
     _insert_for,
     _new_row,
     _select_rows,
-    row_arrays,
+    spec_json_text,
 )
 from agent_fabric.tasks import TaskStatus
 
 
-def _claim_row(c: Claim) -> dict[str, Any]:
-    return _new_row(
-        c.spec,
-        c.spec_hash,
-        c.event_id,
-        c.now,
-        status=TaskStatus.RUNNING.value,
-        attempts=1,
-        owner=c.owner,
-        lease_until=c.lease_until,
-        started_at=c.now,
-    )
-
-
 async def claim_on_line(line: CriticalLine, engine: AsyncEngine, claim: Claim) -> ClaimResult:
     """One critical claim on the critical line (Postgres): the batch statement with one row."""
-    for r in await line.fetch(_PG_CLAIM, _pg_arrays([_claim_row(claim)])):
-        cancelled_by = (r["error_message"] or "cancelled") if r["cancel_requested_at"] is not None else None
-        return ClaimResult(True, int(r["attempts"]), None, cancelled_by)
+    for _, _, attempts, cancel_requested_at, error_message in await line.fetch(_PG_CLAIM, *_claim_args([claim])):
+        cancelled_by = (error_message or "cancelled") if cancel_requested_at is not None else None
+        return ClaimResult(True, int(attempts), None, cancelled_by)
     key = (claim.spec.tenant_id, claim.spec.job_id)
     async with engine.connect() as conn:  # not taken: who holds it (rare: a repeat, a takeover)
         current = (await _select_rows(conn, [key])).get(key)
@@ -57,23 +44,39 @@ async def _claim_op(conn: AsyncConnection, items: Sequence[Claim]) -> list[Claim
     firsts: dict[tuple[str, str], Claim] = {}
     for c in items:
         firsts.setdefault((c.spec.tenant_id, c.spec.job_id), c)
-    values = [_claim_row(c) for c in firsts.values()]
     postgres = conn.dialect.name == "postgresql"
     # Postgres: the claims and their running events are one statement (a round trip less on a
     # critical task's way to `running`). Elsewhere one statement shape for every batch: executemany
     # with RETURNING is folded by SQLAlchemy into multi-row INSERTs without recompiling per size.
+    rows: Any
     if postgres:
-        rows = await conn.execute(_PG_CLAIM, _pg_arrays(values))
+        rows = await _pg_claim(conn, list(firsts.values()))
     else:
+        values = [
+            _new_row(
+                c.spec,
+                c.spec_hash,
+                c.event_id,
+                c.now,
+                status=TaskStatus.RUNNING.value,
+                attempts=1,
+                owner=c.owner,
+                lease_until=c.lease_until,
+                started_at=c.now,
+            )
+            for c in firsts.values()
+        ]
         rows = await conn.execute(_claim_statement(conn), values)
     claimed: dict[tuple[str, str], int] = {}
     cancelled_by: dict[tuple[str, str], str] = {}
-    for r in rows:
-        if r.tenant_id is None:
+    # (tenant_id, job_id, attempts, cancel_requested_at, error_message) by position: asyncpg
+    # records and SQLAlchemy rows alike.
+    for tenant_id, job_id, attempts, cancel_requested_at, error_message in rows:
+        if tenant_id is None:
             continue
-        claimed[(r.tenant_id, r.job_id)] = int(r.attempts)
-        if r.cancel_requested_at is not None:  # a running task's mark: error_message holds the message
-            cancelled_by[(r.tenant_id, r.job_id)] = r.error_message or "cancelled"
+        claimed[(tenant_id, job_id)] = int(attempts)
+        if cancel_requested_at is not None:  # a running task's mark: error_message holds the message
+            cancelled_by[(tenant_id, job_id)] = error_message or "cancelled"
     repeats = [(c.spec.tenant_id, c.spec.job_id) for c in items if firsts[(c.spec.tenant_id, c.spec.job_id)] is not c]
     refused = await _select_rows(conn, [k for k in firsts if k not in claimed] + repeats)
     if not postgres:
@@ -113,17 +116,14 @@ _RUNNING = TaskStatus.RUNNING.value
 # Postgres: the statement below (a task is taken only if it is not finished, not waiting for its
 # dependencies, and nobody holds a live lease) over unnest()ed arrays, prepared once whatever the
 # batch size, with each claimed task's `running` event (position 0 of its attempt) written by the
-# same statement.
-# Text arrays of the claim statement (row_arrays names them after the rows' keys).
-_CLAIM_ARRAYS = ("tenants", "jobs", "priorities", "runtimes", "labels", "specs", "hashes", "events", "owners")
-
-
-_PG_CLAIM = text(f"""
+# same statement, sent to asyncpg as is (storage/pg_raw.py).
+_PG_CLAIM = f"""
 WITH claimed AS (
     INSERT INTO tasks (tenant_id, job_id, status, priority, runtime, agent_label, spec, spec_hash, event_id,
                        attempts, owner, lease_until, result_published, created_at, started_at, updated_at)
     SELECT t, j, '{_RUNNING}', pr, rt, al, sp::jsonb, sh, ev, 1, ow, lu, false, n, n, n
-    FROM unnest(:tenants, :jobs, :priorities, :runtimes, :labels, :specs, :hashes, :events, :owners, :leases, :nows)
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+                $9::text[], $10::timestamptz[], $11::timestamptz[])
          AS v(t, j, pr, rt, al, sp, sh, ev, ow, lu, n)
     ON CONFLICT (tenant_id, job_id) DO UPDATE SET
         status = '{_RUNNING}', attempts = tasks.attempts + 1, owner = excluded.owner,
@@ -139,15 +139,30 @@ WITH claimed AS (
     FROM claimed
 )
 SELECT tenant_id, job_id, attempts, cancel_requested_at, error_message FROM claimed
-""").bindparams(
-    *(bindparam(name, type_=ARRAY(String)) for name in _CLAIM_ARRAYS),
-    bindparam("leases", type_=ARRAY(Timestamp)),
-    bindparam("nows", type_=ARRAY(Timestamp)),
-)
+"""
 
 
-def _pg_arrays(values: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    return row_arrays(values, (*_CLAIM_ARRAYS, "leases", "nows"))
+async def _pg_claim(conn: AsyncConnection, claims: list[Claim]) -> Any:
+    """The statement above on asyncpg directly (storage/pg_raw.py)."""
+    return await (await driver(conn)).fetch(_PG_CLAIM, *_claim_args(claims))
+
+
+def _claim_args(claims: list[Claim]) -> tuple[list[Any], ...]:
+    """The statement's arrays, the spec as its hashed JSON text."""
+    specs = [c.spec for c in claims]
+    return (
+        [spec.tenant_id for spec in specs],
+        [spec.job_id for spec in specs],
+        [spec.priority.value for spec in specs],
+        [spec.agent_definition.runtime for spec in specs],
+        [spec.agent_definition.label for spec in specs],
+        [spec_json_text(spec) for spec in specs],
+        [c.spec_hash for c in claims],
+        [c.event_id for c in claims],
+        [c.owner for c in claims],
+        [c.lease_until for c in claims],
+        [c.now for c in claims],
+    )
 
 
 _CLAIM_STATEMENTS: dict[str, Any] = {}

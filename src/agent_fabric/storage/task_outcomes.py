@@ -10,6 +10,7 @@ import orjson
 from sqlalchemy import ARRAY, Integer, String, Text, bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from agent_fabric.storage.pg_raw import driver
 from agent_fabric.storage.tables import Timestamp, checkpoints, tasks
 from agent_fabric.storage.task_rows import EventRow, Outcome, TaskRecord, _event_dict, _insert_events
 from agent_fabric.tasks import TaskStatus
@@ -41,10 +42,11 @@ RETURNING tasks.*
     .columns(*tasks.c)
 )
 
-_PG_MARK_PUBLISHED = text("""
-UPDATE tasks SET result_published = true FROM unnest(:tenants, :jobs) AS k(tenant_id, job_id)
+# Postgres: sent to asyncpg as is (storage/pg_raw.py), prepared once per connection.
+_PG_MARK_PUBLISHED = """
+UPDATE tasks SET result_published = true FROM unnest($1::text[], $2::text[]) AS k(tenant_id, job_id)
 WHERE tasks.tenant_id = k.tenant_id AND tasks.job_id = k.job_id
-""").bindparams(bindparam("tenants", type_=ARRAY(String)), bindparam("jobs", type_=ARRAY(String)))
+"""
 
 
 def _json_text(value: Any) -> str | None:
@@ -140,7 +142,7 @@ async def _finish_op(conn: AsyncConnection, items: Sequence[Outcome]) -> list[Ta
 
 async def _mark_published_op(conn: AsyncConnection, items: Sequence[tuple[str, str]]) -> list[None]:
     if conn.dialect.name == "postgresql":
-        await conn.execute(_PG_MARK_PUBLISHED, {"tenants": [t for t, _ in items], "jobs": [j for _, j in items]})
+        await (await driver(conn)).execute(_PG_MARK_PUBLISHED, [t for t, _ in items], [j for _, j in items])
         return [None] * len(items)
     await conn.execute(_MARK_ONE, [{"k_tenant": t, "k_job": j} for t, j in items])
     return [None] * len(items)

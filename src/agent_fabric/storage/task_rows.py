@@ -12,12 +12,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import ARRAY, Integer, String, Text, bindparam, func, insert, select, text
+from sqlalchemy import func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agent_fabric.storage.tables import Timestamp, task_events, tasks
+from agent_fabric.storage.pg_raw import driver
+from agent_fabric.storage.tables import task_events, tasks
 from agent_fabric.storage.timestamps import aware, aware_or_none
 from agent_fabric.tasks import TERMINAL_STATUSES, TaskSpec, TaskStatus
 
@@ -32,20 +33,24 @@ def utcnow() -> datetime:
 # claim): a few hundred microseconds of pydantic each, at a thousand tasks a second. Specs are
 # frozen, so both are kept for the most recent specs; the entry holds the spec itself, so its id
 # cannot be reused while it is in here.
-_SPEC_CACHE: OrderedDict[int, tuple[TaskSpec, dict[str, Any], str]] = OrderedDict()
+_SPEC_CACHE: OrderedDict[int, tuple[TaskSpec, dict[str, Any], str, str]] = OrderedDict()
 _SPEC_CACHE_MAX = 8192
 
 
-def _spec_dump(spec: TaskSpec) -> tuple[dict[str, Any], str]:
+def _spec_dump(spec: TaskSpec) -> tuple[dict[str, Any], str, str]:
+    """The spec as JSON data, its hash, and its JSON text (the hashed encoding: a JSONB column
+    does not keep key order, so the sorted text stores the same value; one encoding, not two)."""
     hit = _SPEC_CACHE.get(id(spec))
     if hit is not None and hit[0] is spec:
-        return hit[1], hit[2]
+        return hit[1], hit[2], hit[3]
     data = spec.model_dump(mode="json")
-    hash_ = hashlib.sha256(orjson.dumps(data, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    _SPEC_CACHE[id(spec)] = (spec, data, hash_)
+    encoded = orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    hash_ = hashlib.sha256(encoded).hexdigest()
+    text_ = encoded.decode()
+    _SPEC_CACHE[id(spec)] = (spec, data, hash_, text_)
     if len(_SPEC_CACHE) > _SPEC_CACHE_MAX:
         _SPEC_CACHE.popitem(last=False)
-    return data, hash_
+    return data, hash_, text_
 
 
 def spec_hash(spec: TaskSpec) -> str:
@@ -55,6 +60,11 @@ def spec_hash(spec: TaskSpec) -> str:
 def spec_json(spec: TaskSpec) -> dict[str, Any]:
     """The spec as stored in its row (shared: do not modify)."""
     return _spec_dump(spec)[0]
+
+
+def spec_json_text(spec: TaskSpec) -> str:
+    """The spec's JSON text for a JSONB column written from text (Postgres)."""
+    return _spec_dump(spec)[2]
 
 
 @dataclass(frozen=True)
@@ -215,60 +225,20 @@ async def _select_rows(conn: AsyncConnection, keys: Sequence[tuple[str, str]]) -
 _INSERT_EVENTS = insert(task_events).returning(task_events.c.id)
 
 
-# Postgres: one fixed statement over unnest()ed arrays, compiled and prepared once whatever the
-# batch size; SQLAlchemy's executemany spends more on building parameters than the database does.
-_PG_INSERT_EVENTS = text("""
+# Postgres: one fixed statement over unnest()ed arrays, prepared once per connection whatever the
+# batch size, sent to asyncpg as is (storage/pg_raw.py); SQLAlchemy's executemany spent more on
+# building parameters than the database did.
+_PG_INSERT_EVENTS = """
 INSERT INTO task_events (tenant_id, job_id, attempt, n, kind, status, data, created_at)
 SELECT t, j, a, n, k, s, d::jsonb, c
-FROM unnest(:tenants, :jobs, :attempts, :ns, :kinds, :statuses, :datas, :ats) AS v(t, j, a, n, k, s, d, c)
-""").bindparams(
-    bindparam("tenants", type_=ARRAY(String)),
-    bindparam("jobs", type_=ARRAY(String)),
-    bindparam("attempts", type_=ARRAY(Integer)),
-    bindparam("ns", type_=ARRAY(Integer)),
-    bindparam("kinds", type_=ARRAY(String)),
-    bindparam("statuses", type_=ARRAY(String)),
-    bindparam("datas", type_=ARRAY(Text)),
-    bindparam("ats", type_=ARRAY(Timestamp)),
-)
+FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
+     AS v(t, j, a, n, k, s, d, c)
+"""
 
 
 def json_text(value: Any) -> str | None:
     """A JSON column's value for an unnest()ed text array (None stays SQL NULL)."""
     return None if value is None else orjson.dumps(value).decode()
-
-
-# The array parameters of the task statements that unnest() rows on Postgres (claim, settle), by
-# the row key each is made of; JSON columns travel as text.
-_ROW_KEY = {
-    "tenants": "tenant_id",
-    "jobs": "job_id",
-    "statuses": "status",
-    "priorities": "priority",
-    "runtimes": "runtime",
-    "labels": "agent_label",
-    "hashes": "spec_hash",
-    "events": "event_id",
-    "owners": "owner",
-    "codes": "error_code",
-    "messages": "error_message",
-    "leases": "lease_until",
-    "nows": "updated_at",
-}
-_JSON_ROW_KEY = {"specs": "spec", "results": "result", "usages": "usage"}
-
-
-def row_arrays(values: list[dict[str, Any]], names: tuple[str, ...]) -> dict[str, list[Any]]:
-    """One array per parameter in `names`, in row order."""
-    arrays: dict[str, list[Any]] = {}
-    for name in names:
-        if name in _JSON_ROW_KEY:
-            key = _JSON_ROW_KEY[name]
-            arrays[name] = [json_text(v[key]) for v in values]
-        else:
-            key = _ROW_KEY[name]
-            arrays[name] = [v[key] for v in values]
-    return arrays
 
 
 async def _insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
@@ -277,18 +247,16 @@ async def _insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> N
     if conn.dialect.name != "postgresql":
         await conn.execute(_INSERT_EVENTS, rows)
         return
-    await conn.execute(
+    await (await driver(conn)).execute(
         _PG_INSERT_EVENTS,
-        {
-            "tenants": [r["tenant_id"] for r in rows],
-            "jobs": [r["job_id"] for r in rows],
-            "attempts": [r["attempt"] for r in rows],
-            "ns": [r["n"] for r in rows],
-            "kinds": [r["kind"] for r in rows],
-            "statuses": [r["status"] for r in rows],
-            "datas": [json_text(r["data"]) for r in rows],
-            "ats": [r["created_at"] for r in rows],
-        },
+        [r["tenant_id"] for r in rows],
+        [r["job_id"] for r in rows],
+        [r["attempt"] for r in rows],
+        [r["n"] for r in rows],
+        [r["kind"] for r in rows],
+        [r["status"] for r in rows],
+        [json_text(r["data"]) for r in rows],
+        [r["created_at"] for r in rows],
     )
 
 
@@ -318,22 +286,18 @@ async def next_event_n(conn: AsyncConnection, tenant_id: str, job_id: str, attem
 
 
 # Postgres: new rows (status as given, never claimed) from arrays, skipping jobs that have a row
-# already; one statement prepared once whatever the batch size (queued records of a flood).
-_PG_INSERT_NEW = text("""
+# already; one statement prepared once per connection whatever the batch size (queued records of
+# a flood), sent to asyncpg as is (storage/pg_raw.py).
+_PG_INSERT_NEW = """
 INSERT INTO tasks (tenant_id, job_id, status, priority, runtime, agent_label, spec, spec_hash, event_id,
                    attempts, result_published, created_at, updated_at)
 SELECT t, j, st, pr, rt, al, sp::jsonb, sh, ev, 0, false, n, n
-FROM unnest(:tenants, :jobs, :statuses, :priorities, :runtimes, :labels, :specs, :hashes, :events, :nows)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
+            $9::text[], $10::timestamptz[])
      AS v(t, j, st, pr, rt, al, sp, sh, ev, n)
 ON CONFLICT (tenant_id, job_id) DO NOTHING
 RETURNING tasks.tenant_id, tasks.job_id
-""").bindparams(
-    *(
-        bindparam(name, type_=ARRAY(String))
-        for name in ("tenants", "jobs", "statuses", "priorities", "runtimes", "labels", "specs", "hashes", "events")
-    ),
-    bindparam("nows", type_=ARRAY(Timestamp)),
-)
+"""
 
 
 async def insert_new_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[tuple[str, str]]:
@@ -342,19 +306,17 @@ async def insert_new_rows(conn: AsyncConnection, rows: list[dict[str, Any]]) -> 
     if conn.dialect.name != "postgresql":
         stmt = _insert_for(conn)(tasks).on_conflict_do_nothing().returning(tasks.c.tenant_id, tasks.c.job_id)
         return {(r.tenant_id, r.job_id) for r in await conn.execute(stmt, rows)}
-    result = await conn.execute(
+    result = await (await driver(conn)).fetch(
         _PG_INSERT_NEW,
-        {
-            "tenants": [r["tenant_id"] for r in rows],
-            "jobs": [r["job_id"] for r in rows],
-            "statuses": [r["status"] for r in rows],
-            "priorities": [r["priority"] for r in rows],
-            "runtimes": [r["runtime"] for r in rows],
-            "labels": [r["agent_label"] for r in rows],
-            "specs": [json_text(r["spec"]) for r in rows],
-            "hashes": [r["spec_hash"] for r in rows],
-            "events": [r["event_id"] for r in rows],
-            "nows": [r["created_at"] for r in rows],
-        },
+        [r["tenant_id"] for r in rows],
+        [r["job_id"] for r in rows],
+        [r["status"] for r in rows],
+        [r["priority"] for r in rows],
+        [r["runtime"] for r in rows],
+        [r["agent_label"] for r in rows],
+        [json_text(r["spec"]) for r in rows],
+        [r["spec_hash"] for r in rows],
+        [r["event_id"] for r in rows],
+        [r["created_at"] for r in rows],
     )
-    return {(r.tenant_id, r.job_id) for r in result}
+    return {(r[0], r[1]) for r in result}
