@@ -6,11 +6,15 @@ so often, the whole heap. In `serve` that heap holds some 300,000 objects made a
 the throughput benchmark (issue 14), collection took 6.5 of the process's 17.6 CPU seconds, 25
 full collections of about 0.2 s each. So once the fabric is up: collect once, freeze what
 survives (the collector no longer scans it; reference counting still frees it), and collect the
-young generation every 50,000 net allocations (a few MB of garbage cycles wait longer; the
-objects of the tasks in flight are scanned far less often). The same pauses were the outliers of
-a critical task's publish -> `running` behind a backlog (scripts/bench/scheduling.py): a full
-collection stopped the event loop for 130-340 ms of CPU every few seconds while 10-20k fetched
-tasks were held. Embedding applications and tests keep their own collector settings: only
+young generation every 10,000 net allocations, the middle one every 100 young collections and the
+whole heap every 20 of those: the older generations at the same pace per allocation as before.
+The same pauses were the outliers of a critical task's publish -> `running` behind a backlog
+(scripts/bench/scheduling.py): a full collection stopped the event loop for 130-340 ms of CPU
+every few seconds while 10-20k fetched tasks were held. A young threshold of 50,000 then left
+young collections of up to 175,000 objects (the tasks in flight and being read, alive at that
+moment) that held the loop for up to 120-130 ms; at 10,000 the longest measured 35 ms, for about
+1 % more collector CPU and no change in CPU per task beyond the runs' spread (issue 14, README
+Benchmarks). Embedding applications and tests keep their own collector settings: only
 `agent-fabric serve` calls this.
 """
 
@@ -18,8 +22,8 @@ from __future__ import annotations
 
 import gc
 
-YOUNG_THRESHOLD = 50_000
-OLDER_THRESHOLDS = (20, 20)
+YOUNG_THRESHOLD = 10_000
+OLDER_THRESHOLDS = (100, 20)
 
 
 def settle_after_startup() -> None:
