@@ -51,23 +51,30 @@ class CriticalLine:
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
         """The rows (asyncpg records) of `sql` (asyncpg's $n parameters), run alone in autocommit."""
         async with self._room:
-            held = await self._take()
+            try:
+                held = await self._take()
+            except BaseException:  # no connection to be had (the database away): the writer's turn
+                self._count(self._failed)
+                raise
             try:
                 prepared = held.prepared.get(sql)
                 if prepared is None:
                     prepared = held.prepared[sql] = await held.driver.prepare(sql)
                 rows: list[Any] = await prepared.fetch(*args)
             except BaseException:
-                if self._failed is not None:
-                    self._failed.inc()
+                self._count(self._failed)
                 # Cut, refused or cancelled mid-statement: its state is unknown, so it is not reused.
                 with contextlib.suppress(Exception):
                     await greenlet_spawn(held.pooled.invalidate)
                 raise
             self._free.append(held)
-            if self._ok is not None:
-                self._ok.inc()
+            self._count(self._ok)
             return rows
+
+    @staticmethod
+    def _count(series: Any) -> None:
+        if series is not None:
+            series.inc()
 
     async def _take(self) -> _Held:
         if self._closed:
