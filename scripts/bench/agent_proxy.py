@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+from scripts.bench.peer_worker import tree_cpu_seconds  # noqa: E402
 from tests.support.agent_zero_standin import running_standin  # noqa: E402
 from tests.support.nats_server import running_nats_server  # noqa: E402
 from tests.support.serve import JWT_SECRET, ServeProcess  # noqa: E402
@@ -150,15 +151,6 @@ async def measure(
     return direct, fabric
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), 0.0 elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def report(direct: list[float], fabric: list[float], serve_cpu_s: float) -> None:
     ms = lambda xs, q: percentile(xs, q) * 1000  # noqa: E731
     pairs = [f - d for f, d in zip(fabric, direct, strict=True)]
@@ -184,9 +176,9 @@ async def main() -> None:
     async with agent_zero_stack() as stack, httpx.AsyncClient(timeout=30) as client:
         opened = await open_sessions(client, stack, args.sessions)
         await measure(client, stack, opened, 50)  # warm up: connections, pools, caches
-        cpu = cpu_seconds(stack.serve_pid)
+        cpu = tree_cpu_seconds(stack.serve_pid)
         direct, fabric = await measure(client, stack, opened, args.messages)
-        report(direct, fabric, cpu_seconds(stack.serve_pid) - cpu)
+        report(direct, fabric, tree_cpu_seconds(stack.serve_pid) - cpu)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 import redis.asyncio as aioredis
-from scripts.bench.peer_worker import tree_cpu_seconds, worker_process
+from scripts.bench.peer_worker import warmed_run, worker_process
 from scripts.bench.window import Window
 
 NAME = "Celery"
@@ -62,11 +62,7 @@ async def _drive(url: str, n: int, inflight: int, pid: int) -> dict[str, float]:
         return await windows[-1].run(submit)
 
     try:
-        await measure(min(2000, n))  # warm-up, as the fabric's; also waits for the worker to be up
-        cpu = tree_cpu_seconds(pid)
-        result = await measure(n)
-        result["cpu_ms"] = (tree_cpu_seconds(pid) - cpu) / n * 1000
-        return result
+        return await warmed_run(measure, n, pid)
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import nats
 import orjson
 from nats.aio.msg import Msg
-from scripts.bench.peer_worker import tree_cpu_seconds, worker_process
+from scripts.bench.peer_worker import warmed_run, worker_process
 from scripts.bench.window import Window
 
 NAME = "taskiq-nats"
@@ -54,11 +54,7 @@ async def _drive(url: str, n: int, inflight: int, pid: int) -> dict[str, float]:
             finally:
                 await sub.unsubscribe()
 
-        await measure(min(2000, n))  # warm-up, as the fabric's; also waits for the worker to be up
-        cpu = tree_cpu_seconds(pid)
-        result = await measure(n)
-        result["cpu_ms"] = (tree_cpu_seconds(pid) - cpu) / n * 1000
-        return result
+        return await warmed_run(measure, n, pid)
     finally:
         await nc.close()
         await broker.shutdown()

@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from scripts.bench import peers_celery, peers_taskiq  # noqa: E402
+from scripts.bench.peer_worker import tree_cpu_seconds  # noqa: E402
 from scripts.bench.window import Window  # noqa: E402
 from tests.support.nats_server import running_nats_server  # noqa: E402
 from tests.support.serve import JWT_SECRET, ServeProcess  # noqa: E402
@@ -116,15 +117,6 @@ async def raw_round_trip(url: str, n: int, inflight: int) -> dict[str, float]:
         await nc.close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc), 0.0 elsewhere."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def fabric_round_trip(url: str, n: int, inflight: int, pid: int | None = None) -> dict[str, float]:
     """`pid`: the serve process, whose CPU time per task is reported too: on a shared machine the
     rate follows the CPU share the process gets, its CPU time per task much less so."""
@@ -148,10 +140,10 @@ async def fabric_round_trip(url: str, n: int, inflight: int, pid: int | None = N
 
     try:
         await drive(nc, min(2000, n), inflight, publish, "agent.status.completed")  # warm-up
-        cpu = cpu_seconds(pid) if pid else 0.0
+        cpu = tree_cpu_seconds(pid) if pid else 0.0
         result = await drive(nc, n, inflight, publish, "agent.status.completed")
         if pid:
-            result["cpu_ms"] = (cpu_seconds(pid) - cpu) / n * 1000
+            result["cpu_ms"] = (tree_cpu_seconds(pid) - cpu) / n * 1000
         return result
     finally:
         await nc.close()
