@@ -40,9 +40,6 @@ class AgentDirectory:
         self._tenants.pop(agent_id, None)
         self._runtimes.pop(agent_id, None)
 
-    def tenant_of(self, agent_id: str) -> str | None:
-        return self._tenants.get(agent_id)
-
     def runtime_of(self, agent_id: str) -> str | None:
         """How the agent runs ("process" or "a2a" for packages, "external" for agents registered without one)."""
         return self._runtimes.get(agent_id)

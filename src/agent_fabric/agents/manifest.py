@@ -28,7 +28,7 @@ import shutil
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from agent_fabric.agents.semver import parse_version, satisfies
 
@@ -283,12 +283,3 @@ def read_manifest(package: Path, fabric_version: str) -> tuple[Manifest | None, 
     manifest, more = validate(values, package, fabric_version)
     problems += more
     return (manifest if not problems else None), problems
-
-
-def manifest_view(manifest: Manifest) -> dict[str, Any]:
-    return {
-        "name": manifest.name,
-        "version": manifest.version,
-        "agent_type": manifest.agent_type,
-        "path": str(manifest.path),
-    }

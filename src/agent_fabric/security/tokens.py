@@ -62,10 +62,6 @@ class TokenService:
         self._sign_key = None if external else signing_secret(settings)
         self._verify_key: Any = settings.jwt.public_key or self._sign_key
 
-    @property
-    def can_sign(self) -> bool:
-        return self._sign_key is not None
-
     def issue(
         self,
         *,
