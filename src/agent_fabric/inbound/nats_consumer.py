@@ -344,6 +344,7 @@ class TaskConsumer:
                 max_bytes=self._settings.max_event_bytes,
                 max_depth=self._settings.max_json_depth,
                 default_tenant=caller.tenant_id,
+                default_user=caller.user,
             )
             event = caller.bind(event)  # tenant and permission from the credential, never the payload
             # For NATS publishers the subject decides the priority (ARCHITECTURE.md).

@@ -76,6 +76,13 @@ class NatsCaller:
         """The tenant a payload without `tenant_id` belongs to (as over HTTP)."""
         return self.principal.tenant_id if self.principal is not None else None
 
+    @property
+    def user(self) -> str | None:
+        """The user a credential's task carries when its payload names none, as at the HTTP door
+        (user budgets, user policy conditions): the credential's subject. The consumer hands it to
+        the parser (default_user), which sets it before validation; bind() checks the rest."""
+        return self.principal.subject if self.kind == "credential" and self.principal is not None else None
+
     def actor(self, event: TaskEvent) -> Actor:
         if self.principal is not None:
             return Actor(self.principal.subject, self.principal.role)
@@ -107,11 +114,7 @@ class NatsCaller:
                 job_id=spec.job_id,
                 tenant_id=principal.tenant_id,
             )
-        if "user" in spec.metadata:
-            return event
-        # As at the HTTP door: the caller is the task's user (user budgets, user policy conditions).
-        stamped = spec.model_copy(update={"metadata": {**spec.metadata, "user": principal.subject}})
-        return TaskEvent(event.id, event.source, stamped, event.trace)
+        return event
 
     def confine(self, exc: FabricError) -> FabricError:
         """A refusal as this caller may be answered: an invalid task naming another tenant than the

@@ -12,7 +12,6 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -61,9 +60,10 @@ def result_data(record: TaskRecord) -> dict[str, Any]:
             "compute_seconds": usage.get("compute_seconds", 0.0),
             "cost_usd": usage.get("cost_usd", 0.0),
         },
-        "created_at": _iso(record.created_at),
-        "started_at": _iso(record.started_at),
-        "finished_at": _iso(record.finished_at),
+        # Datetimes as they are: fabric_event writes them in RFC 3339 with "Z".
+        "created_at": record.created_at,
+        "started_at": record.started_at,
+        "finished_at": record.finished_at,
     }
     if record.status == TaskStatus.COMPLETED:
         data["result"] = record.result
@@ -178,7 +178,3 @@ class ResultPublisher:
     async def publish_deadletter(self, data: dict[str, Any]) -> None:
         body = fabric_event(names.DEADLETTER_EVENT_TYPE, data, subject=str(data.get("subject") or "unknown"))
         await self._js.publish(names.DEADLETTER_SUBJECT, body, timeout=5)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None

@@ -9,6 +9,7 @@ lapsed (resume from the checkpoint) or a finished one (publish if needed, never 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
@@ -165,10 +166,17 @@ class TaskRunner:
         self.owner = owner
         self._lease = timedelta(seconds=settings.nats.ack_wait_seconds)
         self._active_agents: Counter[str] = Counter()
+        self._running = 0
+        # Read when scraped, not set per task (a gauge's set takes a lock: two per task start and end).
+        metrics.agents_active.set_function(lambda: len(self._active_agents))
+        metrics.tasks_running.set_function(lambda: self._running)
+        self._totals: dict[tuple[str, str], Any] = {}  # tasks_total's children by (agent, status)
         self._background: set[asyncio.Task[Any]] = set()
         # Results this process published whose "published" flag is still on its way to the
         # database: a duplicate arriving in that window must not publish them again.
         self._publishing: set[tuple[str, str]] = set()
+        self._marks: list[tuple[str, str]] = []  # published, to be noted (see _mark_published_later)
+        self._marking: asyncio.Task[None] | None = None
         self._driving: dict[tuple[str, str], _Driving] = {}
 
     async def handle(self, delivery: Delivery) -> None:
@@ -268,7 +276,7 @@ class TaskRunner:
         if record is None:
             return False
         self.metrics.task_duration.observe(elapsed)
-        self.metrics.tasks_total.labels(label, status.value).inc()
+        self._task_counted(label, status.value)
         span = trace.get_current_span()
         span.set_attribute("agent_fabric.status", status.value)
         span.set_attribute("agent_fabric.attempt", 1)
@@ -419,7 +427,7 @@ class TaskRunner:
             # Our lease lapsed and another attempt owns the task now; its delivery will finish it.
             log.warning("outcome not recorded: task taken over", extra={"job_id": spec.job_id})
             return
-        self.metrics.tasks_total.labels(spec.agent_definition.label, status.value).inc()
+        self._task_counted(spec.agent_definition.label, status.value)
         log.debug("task finished", extra={"status": status.value, "code": code, "elapsed_s": round(elapsed, 6)})
         for row in (final, end):
             await self._publish_live(run, row)
@@ -472,22 +480,27 @@ class TaskRunner:
         self._mark_published_later(record)
 
     def _mark_published_later(self, record: TaskRecord) -> None:
+        """Note the publish in the background. One task writes every mark queued meanwhile in one
+        submit (a task, a retry loop and a writer future per result cost more than the write)."""
         key = (record.tenant_id, record.job_id)
         self._publishing.add(key)
+        self._marks.append(key)
+        if self._marking is None or self._marking.done():
+            self._marking = task = asyncio.create_task(self._write_marks(), name="mark-published")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
-        async def mark() -> None:
+    async def _write_marks(self) -> None:
+        while self._marks:
+            keys, self._marks = self._marks, []
             try:
                 await _retrying(
-                    lambda: self.store.mark_published(record.tenant_id, record.job_id),
+                    functools.partial(self.store.mark_published_all, keys),
                     what="mark published",
-                    job_id=record.job_id,
+                    job_id=f"{len(keys)} tasks",
                 )
             finally:
-                self._publishing.discard(key)
-
-        task = asyncio.create_task(mark())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+                self._publishing.difference_update(keys)
 
     async def drain_background(self) -> None:
         """Wait for the writes that follow acks (called at shutdown, before the batcher stops)."""
@@ -550,15 +563,19 @@ class TaskRunner:
 
     def _agent_started(self, label: str) -> None:
         self._active_agents[label] += 1
-        self.metrics.agents_active.set(len(self._active_agents))
-        self.metrics.tasks_running.inc()
+        self._running += 1
 
     def _agent_finished(self, label: str) -> None:
         self._active_agents[label] -= 1
         if self._active_agents[label] <= 0:
             del self._active_agents[label]
-        self.metrics.agents_active.set(len(self._active_agents))
-        self.metrics.tasks_running.dec()
+        self._running -= 1
+
+    def _task_counted(self, label: str, status: str) -> None:
+        counter = self._totals.get((label, status))
+        if counter is None:
+            counter = self._totals[(label, status)] = self.metrics.tasks_total.labels(label, status)
+        counter.inc()
 
 
 def _stopping() -> bool:

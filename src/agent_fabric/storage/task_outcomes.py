@@ -148,6 +148,11 @@ async def _mark_published_op(conn: AsyncConnection, items: Sequence[tuple[str, s
     return [None] * len(items)
 
 
+async def _mark_published_lists_op(conn: AsyncConnection, items: Sequence[list[tuple[str, str]]]) -> list[None]:
+    await _mark_published_op(conn, [key for keys in items for key in keys])
+    return [None] * len(items)
+
+
 _MARK_ONE = (
     update(tasks)
     .where(tasks.c.tenant_id == bindparam("k_tenant"), tasks.c.job_id == bindparam("k_job"))

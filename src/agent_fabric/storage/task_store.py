@@ -22,7 +22,13 @@ from agent_fabric.storage.batcher import WriteBatcher
 from agent_fabric.storage.critical_line import CriticalLine
 from agent_fabric.storage.tables import checkpoints, task_events, tasks
 from agent_fabric.storage.task_claims import _claim_op, claim_on_line
-from agent_fabric.storage.task_outcomes import _checkpoint_op, _events_op, _finish_op, _mark_published_op
+from agent_fabric.storage.task_outcomes import (
+    _checkpoint_op,
+    _events_op,
+    _finish_op,
+    _mark_published_lists_op,
+    _mark_published_op,
+)
 from agent_fabric.storage.task_rejections import WAITING_VALUES, _reject_op
 from agent_fabric.storage.task_rows import (
     TERMINAL_VALUES,
@@ -161,6 +167,10 @@ class TaskStore:
 
     async def mark_published(self, tenant_id: str, job_id: str) -> None:
         await self._batcher.submit(_mark_published_op, (tenant_id, job_id))
+
+    async def mark_published_all(self, keys: list[tuple[str, str]]) -> None:
+        """mark_published for many tasks in one submit."""
+        await self._batcher.submit(_mark_published_lists_op, keys)
 
     async def add_event(self, tenant_id: str, job_id: str, event: EventRow) -> None:
         await self._batcher.submit(_events_op, (tenant_id, job_id, event))
