@@ -17,11 +17,11 @@ from typing import Any
 from nats.aio.client import Client as NatsClient
 from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 
 from agent_fabric import names
 from agent_fabric.events.envelope import fabric_event
 from agent_fabric.outbound.result_lookup import result_stored
+from agent_fabric.outbound.stream_acks import StreamAcks
 from agent_fabric.storage.task_store import TaskRecord
 from agent_fabric.tasks import TaskStatus
 from agent_fabric.telemetry.log_context import bound
@@ -93,8 +93,9 @@ class ResultPublisher:
     def __init__(self, nc: NatsClient, js: JetStreamContext) -> None:
         self._nc = nc
         self._js = js
+        self._acks = StreamAcks(nc)
         # Results waiting for their stream ack, watched by one task for all of them (see _acked).
-        self._waiting: dict[asyncio.Future[PubAck], _AckWait] = {}
+        self._waiting: dict[asyncio.Future[int], _AckWait] = {}
         self._watchdog: asyncio.Task[None] | None = None
 
     async def publish_result(
@@ -106,13 +107,13 @@ class ResultPublisher:
         subject, body, event_id = result_event(record, trace)
         if again and await result_stored(self._js, subject, event_id, record.finished_at):
             return
-        ack = await self._js.publish_async(subject, body, headers={names.MSG_ID_HEADER: event_id})
+        ack = await self._acks.publish(subject, body, {names.MSG_ID_HEADER: event_id})
         await self._acked(ack, event_id)
         if log.isEnabledFor(logging.DEBUG):
             with bound(job_id=record.job_id, tenant_id=record.tenant_id):
                 log.debug("result published", extra={"subject": subject, "status": record.status.value})
 
-    async def _acked(self, ack: asyncio.Future[PubAck], event_id: str) -> None:
+    async def _acked(self, ack: asyncio.Future[int], event_id: str) -> None:
         """Wait for the stream's ack. While the client is reconnecting the message waits in its
         buffer and goes out on reconnect, so that time does not count: a retry then would be a
         second copy. Only connected and unanswered for ACK_PATIENCE_SECONDS (counted in steps of
