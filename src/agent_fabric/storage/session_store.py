@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Executable, bindparam, delete, func, insert, literal, or_, select, text, update
+import orjson
+from sqlalchemy import delete, func, insert, literal, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from agent_fabric.storage.pg_raw import driver
 from agent_fabric.storage.tables import agent_session_events, agent_sessions
 from agent_fabric.storage.timestamps import aware_or_none
 
@@ -55,7 +57,7 @@ class SessionRecord:
 
     @classmethod
     def from_row(cls, row: Any) -> SessionRecord:
-        m = dict(row._mapping)
+        m = dict(row._mapping) if hasattr(row, "_mapping") else dict(row)  # SQLAlchemy row or asyncpg record
         for key in ("started_at", "last_activity_at", "terminated_at"):
             m[key] = aware_or_none(m[key])
         return cls(**m)
@@ -119,49 +121,27 @@ async def create(conn: AsyncConnection, row: dict[str, Any], max_sessions: int) 
     return bool(result.rowcount)
 
 
-def _pg_acquire() -> Executable:
-    """acquire() on Postgres: one statement, one round trip on the message's critical path
-    (data-modifying CTEs). Built once: constructing it (a CTE over an UPDATE ... RETURNING) cost
-    more Python than executing it; the values are bound parameters."""
-    taken = (
-        update(_s)
-        .where(
-            _s.c.id == bindparam("p_session"),
-            _s.c.tenant_id == bindparam("p_tenant"),
-            _s.c.mode == bindparam("p_mode"),
-            _s.c.busy.is_(False),
-            _s.c.status != TERMINATED,
-        )
-        .values(
-            busy=True,
-            status=ACTIVE,
-            last_activity_at=bindparam("p_now", type_=_s.c.last_activity_at.type),
-            last_seq=_s.c.last_seq + 1,
-        )
-        .returning(*_s.c)
-        .cte("taken")
-    )
-    logged = insert(_e).from_select(
-        ["session_id", "seq", "kind", "data", "created_at"],
-        select(
-            taken.c.id,
-            taken.c.last_seq,
-            literal("message", type_=_e.c.kind.type),
-            bindparam("p_message", type_=_e.c.data.type),
-            bindparam("p_now", type_=_e.c.created_at.type),
-        ),
-    )
-    # Committed without waiting for the WAL flush (synchronous_commit off for this statement's
-    # own transaction): the hold is visible to every replica at once, which is what keeps a
-    # second message out, and it becomes durable no later than the message's release, whose
-    # synchronous commit flushes the WAL up to and including it, before the caller is answered.
-    # A database crash in between can lose only the hold and the message event of a message
-    # whose release then fails too.
-    no_flush_wait = func.set_config("synchronous_commit", "off", True).is_not(None)
-    return select(taken).add_cte(logged.cte("logged")).where(no_flush_wait)
-
-
-_PG_ACQUIRE = _pg_acquire()
+# acquire() on Postgres: one statement, one round trip on the message's critical path
+# (data-modifying CTEs), sent to asyncpg as is (storage/pg_raw.py) and prepared once per
+# connection: through SQLAlchemy, building the cache key of this statement and processing its
+# row cost more of the process's CPU than the database spent running it.
+# Committed without waiting for the WAL flush (synchronous_commit off for this statement's own
+# transaction): the hold is visible to every replica at once, which is what keeps a second
+# message out, and it becomes durable no later than the message's release, whose synchronous
+# commit flushes the WAL up to and including it, before the caller is answered. A database crash
+# in between can lose only the hold and the message event of a message whose release then fails too.
+_PG_ACQUIRE = f"""
+WITH taken AS (
+    UPDATE agent_sessions SET busy = true, status = '{ACTIVE}', last_activity_at = $4::timestamptz,
+                              last_seq = last_seq + 1
+    WHERE id = $1::text AND tenant_id = $2::text AND mode = $3::text AND busy = false AND status <> '{TERMINATED}'
+    RETURNING *
+), logged AS (
+    INSERT INTO agent_session_events (session_id, seq, kind, data, created_at)
+    SELECT id, last_seq, 'message', ($5::text)::jsonb, $4::timestamptz FROM taken
+)
+SELECT * FROM taken WHERE set_config('synchronous_commit', 'off', true) IS NOT NULL
+"""
 
 
 async def acquire(
@@ -170,10 +150,11 @@ async def acquire(
     """Mark the session busy for one message and log the message (the session's `last_seq` is its
     seq); None when it is busy, terminated, not the tenant's, or of the other mode."""
     if engine.dialect.name == "postgresql":
-        params = {"p_session": session_id, "p_tenant": tenant_id, "p_mode": mode, "p_now": now, "p_message": message}
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            row = (await conn.execute(_PG_ACQUIRE, params)).first()
+            row = await (await driver(conn)).fetchrow(
+                _PG_ACQUIRE, session_id, tenant_id, mode, now, orjson.dumps(message).decode()
+            )
         if row is None:
             return None
         session = SessionRecord.from_row(row)
@@ -212,14 +193,20 @@ async def release(engine: AsyncEngine, session_id: str, events: Sequence[Event],
     terminated meanwhile (the events are stored all the same: the caller removes them).
     `values`: the session's new column values, `Add` for counters."""
     if engine.dialect.name == "postgresql":
-        shape = (len(events), tuple(sorted((k, isinstance(v, Add)) for k, v in values.items())))
-        params: dict[str, Any] = {"p_session": session_id}
-        for i, e in enumerate(events):
-            params.update({f"e{i}_seq": e.seq, f"e{i}_kind": e.kind, f"e{i}_data": e.data, f"e{i}_at": e.at})
-        params.update({f"v_{k}": v.amount if isinstance(v, Add) else v for k, v in values.items()})
+        columns = tuple(sorted((k, isinstance(v, Add)) for k, v in values.items()))
+        new_values = [v.amount if isinstance(v, Add) else v for k, v in sorted(values.items())]
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            return bool((await conn.execute(_pg_release(shape), params)).rowcount)
+            status: str = await (await driver(conn)).execute(
+                _pg_release(columns),
+                session_id,
+                [e.seq for e in events],
+                [e.kind for e in events],
+                [orjson.dumps(e.data).decode() for e in events],
+                [e.at for e in events],
+                *new_values,
+            )
+        return status.rsplit(" ", 1)[-1] != "0"  # "UPDATE <rows>"
     end_hold = (
         update(_s)
         .where(_s.c.id == session_id, _s.c.status != TERMINATED)
@@ -231,38 +218,24 @@ async def release(engine: AsyncEngine, session_id: str, events: Sequence[Event],
 
 
 @functools.lru_cache(maxsize=64)
-def _pg_release(shape: tuple[int, tuple[tuple[str, bool], ...]]) -> Executable:
-    """release() on Postgres for `shape` (how many events; which columns, which of them counters):
-    one statement (a data-modifying CTE always runs to completion), one round trip, not four.
-    Built once per shape with bound parameters, like _pg_acquire; a message without progress
-    events in its last moments always has the same shape."""
-    n_events, columns = shape
-    stored = (
-        insert(_e)
-        .values(
-            [
-                {
-                    "session_id": bindparam("p_session", type_=_e.c.session_id.type),
-                    "seq": bindparam(f"e{i}_seq", type_=_e.c.seq.type),
-                    "kind": bindparam(f"e{i}_kind", type_=_e.c.kind.type),
-                    "data": bindparam(f"e{i}_data", type_=_e.c.data.type),
-                    "created_at": bindparam(f"e{i}_at", type_=_e.c.created_at.type),
-                }
-                for i in range(n_events)
-            ]
-        )
-        .cte("stored_events")
-    )
-    new_values: dict[str, Any] = {}
-    for column, is_counter in columns:
-        value = bindparam(f"v_{column}", type_=_s.c[column].type)
-        new_values[column] = _s.c[column] + value if is_counter else value
-    return (
-        update(_s)
-        .where(_s.c.id == bindparam("p_session", type_=_s.c.id.type), _s.c.status != TERMINATED)
-        .values(busy=False, **new_values)
-        .add_cte(stored)
-    )
+def _pg_release(columns: tuple[tuple[str, bool], ...]) -> str:
+    """release() on Postgres for the columns it sets (which of them counters): one statement (a
+    data-modifying CTE always runs to completion), one round trip, the events as arrays, so one
+    text per set of columns whatever their number; sent to asyncpg as is, prepared once per
+    connection. The column names are the code's own (answered(), failed()), checked here."""
+    sets = ["busy = false"]
+    for n, (column, is_counter) in enumerate(columns, start=6):
+        if column not in _s.c:
+            raise ValueError(f"agent_sessions has no column {column!r}")
+        sets.append(f"{column} = {column} + ${n}" if is_counter else f"{column} = ${n}")
+    return f"""
+WITH stored_events AS (
+    INSERT INTO agent_session_events (session_id, seq, kind, data, created_at)
+    SELECT $1::text, e.seq, e.kind, e.data::jsonb, e.at
+    FROM unnest($2::bigint[], $3::text[], $4::text[], $5::timestamptz[]) AS e(seq, kind, data, at)
+)
+UPDATE agent_sessions SET {", ".join(sets)} WHERE id = $1::text AND status <> '{TERMINATED}'
+"""
 
 
 def answered(context_id: str, instance_url: str, cost_usd: float, log_floor: int) -> dict[str, Any]:
