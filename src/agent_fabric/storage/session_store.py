@@ -135,7 +135,7 @@ WITH taken AS (
     UPDATE agent_sessions SET busy = true, status = '{ACTIVE}', last_activity_at = $4::timestamptz,
                               last_seq = last_seq + 1
     WHERE id = $1::text AND tenant_id = $2::text AND mode = $3::text AND busy = false AND status <> '{TERMINATED}'
-    RETURNING *
+    RETURNING {", ".join(c.name for c in _s.c)}
 ), logged AS (
     INSERT INTO agent_session_events (session_id, seq, kind, data, created_at)
     SELECT id, last_seq, 'message', ($5::text)::jsonb, $4::timestamptz FROM taken
