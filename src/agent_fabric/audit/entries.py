@@ -19,7 +19,7 @@ import orjson
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agent_fabric.storage.pg_raw import driver
+from agent_fabric.storage.pg_raw import driver, json_text
 from agent_fabric.storage.tables import audit_log
 from agent_fabric.telemetry.logging import redact
 
@@ -196,10 +196,6 @@ ON CONFLICT (entry_id) DO NOTHING
 """
 
 
-def _json_text(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
 def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
 
@@ -212,8 +208,8 @@ async def insert_rows(conn: AsyncConnection, rows: Sequence[dict[str, Any]]) -> 
         await _pg_insert(
             conn,
             rows,
-            [_json_text(r["request"]) for r in rows],
-            [_json_text(r["response"]) for r in rows],
+            [json_text(r["request"]) for r in rows],
+            [json_text(r["response"]) for r in rows],
         )
         return
     stmt = sqlite_insert(audit_log).on_conflict_do_nothing(index_elements=["entry_id"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 
@@ -33,3 +34,9 @@ async def driver(conn: AsyncConnection) -> Any:
     if adapted._transaction is None and not adapted.autocommit:
         await adapted._start_transaction()
     return fairy.driver_connection
+
+
+def json_text(value: Any) -> str | None:
+    """A JSON column's value as an element of a text array that the statement casts to jsonb
+    (None stays SQL NULL)."""
+    return None if value is None else orjson.dumps(value).decode()

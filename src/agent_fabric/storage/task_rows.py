@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agent_fabric.storage.pg_raw import driver
+from agent_fabric.storage.pg_raw import driver, json_text
 from agent_fabric.storage.tables import task_events, tasks
 from agent_fabric.storage.timestamps import aware, aware_or_none
 from agent_fabric.tasks import TERMINAL_STATUSES, TaskSpec, TaskStatus
@@ -234,11 +234,6 @@ SELECT t, j, a, n, k, s, d::jsonb, c
 FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::text[], $7::text[], $8::timestamptz[])
      AS v(t, j, a, n, k, s, d, c)
 """
-
-
-def json_text(value: Any) -> str | None:
-    """A JSON column's value for an unnest()ed text array (None stays SQL NULL)."""
-    return None if value is None else orjson.dumps(value).decode()
 
 
 async def _insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
