@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agent_fabric.storage.pg_raw import driver
+from agent_fabric.storage.pg_raw import driver, json_text
 from agent_fabric.storage.tables import tasks
 from agent_fabric.storage.task_rows import (
     TERMINAL_VALUES,
@@ -35,7 +35,6 @@ from agent_fabric.storage.task_rows import (
     _insert_events,
     _insert_for,
     _new_row,
-    json_text,
     spec_json,
     spec_json_text,
 )
@@ -106,14 +105,11 @@ async def _settle_rows(conn: AsyncConnection, runs: list[SettledRun]) -> dict[tu
         )
         for s in runs
     ]
-    # The record is what was written (attempt 1 by the statement's conditions): only the row's
-    # creation time comes back, an existing queued row keeps its own. No spec or result read back.
-    rows = {(row["tenant_id"], row["job_id"]): row for row in values}
+    by_key = {(s.claim.spec.tenant_id, s.claim.spec.job_id): s for s in runs}
     won: dict[tuple[str, str], TaskRecord] = {}
     for r in await conn.execute(_settle_statement(conn), values):
         if r.tenant_id is not None:  # (a row the statement did not write may come back as all None)
-            won[(r.tenant_id, r.job_id)] = _written(rows[(r.tenant_id, r.job_id)], aware(r.created_at))
-    by_key = {(s.claim.spec.tenant_id, s.claim.spec.job_id): s for s in runs}
+            won[(r.tenant_id, r.job_id)] = _record(by_key[(r.tenant_id, r.job_id)], aware(r.created_at))
     await _insert_events(conn, [_event_dict(t, j, ev) for (t, j) in won for ev in by_key[(t, j)].events])
     return won
 
@@ -186,8 +182,9 @@ async def _pg_settle(conn: AsyncConnection, runs: list[SettledRun]) -> dict[tupl
 
 
 def _record(s: SettledRun, created_at: datetime) -> TaskRecord:
-    """The record as the statement wrote it: its first attempt, its result not yet published (an
-    existing queued row keeps its creation time; nothing else is read back)."""
+    """The record as either statement wrote it: its first attempt, its result not yet published
+    (only the row's creation time comes back, as an existing queued row keeps its own; no spec or
+    result is read back)."""
     spec, now = s.claim.spec, s.claim.now
     return TaskRecord(
         tenant_id=spec.tenant_id,
@@ -211,11 +208,6 @@ def _record(s: SettledRun, created_at: datetime) -> TaskRecord:
         finished_at=now,
         updated_at=now,
     )
-
-
-def _written(row: dict[str, Any], created_at: datetime) -> TaskRecord:
-    """The record as the statement wrote it: its first attempt, its result not yet published."""
-    return TaskRecord.from_mapping({**row, "attempts": 1, "result_published": False, "created_at": created_at})
 
 
 _SETTLE_STATEMENTS: dict[str, Any] = {}
