@@ -66,7 +66,7 @@ class Rejector:
                 record = await self._store.get(tenant_id, exc.job_id)
                 assert record is not None
                 await self._results.publish_result(record)
-                await self._store.mark_published(tenant_id, exc.job_id)
+                await self._store.mark_published([(tenant_id, exc.job_id)])
                 log.info(
                     "task rejected",
                     extra={"job_id": exc.job_id, "tenant_id": tenant_id, "code": exc.code, "reason": exc.message},

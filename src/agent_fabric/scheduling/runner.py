@@ -495,7 +495,7 @@ class TaskRunner:
             keys, self._marks = self._marks, []
             try:
                 await _retrying(
-                    functools.partial(self.store.mark_published_all, keys),
+                    functools.partial(self.store.mark_published, keys),
                     what="mark published",
                     job_id=f"{len(keys)} tasks",
                 )

@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from sqlalchemy import ARRAY, Integer, String, Text, bindparam, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from agent_fabric.storage.pg_raw import driver
+from agent_fabric.storage.pg_raw import driver, json_text
 from agent_fabric.storage.tables import Timestamp, checkpoints, tasks
 from agent_fabric.storage.task_rows import EventRow, Outcome, TaskRecord, _event_dict, _insert_events
 from agent_fabric.tasks import TaskStatus
@@ -49,10 +48,6 @@ WHERE tasks.tenant_id = k.tenant_id AND tasks.job_id = k.job_id
 """
 
 
-def _json_text(value: Any) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
 async def _finish_rows(conn: AsyncConnection, outcomes: Sequence[Outcome]) -> Any:
     if conn.dialect.name == "postgresql":
         return await conn.execute(
@@ -63,10 +58,10 @@ async def _finish_rows(conn: AsyncConnection, outcomes: Sequence[Outcome]) -> An
                 "owners": [o.owner for o in outcomes],
                 "attempts": [o.attempt for o in outcomes],
                 "statuses": [o.status.value for o in outcomes],
-                "results": [_json_text(o.result) for o in outcomes],
+                "results": [json_text(o.result) for o in outcomes],
                 "codes": [o.error_code for o in outcomes],
                 "messages": [o.error_message for o in outcomes],
-                "usages": [_json_text(o.usage) for o in outcomes],
+                "usages": [json_text(o.usage) for o in outcomes],
                 "nows": [o.now for o in outcomes],
             },
         )
@@ -140,16 +135,13 @@ async def _finish_op(conn: AsyncConnection, items: Sequence[Outcome]) -> list[Ta
     return won
 
 
-async def _mark_published_op(conn: AsyncConnection, items: Sequence[tuple[str, str]]) -> list[None]:
+async def _mark_published_op(conn: AsyncConnection, items: Sequence[Sequence[tuple[str, str]]]) -> list[None]:
+    """Each item: the (tenant, job) keys of one submit (the runner sends a burst of them at once)."""
+    keys = [key for batch in items for key in batch]
     if conn.dialect.name == "postgresql":
-        await (await driver(conn)).execute(_PG_MARK_PUBLISHED, [t for t, _ in items], [j for _, j in items])
-        return [None] * len(items)
-    await conn.execute(_MARK_ONE, [{"k_tenant": t, "k_job": j} for t, j in items])
-    return [None] * len(items)
-
-
-async def _mark_published_lists_op(conn: AsyncConnection, items: Sequence[list[tuple[str, str]]]) -> list[None]:
-    await _mark_published_op(conn, [key for keys in items for key in keys])
+        await (await driver(conn)).execute(_PG_MARK_PUBLISHED, [t for t, _ in keys], [j for _, j in keys])
+    else:
+        await conn.execute(_MARK_ONE, [{"k_tenant": t, "k_job": j} for t, j in keys])
     return [None] * len(items)
 
 

@@ -26,7 +26,6 @@ from agent_fabric.storage.task_outcomes import (
     _checkpoint_op,
     _events_op,
     _finish_op,
-    _mark_published_lists_op,
     _mark_published_op,
 )
 from agent_fabric.storage.task_rejections import WAITING_VALUES, _reject_op
@@ -165,12 +164,9 @@ class TaskStore:
         inserted: bool = await self._batcher.submit(self._reject_with_hooks, rejection)
         return inserted
 
-    async def mark_published(self, tenant_id: str, job_id: str) -> None:
-        await self._batcher.submit(_mark_published_op, (tenant_id, job_id))
-
-    async def mark_published_all(self, keys: list[tuple[str, str]]) -> None:
-        """mark_published for many tasks in one submit."""
-        await self._batcher.submit(_mark_published_lists_op, keys)
+    async def mark_published(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Note these tasks' results as published, (tenant, job) each, in one submit."""
+        await self._batcher.submit(_mark_published_op, keys)
 
     async def add_event(self, tenant_id: str, job_id: str, event: EventRow) -> None:
         await self._batcher.submit(_events_op, (tenant_id, job_id, event))
