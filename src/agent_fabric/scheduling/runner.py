@@ -42,7 +42,6 @@ from agent_fabric.storage.task_store import (
     utcnow,
 )
 from agent_fabric.tasks import Priority, TaskSpec, TaskStatus
-from agent_fabric.telemetry.log_context import bound, task_fields
 from agent_fabric.telemetry.metrics import FabricMetrics
 from agent_fabric.telemetry.tracing import parent_context, trace_attributes
 
@@ -181,21 +180,20 @@ class TaskRunner:
 
     async def handle(self, delivery: Delivery) -> None:
         spec = delivery.event.spec
-        with (
-            self.tracer.start_as_current_span(
-                f"run {spec.agent_definition.runtime}",
-                context=parent_context(delivery.event.trace),
-                kind=SpanKind.CONSUMER,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.destination.name": names.task_subject(spec.priority.value),
-                    "agent_fabric.job_id": spec.job_id,
-                    "agent_fabric.tenant_id": spec.tenant_id,
-                    "agent_fabric.agent": spec.agent_definition.label,
-                    "agent_fabric.delivery": delivery.num_delivered,
-                },
-            ),
-            bound(**task_fields(spec)),
+        # The consumer bound the task's log fields already (its dispatch); inside this span every
+        # line carries the span's own ids (telemetry/log_context.py).
+        with self.tracer.start_as_current_span(
+            f"run {spec.agent_definition.runtime}",
+            context=parent_context(delivery.event.trace),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": names.task_subject(spec.priority.value),
+                "agent_fabric.job_id": spec.job_id,
+                "agent_fabric.tenant_id": spec.tenant_id,
+                "agent_fabric.agent": spec.agent_definition.label,
+                "agent_fabric.delivery": delivery.num_delivered,
+            },
         ):
             await self._handle(delivery)
 

@@ -35,8 +35,8 @@ def bound(**fields: str | None) -> _Bound:
 
 
 class _Bound:
-    """`bound`'s block. A plain class, not a @contextmanager generator: every task enters two of
-    these (consumer and runner), and the generator machinery cost three times the work."""
+    """`bound`'s block. A plain class, not a @contextmanager generator: every task enters one (the
+    consumer's dispatch), and the generator machinery cost three times the work."""
 
     __slots__ = ("_fields", "_token")
     _token: Token[Mapping[str, str] | None]
