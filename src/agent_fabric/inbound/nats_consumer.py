@@ -346,7 +346,7 @@ class TaskConsumer:
                 default_tenant=caller.tenant_id,
                 default_user=caller.user,
             )
-            event = caller.bind(event)  # tenant and permission from the credential, never the payload
+            caller.check(event.spec)  # tenant and permission from the credential, never the payload
             # For NATS publishers the subject decides the priority (ARCHITECTURE.md).
             subject_priority = Priority(msg.subject.rsplit(".", 1)[-1]) if msg.subject else Priority(priority)
             if event.spec.priority != subject_priority:

@@ -39,6 +39,7 @@ from agent_fabric.security.rate_limit import RateLimiter
 from agent_fabric.security.roles import TASKS_SUBMIT
 from agent_fabric.security.tokens import Principal, TokenService
 from agent_fabric.settings import Mode, NatsDoorSettings
+from agent_fabric.tasks import TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class NatsCaller:
     def user(self) -> str | None:
         """The user a credential's task carries when its payload names none, as at the HTTP door
         (user budgets, user policy conditions): the credential's subject. The consumer hands it to
-        the parser (default_user), which sets it before validation; bind() checks the rest."""
+        the parser (default_user), which sets it before validation; check() checks the rest."""
         return self.principal.subject if self.kind == "credential" and self.principal is not None else None
 
     def actor(self, event: TaskEvent) -> Actor:
@@ -88,17 +89,16 @@ class NatsCaller:
             return Actor(self.principal.subject, self.principal.role)
         return payload_actor(event)
 
-    def bind(self, event: TaskEvent) -> TaskEvent:
-        """The event as this caller may submit it, or CredentialRefused."""
-        spec = event.spec
+    def check(self, spec: TaskSpec) -> None:
+        """Whether this caller may submit `spec`: CredentialRefused if not."""
         if self.kind == "fabric":
-            return event
+            return
         if self.kind == "anonymous" or self.principal is None:
             if self.mode_for(spec.tenant_id) == "LIVE":
                 raise CredentialRefused(
                     f"tenant {spec.tenant_id!r} is LIVE: its NATS tasks must carry a credential", code="unauthenticated"
                 )
-            return event
+            return
         principal = self.principal
         if TASKS_SUBMIT not in principal.permissions:
             raise CredentialRefused(
@@ -114,7 +114,6 @@ class NatsCaller:
                 job_id=spec.job_id,
                 tenant_id=principal.tenant_id,
             )
-        return event
 
     def confine(self, exc: FabricError) -> FabricError:
         """A refusal as this caller may be answered: an invalid task naming another tenant than the
