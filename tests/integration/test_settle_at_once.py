@@ -50,6 +50,14 @@ async def test_a_failing_builtin_task_is_recorded_failed_with_its_code(fabric_ap
         "asked_to",
         1,
     )
+    # On Postgres the statement makes these three events itself, from the row's status and error;
+    # they must be the ones the runner publishes live (SettledRun.events), as on SQLite.
+    events = await fabric_app.fabric.store.events_after("default", job, None)
+    assert [(e["attempt"], e["n"], e["kind"], e["status"], e["data"]) for e in events] == [
+        (1, 0, "state", "running", {"attempt": 1}),
+        (1, 1, "state", "failed", {"code": "asked_to", "message": "as asked"}),
+        (1, 2, "end", "failed", None),
+    ]
 
 
 async def _running_elsewhere(app: RunningApp, job: str, *, lease: timedelta, cancel: bool) -> None:
