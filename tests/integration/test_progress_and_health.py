@@ -75,6 +75,8 @@ async def test_sse_streams_live_and_resumes_with_last_event_id(fabric_app: Runni
     assert frames[0]["event"] == "state" and frames[0]["data"]["status"] == "queued"
     assert frames[-1]["event"] == "end" and frames[-1]["data"]["status"] == "completed"
     assert len(ids) == len(set(ids)) and any(f["event"] == "progress" for f in frames)
+    # Replayed from the event log or live, every time is UTC written with "Z" (SQLite too).
+    assert all(f["data"]["time"].endswith("Z") for f in frames), [f["data"]["time"] for f in frames]
     resumed = await read_sse(fabric_app, job, last_event_id=ids[1])
     assert [f["id"] for f in resumed] == ids[2:]
 

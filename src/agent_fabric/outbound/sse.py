@@ -15,6 +15,7 @@ import orjson
 from agent_fabric.outbound.progress import ProgressBus
 from agent_fabric.storage.column_bounds import MAX_INT
 from agent_fabric.storage.task_store import TaskStore
+from agent_fabric.storage.timestamps import aware
 
 # Progress kinds that are live only (not in the event log): the LLM gateway's token relay.
 LIVE_ONLY_KINDS = frozenset({"token", "tool_call"})
@@ -51,7 +52,8 @@ def _from_row(row: dict[str, Any]) -> dict[str, Any]:
         "kind": row["kind"],
         "status": row["status"],
         "data": row["data"],
-        "time": row["created_at"].isoformat().replace("+00:00", "Z"),
+        # SQLite hands the time back without its zone: UTC, as it was written, "Z" as live events.
+        "time": aware(row["created_at"]).isoformat().replace("+00:00", "Z"),
     }
 
 
